@@ -1,0 +1,81 @@
+"""Gin parsing with one-line errors, and saving config.gin / operative_config.gin (chief only)."""
+import json
+import os
+from typing import Sequence
+
+import gin
+import tensorflow as tf
+
+from rethink_st.errors import UserError
+
+
+def is_chief() -> bool:
+  """True on a single machine and on the chief of a TF_CONFIG cluster (worker 0 if no chief)."""
+  tf_config = json.loads(os.environ.get('TF_CONFIG', '{}') or '{}')
+  task = tf_config.get('task') or {}
+  task_type, index = task.get('type'), int(task.get('index', 0))
+  if task_type in (None, 'chief'):
+    return True
+  has_chief = 'chief' in (tf_config.get('cluster') or {})
+  return task_type == 'worker' and index == 0 and not has_chief
+
+
+def worker_index() -> int:
+  task = (json.loads(os.environ.get('TF_CONFIG', '{}') or '{}').get('task') or {})
+  return int(task.get('index', 0))
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  # gin appends '  In file "x", line n' context: keep the message and where it is.
+  where = next((l for l in lines if l.startswith('In file') or l.startswith('In binding')), '')
+  msg = lines[0] if lines else type(e).__name__
+  return f'{msg} ({where})' if where and where not in msg else msg
+
+
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+  """Parses --gin_file and --gin_param; a missing file or a bad binding is one UserError line."""
+  for path in gin_files or ():
+    if not tf.io.gfile.exists(path):
+      raise UserError(f'--gin_file={path}: no such file')
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files or ()), list(gin_params or ()),
+                                        finalize_config=False)
+  except (ValueError, KeyError, IOError, SyntaxError, TypeError, ImportError) as e:
+    raise UserError(f'gin config (--gin_file/--gin_param): {_first_line(e)}') from None
+
+
+def _write(model_dir: str, name: str, text: str) -> str:
+  if not is_chief():
+    return ''
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, name)
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(text)
+  return path
+
+
+def save_config(model_dir: str) -> str:
+  """The config as parsed (every file and binding), written at start."""
+  return _write(model_dir, 'config.gin', gin.config_str())
+
+
+def save_operative_config(model_dir: str) -> str:
+  """The values actually used, written once the model and data are built."""
+  return _write(model_dir, 'operative_config.gin', gin.operative_config_str())
+
+
+def call_with_user_errors(fn, *args, **kwargs):
+  """Runs a binary's run function; a UserError prints as one line and exits 1.
+
+  Gin re-raises errors from inside configurables as a subclass with context lines appended;
+  the first line is the message.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  try:
+    return fn(*args, **kwargs)
+  except UserError as e:
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    sys.stderr.write(f'error: {lines[0]}\n')
+    sys.exit(1)

@@ -1,0 +1,202 @@
+"""run_train and run_evaluate: the functions the training binaries call.
+
+One function drives every stage: the task and the trainer class (supervised, student, joint)
+come from gin. Checkpoints every N steps keeping K, automatic resume from `model_dir`,
+TensorBoard summaries under model_dir/train and model_dir/eval, a progress line per loop, and
+evaluation at an interval and at the end (results in model_dir/eval_metrics.json).
+"""
+import json
+import os
+import shutil
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import gin
+import orbit
+import tensorflow as tf, tf_keras
+from absl import logging
+
+from rethink_st import config_io
+from rethink_st.errors import UserError
+from rethink_st.training import optimization
+from rethink_st.training import strategy as strategy_lib
+from rethink_st.training import trainer as trainer_lib
+
+
+def _checkpoint_dir(model_dir: str) -> str:
+  """The chief writes to model_dir; other workers (which must take part in saving under
+  MultiWorkerMirroredStrategy) write to a scratch folder that is removed afterwards."""
+  if config_io.is_chief():
+    return model_dir
+  return os.path.join(model_dir, '.workers', f'worker_{config_io.worker_index()}')
+
+
+def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str, what: str) -> None:
+  """Restores `path` into `checkpoint`, or one UserError line if it holds another model."""
+  try:
+    status = checkpoint.restore(path)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
+          tf.errors.NotFoundError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f'{what} holds a checkpoint of a different model ({path}): {first}') from None
+
+
+def resolve_init_checkpoint(init_checkpoint: Optional[str]) -> Optional[str]:
+  """A checkpoint prefix from a prefix or a folder; one UserError line if there is none."""
+  if not init_checkpoint:
+    return None
+  if tf.io.gfile.isdir(init_checkpoint):
+    latest = tf.train.latest_checkpoint(init_checkpoint)
+    if latest is None:
+      raise UserError(f'init_checkpoint={init_checkpoint}: folder holds no checkpoint')
+    return latest
+  if not tf.io.gfile.exists(init_checkpoint + '.index'):
+    raise UserError(f'init_checkpoint={init_checkpoint}: no such checkpoint '
+                    f'(expected {init_checkpoint}.index)')
+  return init_checkpoint
+
+
+@gin.configurable(denylist=['model_dir'])
+def run_train(model_dir: str,
+              task=gin.REQUIRED,
+              *,
+              train_steps: int = gin.REQUIRED,
+              global_batch_size: int = gin.REQUIRED,
+              trainer_cls: Callable[..., trainer_lib.Trainer] = trainer_lib.Trainer,
+              steps_per_loop: int = 50,
+              checkpoint_every: int = 500,
+              keep_checkpoints: int = 3,
+              eval_every: Optional[int] = None,
+              eval_batch_size: Optional[int] = None,
+              eval_steps: int = -1,
+              init_checkpoint: Optional[str] = None,
+              init_modules: Sequence[str] = ('backbone',),
+              seed: Optional[int] = None) -> Dict[str, float]:
+  """Trains `task` to `train_steps` in `model_dir` (resuming if it holds a checkpoint) and
+  returns the final evaluation metrics (empty if the task has no eval source).
+
+  init_checkpoint / init_modules: where a fresh run's weights come from (a TF2 checkpoint or
+  a folder of them: a teacher, a classification model this project pre-trained, or Model
+  Garden's); ignored when model_dir already holds a checkpoint (resume wins).
+  """
+  if not model_dir:
+    raise UserError('--model_dir is required')
+  if train_steps <= 0:
+    raise UserError(f'run_train.train_steps={train_steps} must be positive')
+  if seed is not None:
+    tf_keras.utils.set_random_seed(seed)
+  strategy_lib.set_mixed_precision()
+  strategy = strategy_lib.build_strategy()
+  strategy_lib.check_global_batch_size(global_batch_size, strategy, 'run_train.global_batch_size')
+  eval_batch_size = eval_batch_size or global_batch_size
+  strategy_lib.check_global_batch_size(eval_batch_size, strategy, 'run_train.eval_batch_size')
+  init_path = resolve_init_checkpoint(init_checkpoint)
+  has_eval = task.eval_source is not None
+  ckpt_dir = _checkpoint_dir(model_dir)
+  tf.io.gfile.makedirs(ckpt_dir)
+
+  with strategy.scope():
+    model = task.build_model()
+    optimizer = optimization.build_optimizer(global_batch_size, train_steps)
+    train_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: task.build_dataset('train', global_batch_size, ctx))
+    eval_ds = (strategy.distribute_datasets_from_function(
+        lambda ctx: task.build_dataset('eval', eval_batch_size, ctx)) if has_eval else None)
+    trainer = trainer_cls(task=task, model=model, optimizer=optimizer, strategy=strategy,
+                          global_batch_size=global_batch_size, train_dataset=train_ds,
+                          eval_dataset=eval_ds)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                     **getattr(trainer, 'checkpoint_items', {}))
+
+  latest = tf.train.latest_checkpoint(ckpt_dir)
+  if latest:
+    check_checkpoint_matches(checkpoint, latest, f'--model_dir={model_dir}')
+    print(f'[train] resuming from {latest}', flush=True)
+
+  def init_fn():
+    if init_path:
+      from rethink_st.modeling import init as init_lib  # pylint: disable=g-import-not-at-top
+      init_lib.initialize_model(model, checkpoint=init_path, modules=tuple(init_modules))
+
+  manager = tf.train.CheckpointManager(
+      checkpoint, ckpt_dir, max_to_keep=keep_checkpoints, step_counter=optimizer.iterations,
+      checkpoint_interval=checkpoint_every, init_fn=init_fn)
+  config_io.save_operative_config(model_dir)
+  progress = trainer_lib.ProgressAction(optimizer.iterations, train_steps,
+                                        checkpoint_manager=manager)
+  controller = orbit.Controller(
+      strategy=strategy, trainer=trainer, evaluator=trainer if has_eval else None,
+      global_step=optimizer.iterations, steps_per_loop=min(steps_per_loop, train_steps),
+      checkpoint_manager=manager, train_actions=[progress],
+      summary_dir=os.path.join(model_dir, 'train'),
+      eval_summary_dir=os.path.join(model_dir, 'eval'))
+  if has_eval and eval_every:
+    controller.train_and_evaluate(train_steps=train_steps, eval_steps=eval_steps,
+                                  eval_interval=eval_every)
+  else:
+    controller.train(train_steps)
+  metrics = {}
+  if has_eval:
+    metrics = controller.evaluate(steps=eval_steps) or {}
+    metrics = {k: float(v) for k, v in metrics.items()}
+    write_eval_results(model_dir, metrics, trainer.evaluator, int(optimizer.iterations.numpy()))
+  if not config_io.is_chief():
+    shutil.rmtree(os.path.join(model_dir, '.workers'), ignore_errors=True)
+  return metrics
+
+
+def write_eval_results(model_dir: str, metrics: Dict[str, float], evaluator, step: int,
+                       name: str = 'eval_metrics.json') -> None:
+  """metrics JSON (and, for detection, the COCO results JSON) beside the checkpoints."""
+  if not config_io.is_chief():
+    return
+  with tf.io.gfile.GFile(os.path.join(model_dir, name), 'w') as f:
+    json.dump({'step': step, **metrics}, f, indent=1, sort_keys=True)
+  if hasattr(evaluator, 'write_results_json'):
+    evaluator.write_results_json(os.path.join(model_dir, 'detections_coco.json'))
+  summary = ' '.join(f'{k}={v:.4f}' for k, v in metrics.items() if '/' not in k)
+  print(f'[eval] step {step}: {summary}', flush=True)
+
+
+@gin.configurable(denylist=['model_dir'])
+def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str] = None,
+                 eval_batch_size: int = 8, eval_steps: int = -1,
+                 results_name: str = 'eval_metrics.json') -> Dict[str, float]:
+  """Evaluates the latest checkpoint in `model_dir` (or `checkpoint`) on the task's eval
+  source; writes model_dir/<results_name> (and detections_coco.json for detection)."""
+  path = checkpoint or (tf.train.latest_checkpoint(model_dir) if model_dir else None)
+  if not path:
+    raise UserError(f'--model_dir={model_dir}: no checkpoint to evaluate')
+  path = resolve_init_checkpoint(path)
+  if task.eval_source is None:
+    raise UserError(f'{type(task).__name__}.eval_source is not bound')
+  strategy_lib.set_mixed_precision()
+  strategy = strategy_lib.build_strategy()
+  strategy_lib.check_global_batch_size(eval_batch_size, strategy, 'run_evaluate.eval_batch_size')
+  with strategy.scope():
+    model = task.build_model()
+    eval_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: task.build_dataset('eval', eval_batch_size, ctx))
+    ckpt = tf.train.Checkpoint(model=model)
+  status = ckpt.read(path)
+  try:
+    status.expect_partial().assert_existing_objects_matched()
+  except AssertionError as e:
+    raise UserError(f'checkpoint {path} does not match the model: '
+                    f'{str(e).splitlines()[0][:200]}') from None
+  step = int(tf.train.load_variable(path, 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE')) \
+      if 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE' in dict(tf.train.list_variables(path)) else 0
+  evaluator = trainer_lib.Trainer(task=task, model=model, optimizer=_StepHolder(),
+                                  strategy=strategy, global_batch_size=eval_batch_size,
+                                  eval_dataset=eval_ds)
+  metrics = {k: float(v) for k, v in evaluator.evaluate(tf.constant(eval_steps)).items()}
+  out_dir = model_dir or os.path.dirname(path)
+  write_eval_results(out_dir, metrics, evaluator.evaluator, step, name=results_name)
+  return metrics
+
+
+class _StepHolder:
+  """Stands in for an optimizer when only evaluating: the trainer reads `.iterations`."""
+
+  def __init__(self):
+    self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)

@@ -1,0 +1,195 @@
+"""Tasks: what is trained (model, data, loss, metric) for detection, segmentation and
+classification. A task holds no loop; the Orbit trainer in `trainer.py` drives any of them.
+
+Gin names the task's model builder, its sources and its image size; the task passes
+`num_classes` and `image_size` to both the model builder and the input pipeline, so the two
+always agree.
+"""
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+import tensorflow as tf, tf_keras
+
+from rethink_st import losses as losses_lib
+from rethink_st.data import pipeline
+from rethink_st.errors import UserError
+
+TRAIN, EVAL = 'train', 'eval'
+
+
+def _as_float32(tree):
+  return tf.nest.map_structure(lambda x: tf.cast(x, tf.float32) if x.dtype.is_floating else x,
+                               tree)
+
+
+class Task:
+  """Base: subclasses set `kind` and `loss_names` and implement forward/losses/eval."""
+  kind = ''
+  loss_names: Tuple[str, ...] = ('total_loss',)
+
+  def __init__(self, model_fn: Callable[..., tf_keras.Model], num_classes: int,
+               image_size: Sequence[int], train_source=None, eval_source=None):
+    if model_fn is None:
+      raise UserError(f'{type(self).__name__}.model_fn is not bound (e.g. '
+                      f'{type(self).__name__}.model_fn = @build_retinanet)')
+    self.model_fn = model_fn
+    self.num_classes = int(num_classes)
+    self.image_size = tuple(int(s) for s in image_size)
+    self.train_source = train_source
+    self.eval_source = eval_source
+
+  # --- model -----------------------------------------------------------------------------
+  def build_model(self) -> tf_keras.Model:
+    return self.model_fn(input_size=self.image_size, num_classes=self.num_classes)
+
+  # --- data ------------------------------------------------------------------------------
+  def source(self, split: str):
+    src = self.train_source if split == TRAIN else self.eval_source
+    if src is None:
+      raise UserError(f'{type(self).__name__}.{split}_source is not bound')
+    return src
+
+  def build_dataset(self, split: str, global_batch_size: int,
+                    input_context: Optional[tf.distribute.InputContext] = None,
+                    source=None) -> tf.data.Dataset:
+    """Batched (images, labels) under gin scope `split` (so `train/Augment.policy` applies
+    to training only)."""
+    with gin.config_scope(split):
+      return pipeline.build_input(
+          source if source is not None else self.source(split), task=self.kind,
+          global_batch_size=global_batch_size, is_training=(split == TRAIN),
+          output_size=self.image_size, input_context=input_context)
+
+  # --- steps -----------------------------------------------------------------------------
+  def forward(self, model, images, labels, training: bool):
+    raise NotImplementedError
+
+  def losses(self, outputs, labels) -> Dict[str, tf.Tensor]:
+    raise NotImplementedError
+
+  def eval_outputs(self, model, images, labels) -> Dict[str, Any]:
+    raise NotImplementedError
+
+  def new_evaluator(self):
+    raise NotImplementedError
+
+
+@gin.configurable
+class DetectionTask(Task):
+  """RetinaNet detection: focal + Huber loss, COCO AP."""
+  kind = 'detection'
+  loss_names = ('total_loss', 'cls_loss', 'box_loss')
+
+  def __init__(self, model_fn=None, num_classes: int = 91, image_size=(640, 640),
+               train_source=None, eval_source=None):
+    super().__init__(model_fn, num_classes, image_size, train_source, eval_source)
+
+  def forward(self, model, images, labels, training):
+    if training:
+      return _as_float32(model(images, training=True))
+    return _as_float32(model(images, image_shape=labels['image_info'][:, 1, :],
+                             anchor_boxes=labels['anchor_boxes'], training=False))
+
+  def losses(self, outputs, labels):
+    return losses_lib.detection_losses(outputs, labels, num_classes=self.num_classes)
+
+  def eval_outputs(self, model, images, labels):
+    outputs = self.forward(model, images, labels, training=False)
+    return {
+        'groundtruths': labels['groundtruths'],
+        'predictions': {
+            'source_id': labels['groundtruths']['source_id'],
+            'image_info': labels['image_info'],
+            'detection_boxes': outputs['detection_boxes'],
+            'detection_scores': outputs['detection_scores'],
+            'detection_classes': outputs['detection_classes'],
+            'num_detections': outputs['num_detections'],
+        }}
+
+  def new_evaluator(self):
+    from rethink_st.evaluation import coco  # pylint: disable=g-import-not-at-top
+    return coco.CocoDetectionEvaluator()
+
+
+@gin.configurable
+class SegmentationTask(Task):
+  """Semantic segmentation: pixel cross-entropy (ignore 255), mIoU with optional
+  multi-scale + flip inference at evaluation."""
+  kind = 'segmentation'
+  loss_names = ('total_loss',)
+
+  def __init__(self, model_fn=None, num_classes: int = 21, image_size=(512, 512),
+               train_source=None, eval_source=None, eval_scales=(1.0,), eval_flip=False):
+    super().__init__(model_fn, num_classes, image_size, train_source, eval_source)
+    self.eval_scales = tuple(eval_scales)
+    self.eval_flip = eval_flip
+
+  def forward(self, model, images, labels, training):
+    return _as_float32(model(images, training=training))
+
+  def losses(self, outputs, labels):
+    return losses_lib.segmentation_losses_fn(outputs, labels)
+
+  def eval_outputs(self, model, images, labels):
+    from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
+    masks = labels['masks']
+    probs = segmentation.predict_probabilities(
+        model, images, scales=self.eval_scales, flip=self.eval_flip,
+        output_size=tf.shape(masks)[1:3])
+    return {'masks': masks, 'predictions': tf.argmax(probs, axis=-1, output_type=tf.int32)}
+
+  def new_evaluator(self):
+    from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
+    return segmentation.MeanIoUEvaluator(num_classes=self.num_classes)
+
+
+class _AccuracyEvaluator:
+  """Top-1 accuracy over an evaluation pass."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.correct, self.count = 0, 0
+
+  def update_state(self, labels, logits):
+    pred = np.argmax(np.asarray(logits), axis=-1)
+    self.correct += int(np.sum(pred == np.asarray(labels)))
+    self.count += int(np.asarray(labels).shape[0])
+
+  def result(self):
+    return {'top1_accuracy': self.correct / max(self.count, 1)}
+
+
+@gin.configurable
+class ClassificationTask(Task):
+  """Image classification: the pre-training stage (ImageNet / iconic digits)."""
+  kind = 'classification'
+  loss_names = ('total_loss',)
+
+  def __init__(self, model_fn=None, num_classes: int = 1000, image_size=(224, 224),
+               train_source=None, eval_source=None):
+    super().__init__(model_fn, num_classes, image_size, train_source, eval_source)
+
+  def forward(self, model, images, labels, training):
+    return tf.cast(model(images, training=training), tf.float32)
+
+  def losses(self, outputs, labels):
+    return losses_lib.classification_losses(outputs, labels)
+
+  def eval_outputs(self, model, images, labels):
+    return {'labels': labels, 'logits': self.forward(model, images, labels, training=False)}
+
+  def new_evaluator(self):
+    return _AccuracyEvaluator()
+
+
+def update_evaluator(task: Task, evaluator, outputs: Dict[str, Any]) -> None:
+  """Feeds one eval step's outputs (numpy, replicas concatenated) to the task's evaluator."""
+  if isinstance(task, DetectionTask):
+    evaluator.update_state(outputs['groundtruths'], outputs['predictions'])
+  elif isinstance(task, SegmentationTask):
+    evaluator.update_state(outputs['masks'], outputs['predictions'])
+  else:
+    evaluator.update_state(outputs['labels'], outputs['logits'])

@@ -1,0 +1,177 @@
+"""The Orbit trainer/evaluator every stage uses (teacher, pre-training, student, joint).
+
+`Trainer` is an `orbit.StandardTrainer` + `orbit.StandardEvaluator`. A train step runs the
+task's forward pass and loss on each replica (`compute_losses`, which the student and joint
+trainers override), adds weight decay, divides by the replicas (global-batch semantics),
+applies loss scaling under float16, and updates one running mean per reported loss.
+"""
+import math
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import orbit
+import tensorflow as tf, tf_keras
+from absl import logging
+
+from rethink_st.errors import TrainingDiverged
+from rethink_st.training import optimization
+from rethink_st.training import tasks as tasks_lib
+
+
+def _local_numpy(strategy, tree):
+  """Per-replica values -> numpy, replicas concatenated along the batch."""
+  def to_np(x):
+    parts = strategy.experimental_local_results(x)
+    parts = [np.asarray(p) for p in parts]
+    return parts[0] if parts[0].ndim == 0 else np.concatenate(parts, axis=0)
+  return tf.nest.map_structure(to_np, tree)
+
+
+def _flatten_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:
+  """Scalars as they are; sequences (per-class IoU) as name/i, for TensorBoard and JSON."""
+  flat = {}
+  for k, v in metrics.items():
+    arr = np.asarray(v)
+    if arr.ndim == 0:
+      flat[k] = float(arr)
+    else:
+      for i, x in enumerate(arr.reshape(-1)):
+        flat[f'{k}/{i}'] = float(x)
+  return flat
+
+
+class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
+  """Supervised training of one task; subclasses change `compute_losses` and `loss_names`."""
+
+  def __init__(self, *, task: tasks_lib.Task, model: tf_keras.Model, optimizer,
+               strategy: tf.distribute.Strategy, global_batch_size: int,
+               train_dataset=None, eval_dataset=None):
+    self.task, self.model, self.optimizer, self.strategy = task, model, optimizer, strategy
+    self.global_batch_size = global_batch_size
+    self.global_step = optimizer.iterations
+    with strategy.scope():
+      self.train_metrics = {n: tf_keras.metrics.Mean(n, dtype=tf.float32)
+                            for n in self.loss_names + ('weight_decay',)}
+    self.evaluator = task.new_evaluator() if eval_dataset is not None else None
+    self._loop_start = None
+    if train_dataset is not None:
+      orbit.StandardTrainer.__init__(self, train_dataset,
+                                     options=orbit.StandardTrainerOptions())
+    if eval_dataset is not None:
+      orbit.StandardEvaluator.__init__(self, eval_dataset,
+                                       options=orbit.StandardEvaluatorOptions())
+
+  @property
+  def loss_names(self) -> Sequence[str]:
+    return self.task.loss_names
+
+  # ---- training ---------------------------------------------------------------------------
+  def compute_losses(self, inputs) -> Dict[str, tf.Tensor]:
+    """This replica's losses for one batch; must contain 'total_loss' and `loss_names`."""
+    images, labels = inputs
+    outputs = self.task.forward(self.model, images, labels, training=True)
+    return self.task.losses(outputs, labels)
+
+  def train_loop_begin(self):
+    for m in self.train_metrics.values():
+      m.reset_state()
+    self._loop_start = (time.time(), int(self.global_step.numpy()))
+
+  def train_step(self, iterator):
+    num_replicas = self.strategy.num_replicas_in_sync
+    optimizer = self.optimizer
+    scaled_optimizer = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+    def step_fn(inputs):
+      with tf.GradientTape() as tape:
+        losses = self.compute_losses(inputs)
+        decay = optimization.weight_decay_loss(self.model)
+        loss = (losses['total_loss'] + decay) / num_replicas
+        if scaled_optimizer:
+          loss = optimizer.get_scaled_loss(loss)
+      tvars = self.model.trainable_variables
+      grads = tape.gradient(loss, tvars)
+      if scaled_optimizer:
+        grads = optimizer.get_unscaled_gradients(grads)
+      optimizer.apply_gradients(list(zip(grads, tvars)))
+      losses = dict(losses, weight_decay=decay)
+      for name, metric in self.train_metrics.items():
+        metric.update_state(losses[name])
+
+    self.strategy.run(step_fn, args=(next(iterator),))
+
+  def train_loop_end(self) -> Dict[str, Any]:
+    logs = {name: m.result() for name, m in self.train_metrics.items()}
+    logs['learning_rate'] = optimization.current_learning_rate(self.optimizer)
+    if self._loop_start is not None:
+      start_time, start_step = self._loop_start
+      steps = int(self.global_step.numpy()) - start_step
+      elapsed = max(time.time() - start_time, 1e-9)
+      logs['images_per_sec'] = steps * self.global_batch_size / elapsed
+    return logs
+
+  # ---- evaluation -------------------------------------------------------------------------
+  def eval_begin(self):
+    self.evaluator.reset()
+    return {'batches': 0}
+
+  def eval_step(self, iterator):
+    def step_fn(inputs):
+      images, labels = inputs
+      return self.task.eval_outputs(self.model, images, labels)
+    return self.strategy.run(step_fn, args=(next(iterator),))
+
+  def eval_reduce(self, state, step_outputs):
+    tasks_lib.update_evaluator(self.task, self.evaluator,
+                               _local_numpy(self.strategy, step_outputs))
+    state['batches'] += 1
+    return state
+
+  def eval_end(self, state=None):
+    return _flatten_metrics(self.evaluator.result())
+
+
+class ProgressAction:
+  """An Orbit train action: prints step, loss, img/s and ETA after every loop, and stops
+  training on a NaN/inf loss before the controller saves a checkpoint."""
+
+  def __init__(self, global_step: tf.Variable, total_steps: int, loss_key: str = 'total_loss',
+               prefix: str = 'train',
+               checkpoint_manager: Optional[tf.train.CheckpointManager] = None):
+    self.global_step, self.total_steps = global_step, total_steps
+    self.loss_key, self.prefix = loss_key, prefix
+    self.checkpoint_manager = checkpoint_manager
+    self.start = time.time()
+    self.start_step = None
+
+  def __call__(self, output: Dict[str, Any]) -> None:
+    step = int(self.global_step.numpy())
+    if self.start_step is None:
+      self.start_step = step - 1  # the first loop's own steps count toward the rate
+    loss = float(np.asarray(output.get(self.loss_key, np.nan)))
+    if not math.isfinite(loss):
+      last = self.checkpoint_manager and self.checkpoint_manager.latest_checkpoint
+      where = (f'the last good checkpoint {last} is untouched' if last
+               else 'no checkpoint was written')
+      raise TrainingDiverged(f'{self.prefix}: {self.loss_key} became {loss} at step {step}; '
+                             f'stopped, {where}')
+    ips = float(np.asarray(output.get('images_per_sec', 0.0)))
+    done = step - self.start_step
+    rate = done / max(time.time() - self.start, 1e-9)
+    eta = (self.total_steps - step) / rate if rate > 0 else float('inf')
+    extra = ' '.join(f'{k}={float(np.asarray(v)):.4g}' for k, v in sorted(output.items())
+                     if k not in (self.loss_key, 'images_per_sec', 'learning_rate')
+                     and np.asarray(v).ndim == 0)
+    line = (f'[{self.prefix}] step {step}/{self.total_steps} {self.loss_key}={loss:.4f} '
+            f'lr={float(np.asarray(output.get("learning_rate", 0.0))):.4g} '
+            f'img/s={ips:.1f} eta={_fmt_seconds(eta)} {extra}')
+    print(line, flush=True)
+    logging.info(line)
+
+
+def _fmt_seconds(s: float) -> str:
+  if not math.isfinite(s):
+    return '?'
+  s = int(s)
+  return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
