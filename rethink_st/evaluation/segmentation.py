@@ -1,0 +1,192 @@
+"""Semantic segmentation: mIoU, and single/multi-scale (+ flip) inference.
+
+All functions are array-based: images are already preprocessed by the input pipeline
+(normalized, resized and padded; padding is 0 after normalization), masks hold class ids
+0..num_classes-1 with `IGNORE_LABEL` (255) on unlabeled and padded pixels.
+
+mIoU convention: a class that appears neither in the ground truth nor in the predictions of
+the valid pixels has no IoU; it is reported as NaN in 'per_class_IoU' and left out of the
+mean ('mIoU' is the mean over the other classes; this is also what tf_keras.metrics.MeanIoU
+computes).
+"""
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+import tensorflow as tf, tf_keras
+
+from rethink_st.data.features import IGNORE_LABEL
+from rethink_st.errors import UserError
+
+
+def _logits_of(outputs: Any) -> tf.Tensor:
+  if isinstance(outputs, dict):
+    if 'logits' not in outputs:
+      raise ValueError(f'predict_probabilities: the model returned keys {sorted(outputs)}, '
+                       "expected 'logits'")
+    outputs = outputs['logits']
+  return tf.cast(outputs, tf.float32)
+
+
+def _resize(x: tf.Tensor, size) -> tf.Tensor:
+  return tf.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR)
+
+
+def _round_up(x: tf.Tensor, multiple: int) -> tf.Tensor:
+  return (x + multiple - 1) // multiple * multiple
+
+
+def predict_probabilities(model: tf_keras.Model,
+                          images: tf.Tensor,
+                          *,
+                          scales: Sequence[float] = (1.0,),
+                          flip: bool = False,
+                          output_size: Optional[Tuple[int, int]] = None,
+                          size_divisor: int = 1) -> tf.Tensor:
+  """Softmax probabilities [B, out_h, out_w, C], averaged over scales and horizontal flips.
+
+  For each scale s the images [B, H, W, 3] are resized bilinearly to round(s*H) x round(s*W)
+  (and, with flip, mirrored left-right); padded with zeros at the bottom/right to a multiple of
+  `size_divisor` (for backbones that need it, e.g. 2**max_level; 1 = no padding); the model's
+  `{'logits': [B, h, w, C]}` is resized bilinearly to the padded size, cropped to the scaled
+  image, un-mirrored, turned into probabilities with a softmax, and resized bilinearly to
+  `output_size` (default (H, W)). The result is the mean over all scales x flips.
+  The paper's pseudo-labels use scales (0.5, 0.75, 1, 1.25, 1.5, 1.75).
+
+  Works eagerly and inside tf.function (the model must accept any input size).
+  """
+  if not scales or any(s <= 0 for s in scales):
+    raise UserError(f'predict_probabilities: scales={tuple(scales)!r} must be non-empty and '
+                    'positive')
+  if int(size_divisor) < 1:
+    raise UserError(f'predict_probabilities: size_divisor={size_divisor!r} must be >= 1')
+  images = tf.convert_to_tensor(images)
+  if not images.dtype.is_floating:
+    images = tf.cast(images, tf.float32)
+  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  if output_size is None:
+    output_size = tf.stack([height, width])
+  total = None
+  count = 0
+  for scale in scales:
+    if scale == 1.0:
+      scaled = images
+      sh, sw = height, width
+    else:
+      sh = tf.cast(tf.math.round(tf.cast(height, tf.float32) * scale), tf.int32)
+      sw = tf.cast(tf.math.round(tf.cast(width, tf.float32) * scale), tf.int32)
+      sh, sw = tf.maximum(sh, 1), tf.maximum(sw, 1)
+      scaled = tf.cast(_resize(images, tf.stack([sh, sw])), images.dtype)
+    ph, pw = _round_up(sh, size_divisor), _round_up(sw, size_divisor)
+    for flipped in ((False, True) if flip else (False,)):
+      x = tf.reverse(scaled, axis=[2]) if flipped else scaled
+      if size_divisor > 1:
+        x = tf.image.pad_to_bounding_box(x, 0, 0, ph, pw)
+      logits = _resize(_logits_of(model(x, training=False)), tf.stack([ph, pw]))
+      logits = logits[:, :sh, :sw, :]
+      if flipped:
+        logits = tf.reverse(logits, axis=[2])
+      probs = _resize(tf.nn.softmax(logits, axis=-1), output_size)
+      total = probs if total is None else total + probs
+      count += 1
+  return total / float(count)
+
+
+def probabilities_to_pseudo_mask(probs: tf.Tensor,
+                                 threshold: float = 0.5,
+                                 ignore_label: int = IGNORE_LABEL) -> tf.Tensor:
+  """Hard pseudo mask uint8 [..., H, W] from probabilities [..., H, W, C]: the argmax class,
+  or `ignore_label` where the top probability is below `threshold` (the paper's 0.5)."""
+  probs = tf.convert_to_tensor(probs)
+  labels = tf.argmax(probs, axis=-1, output_type=tf.int32)
+  confident = tf.reduce_max(probs, axis=-1) >= threshold
+  return tf.cast(tf.where(confident, labels, ignore_label), tf.uint8)
+
+
+def _squeeze_channel(x: tf.Tensor) -> tf.Tensor:
+  return x[..., 0] if x.shape.rank == 4 else x
+
+
+@gin.configurable
+class MeanIoUEvaluator:
+  """Accumulates a confusion matrix over valid pixels; reports mIoU and per-class IoU.
+
+  Args:
+    num_classes: classes including background (21 for PASCAL VOC).
+    ignore_label: ground-truth value of pixels that do not count.
+  """
+
+  def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL):
+    if not isinstance(num_classes, int) or num_classes < 2:
+      raise UserError(f'MeanIoUEvaluator.num_classes={num_classes!r} must be an integer >= 2')
+    self.num_classes = num_classes
+    self.ignore_label = ignore_label
+    self._metric = tf_keras.metrics.MeanIoU(num_classes=num_classes, name='mean_iou')
+
+  @property
+  def name(self) -> str:
+    return 'mean_iou'
+
+  def reset(self) -> None:
+    self._metric.reset_state()
+
+  reset_states = reset
+
+  def update_state(self, masks: tf.Tensor, probs_or_labels: tf.Tensor,
+                   valid: Optional[tf.Tensor] = None) -> None:
+    """Adds a batch.
+
+    Args:
+      masks: int ground truth [B, H, W] or [B, H, W, 1]; `ignore_label` pixels do not count.
+      probs_or_labels: float scores [B, h, w, C] (probabilities or logits; resized bilinearly
+        to H x W if needed, then argmax) or int labels [B, H, W] / [B, H, W, 1].
+      valid: optional bool [B, H, W] or [B, H, W, 1]; False pixels do not count either.
+    """
+    masks = tf.cast(_squeeze_channel(tf.convert_to_tensor(masks)), tf.int32)
+    preds = tf.convert_to_tensor(probs_or_labels)
+    if preds.dtype.is_floating:
+      if preds.shape[-1] != self.num_classes:
+        raise ValueError(f'MeanIoUEvaluator: scores have {preds.shape[-1]} channels, '
+                         f'num_classes is {self.num_classes}')
+      preds = tf.cast(preds, tf.float32)
+      mask_size = tf.shape(masks)[1:3]
+      if preds.shape[1:3] != masks.shape[1:3] or not preds.shape[1:3].is_fully_defined():
+        preds = _resize(preds, mask_size)
+      preds = tf.argmax(preds, axis=-1, output_type=tf.int32)
+    else:
+      preds = tf.cast(_squeeze_channel(preds), tf.int32)
+    weights = tf.not_equal(masks, self.ignore_label)
+    if valid is not None:
+      weights &= tf.cast(_squeeze_channel(tf.convert_to_tensor(valid)), tf.bool)
+    # Ignored pixels get weight 0; their labels are set to 0 so they stay in range.
+    masks = tf.where(weights, masks, 0)
+    preds = tf.where(weights, preds, 0)
+    with tf.control_dependencies([
+        tf.debugging.assert_less(masks, self.num_classes,
+                                 message='MeanIoUEvaluator: ground-truth label >= num_classes'),
+        tf.debugging.assert_less(preds, self.num_classes,
+                                 message='MeanIoUEvaluator: predicted label >= num_classes'),
+        tf.debugging.assert_non_negative(masks, message='MeanIoUEvaluator: negative label'),
+    ]):
+      self._metric.update_state(tf.reshape(masks, [-1]), tf.reshape(preds, [-1]),
+                                sample_weight=tf.reshape(tf.cast(weights, tf.float32), [-1]))
+
+  def confusion_matrix(self) -> np.ndarray:
+    """[num_classes, num_classes] pixel counts; rows ground truth, columns prediction."""
+    return self._metric.total_cm.numpy().astype(np.float64)
+
+  def result(self) -> Dict[str, Any]:
+    """{'mIoU': float, 'per_class_IoU': [num_classes floats, NaN where undefined],
+    'pixel_accuracy': float}. mIoU is NaN if no valid pixel was seen."""
+    cm = self.confusion_matrix()
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid='ignore', divide='ignore'):
+      iou = np.where(union > 0, tp / union, np.nan)
+    defined = ~np.isnan(iou)
+    total = cm.sum()
+    return {
+        'mIoU': float(iou[defined].mean()) if defined.any() else float('nan'),
+        'per_class_IoU': [float(v) for v in iou],
+        'pixel_accuracy': float(tp.sum() / total) if total > 0 else float('nan'),
+    }

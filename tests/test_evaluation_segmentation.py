@@ -1,0 +1,191 @@
+"""mIoU on handcrafted masks, multi-scale/flip inference with fake models, pseudo masks."""
+import math
+
+import rethink_st  # noqa: F401  (legacy Keras before TensorFlow)
+import numpy as np
+import pytest
+import tensorflow as tf, tf_keras
+
+from rethink_st.errors import UserError
+from rethink_st.evaluation import segmentation as seg
+
+# Ground truth and prediction on one 2x4 image, 3 classes + ignore.
+GT = np.array([[[0, 0, 1, 1],
+                [0, 2, 1, 255]]])
+PRED = np.array([[[0, 1, 1, 1],
+                  [0, 2, 2, 0]]])
+# Counted pixels (the 255 one is out): class 0: tp 2, gt 3, pred 2 -> 2/3;
+# class 1: tp 2, gt 3, pred 3 -> 2/4; class 2: tp 1, gt 1, pred 2 -> 1/2.
+
+
+def test_miou_on_handcrafted_labels():
+  ev = seg.MeanIoUEvaluator(num_classes=3)
+  ev.update_state(GT, PRED)
+  r = ev.result()
+  assert r['per_class_IoU'] == pytest.approx([2 / 3, 1 / 2, 1 / 2])
+  assert r['mIoU'] == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
+  assert r['pixel_accuracy'] == pytest.approx(5 / 7)
+
+
+def test_scores_are_argmaxed_and_valid_mask_excludes_pixels():
+  scores = tf.one_hot(PRED, 3) * 5.0  # logits
+  valid = np.ones_like(GT, bool)
+  valid[0, 0, 1] = False  # drops a class-0 pixel predicted as 1
+  ev = seg.MeanIoUEvaluator(num_classes=3)
+  ev.update_state(GT[..., None], scores, valid[..., None])
+  r = ev.result()
+  # class 0: tp 2, gt 2, pred 2 -> 1; class 1: tp 2, gt 3, pred 2 -> 2/3; class 2 unchanged.
+  assert r['per_class_IoU'] == pytest.approx([1.0, 2 / 3, 1 / 2])
+
+
+def test_low_resolution_scores_are_resized_to_the_mask():
+  gt = np.zeros([1, 8, 8], np.int32)
+  gt[:, :, 4:] = 1
+  logits = np.zeros([1, 4, 4, 2], np.float32)
+  logits[:, :, :2, 0] = 1.0
+  logits[:, :, 2:, 1] = 1.0
+  ev = seg.MeanIoUEvaluator(num_classes=2)
+  ev.update_state(gt, logits)
+  assert ev.result()['mIoU'] == pytest.approx(1.0)
+
+
+def test_absent_class_is_nan_and_left_out_of_the_mean_like_keras():
+  gt = np.array([[[0, 0, 3, 3]]])
+  pred = np.array([[[0, 3, 3, 3]]])
+  ev = seg.MeanIoUEvaluator(num_classes=5)
+  ev.update_state(gt, pred)
+  r = ev.result()
+  iou = r['per_class_IoU']
+  assert iou[0] == pytest.approx(0.5) and iou[3] == pytest.approx(2 / 3)
+  assert all(math.isnan(iou[c]) for c in (1, 2, 4))
+  assert r['mIoU'] == pytest.approx((0.5 + 2 / 3) / 2)
+  keras_miou = tf_keras.metrics.MeanIoU(num_classes=5)
+  keras_miou.update_state(gt.reshape(-1), pred.reshape(-1))
+  assert r['mIoU'] == pytest.approx(float(keras_miou.result()))
+
+
+def test_accumulates_over_batches_and_resets():
+  ev = seg.MeanIoUEvaluator(num_classes=3)
+  ev.update_state(GT, GT)          # perfect
+  ev.update_state(GT, PRED)
+  cm = ev.confusion_matrix()
+  assert cm.sum() == 14
+  assert np.trace(cm) == 7 + 5
+  ev.reset()
+  assert math.isnan(ev.result()['mIoU'])
+
+
+def test_works_inside_tf_function():
+  ev = seg.MeanIoUEvaluator(num_classes=3)
+  tf.function(ev.update_state)(tf.constant(GT), tf.constant(PRED))
+  assert ev.result()['mIoU'] == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
+
+
+def test_out_of_range_prediction_and_bad_num_classes():
+  ev = seg.MeanIoUEvaluator(num_classes=3)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='predicted label'):
+    ev.update_state(GT, np.full_like(GT, 7))
+  with pytest.raises(UserError, match='num_classes'):
+    seg.MeanIoUEvaluator(num_classes=1)
+
+
+class _ConstantByScale:
+  """Logits constant over space; the class depends on the input height. Records calls."""
+
+  def __init__(self, favoured_by_height, num_classes=3, logit=math.log(3.0)):
+    self.favoured = favoured_by_height
+    self.num_classes = num_classes
+    self.logit = logit
+    self.calls = []
+
+  def __call__(self, x, training=None):
+    assert training is False
+    self.calls.append(tuple(x.shape))
+    b, h, w = x.shape[0], x.shape[1], x.shape[2]
+    one_hot = tf.one_hot(self.favoured[h], self.num_classes) * self.logit
+    # Lower resolution than the input, like a real head.
+    return {'logits': tf.broadcast_to(one_hot, [b, max(h // 4, 1), max(w // 4, 1),
+                                                self.num_classes])}
+
+
+def test_multi_scale_averages_softmaxes_of_each_scale():
+  images = tf.zeros([2, 8, 12, 3])
+  model = _ConstantByScale({4: 0, 8: 1, 12: 2})
+  probs = seg.predict_probabilities(model, images, scales=(0.5, 1.0, 1.5))
+  assert model.calls == [(2, 4, 6, 3), (2, 8, 12, 3), (2, 12, 18, 3)]
+  assert probs.shape == (2, 8, 12, 3)
+  # Each scale: softmax of (log 3, 0, 0) -> 3/5 for its class, 1/5 for the others.
+  np.testing.assert_allclose(probs.numpy(), np.full([2, 8, 12, 3], (3 / 5 + 1 / 5 + 1 / 5) / 3),
+                             rtol=1e-6)
+  model = _ConstantByScale({4: 0, 8: 0, 12: 2})
+  probs = seg.predict_probabilities(model, images, scales=(0.5, 1.0, 1.5), output_size=(5, 7))
+  assert probs.shape == (2, 5, 7, 3)
+  np.testing.assert_allclose(probs.numpy()[0, 0, 0], [7 / 15, 3 / 15, 5 / 15], rtol=1e-6)
+
+
+def _position_model(x, training=None):
+  """A full-resolution 'model' whose logits are not flip-symmetric: channel 0 grows to the
+  right, channel 1 follows the input's first channel."""
+  del training
+  w = tf.shape(x)[2]
+  ramp = tf.cast(tf.range(w), tf.float32)[None, None, :, None] * tf.ones_like(x[..., :1])
+  return {'logits': tf.concat([ramp * 0.3, x[..., :1]], axis=-1)}
+
+
+def test_flip_averages_with_the_mirrored_prediction():
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.normal(size=[1, 4, 6, 3]), tf.float32)
+  probs = seg.predict_probabilities(_position_model, images, flip=True).numpy()
+  plain = tf.nn.softmax(_position_model(images)['logits']).numpy()
+  mirrored = tf.reverse(tf.nn.softmax(_position_model(tf.reverse(images, [2]))['logits']),
+                        [2]).numpy()
+  np.testing.assert_allclose(probs, (plain + mirrored) / 2, rtol=1e-6)
+  assert not np.allclose(probs, plain)
+
+
+def test_size_divisor_pads_for_the_model_and_crops_back():
+  rng = np.random.default_rng(1)
+  images = tf.constant(rng.normal(size=[1, 6, 10, 3]), tf.float32)
+  seen = []
+
+  def model(x, training=None):
+    seen.append(tuple(x.shape[1:3]))
+    return _position_model(x, training)
+
+  probs = seg.predict_probabilities(model, images, size_divisor=4)
+  assert seen == [(8, 12)]
+  np.testing.assert_allclose(probs.numpy(),
+                             tf.nn.softmax(_position_model(images)['logits']).numpy(), rtol=1e-6)
+
+
+def test_keras_model_multi_scale_flip_in_tf_function():
+  inputs = tf_keras.Input([None, None, 3])
+  logits = tf_keras.layers.Conv2D(4, 3, strides=2, padding='same')(inputs)
+  model = tf_keras.Model(inputs, {'logits': logits})
+  images = tf.random.stateless_normal([2, 16, 16, 3], seed=[1, 2])
+  fn = tf.function(lambda x: seg.predict_probabilities(
+      model, x, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True, size_divisor=2))
+  probs = fn(images).numpy()
+  assert probs.shape == (2, 16, 16, 4)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  eager = seg.predict_probabilities(model, images, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+                                    flip=True, size_divisor=2).numpy()
+  np.testing.assert_allclose(probs, eager, atol=1e-6)
+
+
+def test_bad_scales_are_user_errors():
+  with pytest.raises(UserError, match='scales'):
+    seg.predict_probabilities(_position_model, tf.zeros([1, 4, 4, 3]), scales=())
+  with pytest.raises(UserError, match='scales'):
+    seg.predict_probabilities(_position_model, tf.zeros([1, 4, 4, 3]), scales=(1.0, -0.5))
+
+
+def test_pseudo_mask_thresholds_the_top_probability():
+  probs = np.array([[[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]],
+                    [[0.1, 0.5, 0.4], [0.2, 0.2, 0.6]]], np.float32)[None]
+  mask = seg.probabilities_to_pseudo_mask(probs)
+  assert mask.dtype == tf.uint8
+  np.testing.assert_array_equal(mask.numpy(), [[[0, 255], [1, 2]]])
+  np.testing.assert_array_equal(
+      seg.probabilities_to_pseudo_mask(probs, threshold=0.65, ignore_label=99).numpy(),
+      [[[0, 99], [99, 99]]])
