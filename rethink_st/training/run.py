@@ -98,15 +98,10 @@ def run_train(model_dir: str,
   with strategy.scope():
     model = task.build_model()
     optimizer = optimization.build_optimizer(global_batch_size, train_steps)
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: task.build_dataset('train', global_batch_size, ctx))
-    eval_ds = (strategy.distribute_datasets_from_function(
-        lambda ctx: task.build_dataset('eval', eval_batch_size, ctx)) if has_eval else None)
     trainer = trainer_cls(task=task, model=model, optimizer=optimizer, strategy=strategy,
-                          global_batch_size=global_batch_size, train_dataset=train_ds,
-                          eval_dataset=eval_ds)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                     **getattr(trainer, 'checkpoint_items', {}))
+                          global_batch_size=global_batch_size)
+    trainer.attach_datasets(train=True, eval_batch_size=eval_batch_size if has_eval else None)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **trainer.checkpoint_items)
 
   latest = tf.train.latest_checkpoint(ckpt_dir)
   if latest:
@@ -175,8 +170,9 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
   strategy_lib.check_global_batch_size(eval_batch_size, strategy, 'run_evaluate.eval_batch_size')
   with strategy.scope():
     model = task.build_model()
-    eval_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: task.build_dataset('eval', eval_batch_size, ctx))
+    evaluator = trainer_lib.Trainer(task=task, model=model, optimizer=_StepHolder(),
+                                    strategy=strategy, global_batch_size=eval_batch_size)
+    evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size)
     ckpt = tf.train.Checkpoint(model=model)
   status = ckpt.read(path)
   try:
@@ -184,11 +180,9 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
   except AssertionError as e:
     raise UserError(f'checkpoint {path} does not match the model: '
                     f'{str(e).splitlines()[0][:200]}') from None
-  step = int(tf.train.load_variable(path, 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE')) \
-      if 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE' in dict(tf.train.list_variables(path)) else 0
-  evaluator = trainer_lib.Trainer(task=task, model=model, optimizer=_StepHolder(),
-                                  strategy=strategy, global_batch_size=eval_batch_size,
-                                  eval_dataset=eval_ds)
+  variables = dict(tf.train.list_variables(path))
+  step_key = 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'
+  step = int(tf.train.load_variable(path, step_key)) if step_key in variables else 0
   metrics = {k: float(v) for k, v in evaluator.evaluate(tf.constant(eval_steps)).items()}
   out_dir = model_dir or os.path.dirname(path)
   write_eval_results(out_dir, metrics, evaluator.evaluator, step, name=results_name)

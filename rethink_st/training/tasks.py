@@ -12,7 +12,6 @@ import numpy as np
 import tensorflow as tf, tf_keras
 
 from rethink_st import losses as losses_lib
-from rethink_st.data import pipeline
 from rethink_st.errors import UserError
 
 TRAIN, EVAL = 'train', 'eval'
@@ -55,6 +54,7 @@ class Task:
                     source=None) -> tf.data.Dataset:
     """Batched (images, labels) under gin scope `split` (so `train/Augment.policy` applies
     to training only)."""
+    from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
     with gin.config_scope(split):
       return pipeline.build_input(
           source if source is not None else self.source(split), task=self.kind,

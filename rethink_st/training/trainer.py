@@ -45,22 +45,34 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
   """Supervised training of one task; subclasses change `compute_losses` and `loss_names`."""
 
   def __init__(self, *, task: tasks_lib.Task, model: tf_keras.Model, optimizer,
-               strategy: tf.distribute.Strategy, global_batch_size: int,
-               train_dataset=None, eval_dataset=None):
+               strategy: tf.distribute.Strategy, global_batch_size: int):
+    """Build under `strategy.scope()`, then call `attach_datasets`."""
     self.task, self.model, self.optimizer, self.strategy = task, model, optimizer, strategy
     self.global_batch_size = global_batch_size
     self.global_step = optimizer.iterations
-    with strategy.scope():
-      self.train_metrics = {n: tf_keras.metrics.Mean(n, dtype=tf.float32)
-                            for n in self.loss_names + ('weight_decay',)}
-    self.evaluator = task.new_evaluator() if eval_dataset is not None else None
+    self.train_metrics = {n: tf_keras.metrics.Mean(n, dtype=tf.float32)
+                          for n in tuple(self.loss_names) + ('weight_decay',)}
+    self.evaluator = None
     self._loop_start = None
-    if train_dataset is not None:
-      orbit.StandardTrainer.__init__(self, train_dataset,
-                                     options=orbit.StandardTrainerOptions())
-    if eval_dataset is not None:
-      orbit.StandardEvaluator.__init__(self, eval_dataset,
-                                       options=orbit.StandardEvaluatorOptions())
+
+  @property
+  def checkpoint_items(self) -> Dict[str, Any]:
+    """Extra trackables to checkpoint beside model and optimizer (e.g. loss averages)."""
+    return {}
+
+  def train_dataset_fn(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return self.task.build_dataset('train', self.global_batch_size, input_context)
+
+  def attach_datasets(self, train: bool = True, eval_batch_size: Optional[int] = None) -> None:
+    """Distributed train/eval datasets; eval only when eval_batch_size is given."""
+    if train:
+      dataset = self.strategy.distribute_datasets_from_function(self.train_dataset_fn)
+      orbit.StandardTrainer.__init__(self, dataset, options=orbit.StandardTrainerOptions())
+    if eval_batch_size:
+      dataset = self.strategy.distribute_datasets_from_function(
+          lambda ctx: self.task.build_dataset('eval', eval_batch_size, ctx))
+      self.evaluator = self.task.new_evaluator()
+      orbit.StandardEvaluator.__init__(self, dataset, options=orbit.StandardEvaluatorOptions())
 
   @property
   def loss_names(self) -> Sequence[str]:

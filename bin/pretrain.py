@@ -1,0 +1,24 @@
+"""Pre-trains a classification backbone (the ImageNet-init stand-in: iconic digits).
+
+  python bin/train_teacher.py --gin_file=gin_configs/digits/pretrain.gin --model_dir=runs/pretrain
+"""
+import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from absl import app, flags
+
+from rethink_st import cli
+from rethink_st.training import run
+
+flags.DEFINE_multi_string('gin_file', [], 'Gin config file(s), applied in order.')
+flags.DEFINE_multi_string('gin_param', [], 'Gin binding(s), e.g. "run_train.train_steps=100".')
+flags.DEFINE_string('model_dir', None, 'Where checkpoints, summaries and configs go.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  cli.run_binary(run.run_train, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
+                 model_dir=FLAGS.model_dir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,88 @@
+"""The student: trains on human + pseudo labels with the paper's loss normalization.
+
+Each global batch is part human, part pseudo (the paper: 256 + 256; `pseudo_fraction`). Both
+parts go through the same input pipeline and augmentation policy, are concatenated and run
+through the model in ONE forward pass (batch norm sees the whole batch, as in the paper), and
+the outputs are split to compute L_h and L_p, which `LossNormalizer` combines.
+"""
+from typing import Any, Dict, Optional
+
+import gin
+import tensorflow as tf
+
+from rethink_st import losses as losses_lib
+from rethink_st.errors import UserError
+from rethink_st.training import trainer as trainer_lib
+
+
+def split_batch(global_batch_size: int, pseudo_fraction: float, num_replicas: int):
+  """(human, pseudo) global batch sizes; each replica gets at least one human example."""
+  if not 0.0 <= pseudo_fraction < 1.0:
+    raise UserError(f'StudentTrainer.pseudo_fraction={pseudo_fraction} must be in [0, 1)')
+  pseudo = int(round(global_batch_size * pseudo_fraction))
+  human = global_batch_size - pseudo
+  if human < num_replicas or human % num_replicas or pseudo % num_replicas:
+    raise UserError(
+        f'StudentTrainer.pseudo_fraction={pseudo_fraction} with global batch '
+        f'{global_batch_size} gives {human} human + {pseudo} pseudo examples, which do not '
+        f'split over {num_replicas} replicas with at least one human example each')
+  return human, pseudo
+
+
+@gin.configurable(denylist=['task', 'model', 'optimizer', 'strategy', 'global_batch_size'])
+class StudentTrainer(trainer_lib.Trainer):
+  """Trainer whose batches are (human part, pseudo part).
+
+  pseudo_source: a Source of pseudo-labeled examples (e.g. tfrecord_source over the
+    pseudo-labeler's shards); it must have the task's label space.
+  pseudo_fraction: share of each global batch taken from pseudo labels (paper: 0.5).
+  normalizer: a LossNormalizer (alpha, decay, 'normalized' or 'standard').
+  """
+
+  def __init__(self, *, task, model, optimizer, strategy, global_batch_size,
+               pseudo_source=gin.REQUIRED, pseudo_fraction: float = 0.5,
+               normalizer: Optional[losses_lib.LossNormalizer] = None):
+    self.human_batch_size, self.pseudo_batch_size = split_batch(
+        global_batch_size, pseudo_fraction, strategy.num_replicas_in_sync)
+    if self.pseudo_batch_size == 0:
+      raise UserError(f'StudentTrainer.pseudo_fraction={pseudo_fraction} leaves no pseudo '
+                      f'example in a batch of {global_batch_size}')
+    self.pseudo_source = pseudo_source
+    _check_label_space(task, pseudo_source)
+    self.normalizer = normalizer or losses_lib.LossNormalizer()
+    super().__init__(task=task, model=model, optimizer=optimizer, strategy=strategy,
+                     global_batch_size=global_batch_size)
+
+  loss_names = ('total_loss', 'human_loss', 'pseudo_loss', 'human_loss_avg',
+                'pseudo_loss_avg', 'pseudo_weight')
+
+  @property
+  def checkpoint_items(self) -> Dict[str, Any]:
+    return {'loss_normalizer': self.normalizer}
+
+  def train_dataset_fn(self, input_context):
+    human = self.task.build_dataset('train', self.human_batch_size, input_context)
+    pseudo = self.task.build_dataset('train', self.pseudo_batch_size, input_context,
+                                     source=self.pseudo_source)
+    return tf.data.Dataset.zip((human, pseudo)).prefetch(tf.data.AUTOTUNE)
+
+  def compute_losses(self, inputs):
+    (h_images, h_labels), (p_images, p_labels) = inputs
+    n_h = tf.shape(h_images)[0]
+    images = tf.concat([h_images, tf.cast(p_images, h_images.dtype)], axis=0)
+    outputs = self.task.forward(self.model, images, None, training=True)
+    h_out = tf.nest.map_structure(lambda x: x[:n_h], outputs)
+    p_out = tf.nest.map_structure(lambda x: x[n_h:], outputs)
+    human = self.task.losses(h_out, h_labels)
+    pseudo = self.task.losses(p_out, p_labels)
+    return self.normalizer(human['total_loss'], pseudo['total_loss'],
+                           pseudo['num_positives'] > 0)
+
+
+def _check_label_space(task, pseudo_source) -> None:
+  """A pseudo-label folder written for another class count stops here, in one line."""
+  expected = task.num_classes - 1  # tasks count background; sources count object classes
+  got = getattr(pseudo_source, 'num_classes', None)
+  if got is not None and got != expected:
+    raise UserError(f'StudentTrainer.pseudo_source {getattr(pseudo_source, "name", "")} has '
+                    f'{got} classes but the task has {expected} (+ background)')
