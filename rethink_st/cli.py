@@ -27,6 +27,7 @@ _CONFIGURABLE_MODULES = (
     'rethink_st.training.joint',
     'rethink_st.training.tasks',
     'rethink_st.pseudo_label.run',
+    'rethink_st.pseudo_label.source',
     'rethink_st.self_training',
     'rethink_st.export',
 )

@@ -1,0 +1,210 @@
+"""Pseudo-label output folder: atomically written chunks, resumable, mergeable.
+
+Host `i` of `n` (--shard_index/--num_shards) labels its deterministic share of the unlabeled
+source in chunks of `chunk_size` images. Chunk `c` of host `i` is three files:
+
+    pseudo-{i:05d}-of-{n:05d}-{c:05d}.tfrecord   tf.Examples, the same format as human labels
+    pseudo-{i:05d}-of-{n:05d}-{c:05d}.coco.json  its pseudo boxes (detection) in COCO format
+    pseudo-{i:05d}-of-{n:05d}-{c:05d}.stats.json its counters
+
+each written under a `.tmp` name and renamed; the .tfrecord is renamed last, so its presence
+means the chunk is complete. A rerun skips complete chunks, so a killed job resumes with every
+image labeled exactly once. When a host finishes it writes `host-{i:05d}-of-{n:05d}.done`;
+whichever host sees all n done merges the counters into stats.json (and the boxes into
+pseudo_coco.json). `meta.json`, written first, records the label space and the settings.
+"""
+import glob
+import json
+import os
+import re
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from rethink_st.errors import UserError
+
+SCORE_BINS = np.linspace(0.0, 1.0, 21)  # 0.05-wide bins for score histograms
+
+
+def chunk_prefix(out_dir: str, shard_index: int, num_shards: int, chunk: int) -> str:
+  return os.path.join(out_dir, f'pseudo-{shard_index:05d}-of-{num_shards:05d}-{chunk:05d}')
+
+
+def complete_chunks(out_dir: str, shard_index: int, num_shards: int) -> List[int]:
+  """Chunk numbers of this host that are complete, in order."""
+  pattern = os.path.join(out_dir, f'pseudo-{shard_index:05d}-of-{num_shards:05d}-*.tfrecord')
+  chunks = sorted(int(re.search(r'-(\d{5})\.tfrecord$', p).group(1))
+                  for p in tf.io.gfile.glob(pattern))
+  return chunks
+
+
+def first_incomplete_chunk(out_dir: str, shard_index: int, num_shards: int) -> int:
+  """Chunks are written in order, so the complete ones are 0..k-1; returns k."""
+  done = complete_chunks(out_dir, shard_index, num_shards)
+  for expected, got in enumerate(done):
+    if expected != got:
+      raise UserError(f'{out_dir}: chunk {expected} of host {shard_index} is missing but '
+                      f'chunk {got} exists; the folder was edited by hand')
+  return len(done)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_meta(out_dir: str, meta: Dict[str, Any]) -> None:
+  """Writes meta.json, or checks an existing one has the same label space and settings."""
+  path = os.path.join(out_dir, 'meta.json')
+  tf.io.gfile.makedirs(out_dir)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      old = json.load(f)
+    changed = [k for k in meta if k in old and old[k] != meta[k]]
+    if changed:
+      k = changed[0]
+      raise UserError(f'{out_dir} holds pseudo labels made with {k}={old[k]!r}, not '
+                      f'{meta[k]!r}; use a new output folder')
+    return
+  _atomic_write_text(path, json.dumps(meta, indent=1, sort_keys=True))
+
+
+def read_meta(out_dir: str) -> Dict[str, Any]:
+  path = os.path.join(out_dir, 'meta.json')
+  if not tf.io.gfile.exists(path):
+    raise UserError(f'{out_dir}: not a pseudo-label folder (no meta.json)')
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+class ChunkWriter:
+  """Writes one chunk under temporary names; `close()` renames it into place."""
+
+  def __init__(self, prefix: str):
+    self.prefix = prefix
+    self._writer = tf.io.TFRecordWriter(prefix + '.tfrecord.tmp')
+
+  def write(self, serialized: bytes) -> None:
+    self._writer.write(serialized)
+
+  def close(self, coco: Optional[Dict[str, Any]], stats: Dict[str, Any]) -> None:
+    self._writer.close()
+    if coco is not None:
+      _atomic_write_text(self.prefix + '.coco.json', json.dumps(coco))
+    _atomic_write_text(self.prefix + '.stats.json', json.dumps(stats))
+    tf.io.gfile.rename(self.prefix + '.tfrecord.tmp', self.prefix + '.tfrecord', overwrite=True)
+
+  def abort(self) -> None:
+    self._writer.close()
+    tf.io.gfile.remove(self.prefix + '.tfrecord.tmp')
+
+
+class Counters:
+  """Streaming statistics; constant memory however many images pass."""
+
+  def __init__(self, num_classes: int, kind: str):
+    self.kind = kind
+    self.num_classes = num_classes
+    self.images = 0
+    self.images_without_labels = 0
+    self.boxes = 0
+    self.per_class = np.zeros(num_classes + 1, np.int64)  # index = class id (0: background)
+    self.boxes_per_image_hist = np.zeros(21, np.int64)    # 0..19, 20+
+    self.score_hist = np.zeros(len(SCORE_BINS) - 1, np.int64)  # all detections, pre-threshold
+    self.ignored_pixels = 0
+    self.pixels = 0
+
+  def add_detection(self, kept_classes: np.ndarray, all_scores: np.ndarray) -> None:
+    self.images += 1
+    n = int(kept_classes.shape[0])
+    self.boxes += n
+    self.images_without_labels += int(n == 0)
+    self.boxes_per_image_hist[min(n, 20)] += 1
+    np.add.at(self.per_class, kept_classes.astype(np.int64), 1)
+    self.score_hist += np.histogram(all_scores, bins=SCORE_BINS)[0]
+
+  def add_segmentation(self, mask: np.ndarray, ignore_label: int) -> None:
+    self.images += 1
+    valid = mask != ignore_label
+    self.pixels += int(mask.size)
+    self.ignored_pixels += int((~valid).sum())
+    self.images_without_labels += int(not (valid & (mask > 0)).any())
+    self.per_class += np.bincount(mask[valid].astype(np.int64),
+                                  minlength=self.num_classes + 1)[:self.num_classes + 1]
+
+  def to_dict(self) -> Dict[str, Any]:
+    d = {'kind': self.kind, 'num_classes': self.num_classes, 'images': self.images,
+         'images_without_labels': self.images_without_labels,
+         'per_class': self.per_class.tolist()}
+    if self.kind == 'detection':
+      d.update(boxes=self.boxes, boxes_per_image_hist=self.boxes_per_image_hist.tolist(),
+               score_hist=self.score_hist.tolist(), score_bins=SCORE_BINS.tolist())
+    else:
+      d.update(pixels=self.pixels, ignored_pixels=self.ignored_pixels)
+    return d
+
+
+def merge_stats(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+  """Sums chunk counters; adds means and fractions."""
+  merged: Dict[str, Any] = {}
+  for part in parts:
+    for k, v in part.items():
+      if k in ('kind', 'num_classes', 'score_bins'):
+        merged[k] = v
+      elif isinstance(v, list):
+        merged[k] = (np.asarray(merged.get(k, np.zeros(len(v), np.int64))) + np.asarray(v)).tolist()
+      else:
+        merged[k] = merged.get(k, 0) + v
+  images = max(merged.get('images', 0), 1)
+  if merged.get('kind') == 'detection':
+    merged['boxes_per_image'] = merged.get('boxes', 0) / images
+  elif merged.get('kind') == 'segmentation':
+    merged['ignored_fraction'] = merged.get('ignored_pixels', 0) / max(merged.get('pixels', 0), 1)
+  return merged
+
+
+def mark_host_done(out_dir: str, shard_index: int, num_shards: int, info: Dict[str, Any]) -> None:
+  _atomic_write_text(os.path.join(out_dir, f'host-{shard_index:05d}-of-{num_shards:05d}.done'),
+                     json.dumps(info))
+
+
+def all_hosts_done(out_dir: str, num_shards: int) -> bool:
+  return all(tf.io.gfile.exists(os.path.join(out_dir, f'host-{i:05d}-of-{num_shards:05d}.done'))
+             for i in range(num_shards))
+
+
+def merge_outputs(out_dir: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """stats.json from all chunks' counters, pseudo_coco.json from all chunks' boxes."""
+  stats_parts = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(out_dir, 'pseudo-*.stats.json'))):
+    with tf.io.gfile.GFile(path) as f:
+      stats_parts.append(json.load(f))
+  stats = merge_stats(stats_parts)
+  stats['chunks'] = len(stats_parts)
+  stats.update(extra or {})
+  coco_paths = sorted(tf.io.gfile.glob(os.path.join(out_dir, 'pseudo-*.coco.json')))
+  if coco_paths:
+    merged = {'images': [], 'annotations': [], 'categories': []}
+    for path in coco_paths:
+      with tf.io.gfile.GFile(path) as f:
+        part = json.load(f)
+      merged['images'] += part['images']
+      merged['categories'] = part['categories']
+      for ann in part['annotations']:
+        ann['id'] = len(merged['annotations']) + 1
+        merged['annotations'].append(ann)
+    _atomic_write_text(os.path.join(out_dir, 'pseudo_coco.json'), json.dumps(merged))
+  _atomic_write_text(os.path.join(out_dir, 'stats.json'), json.dumps(stats, indent=1))
+  return stats
+
+
+def tfrecord_pattern(out_dir: str) -> str:
+  return os.path.join(out_dir, 'pseudo-*.tfrecord')
+
+
+def list_tfrecords(out_dir: str) -> List[str]:
+  return sorted(glob.glob(tfrecord_pattern(out_dir))) or sorted(
+      tf.io.gfile.glob(tfrecord_pattern(out_dir)))
