@@ -1,0 +1,146 @@
+"""The `Source` interface every data source implements, and the deterministic subset rules.
+
+A source yields decoded examples (the contract in `rethink_st.data.features`): one dict per
+image, not batched, not repeated. Every source runs the same steps:
+
+    keyed records  (source_id, cheap payload)    subclass: `_keyed_dataset`
+      -> labeled fraction   keep iff in_fraction(source_id, fraction, fraction_seed)
+      -> host shard         keep iff in_shard(source_id, num_shards, shard_index)
+      -> shuffle            optional, on the cheap payloads
+      -> decode             subclass: `_decode` (image decoding happens only here)
+
+Both subset rules hash the example's `source_id`, never its position, so they do not depend
+on file order, shuffling, the number of hosts or the run: the 20% subset is the same on every
+host and every run, and it is contained in the 50% subset (same hash, lower threshold).
+"""
+import abc
+from typing import Any, Optional
+
+import tensorflow as tf, tf_keras  # pylint: disable=unused-import
+
+from rethink_st.errors import UserError
+
+# The fraction hash lands in [0, _FRACTION_BUCKETS); an example is kept iff its bucket is
+# below round(fraction * _FRACTION_BUCKETS).
+_FRACTION_BUCKETS = 1 << 30
+
+
+def check_fraction(fraction: Any, where: str) -> float:
+  """Returns `fraction` as a float, or raises UserError naming `where` if it is not in (0, 1]."""
+  try:
+    value = float(fraction)
+  except (TypeError, ValueError):
+    raise UserError(f'{where}: fraction={fraction!r} must be a number in (0, 1]') from None
+  if isinstance(fraction, bool) or not 0.0 < value <= 1.0:
+    raise UserError(f'{where}: fraction={fraction!r} must be in (0, 1]')
+  return value
+
+
+def fraction_bucket(source_id, fraction_seed: int = 0) -> tf.Tensor:
+  """Stable hash of (source_id, fraction_seed) in [0, 2**30); same on every host and run.
+
+  `tf.strings.to_hash_bucket_fast` is FarmHash Fingerprint64, which TensorFlow guarantees
+  never changes. Works on a scalar or a vector of source ids, eagerly or in a graph.
+  """
+  salted = tf.strings.join([source_id, f'|fraction_seed={int(fraction_seed)}'])
+  return tf.strings.to_hash_bucket_fast(salted, _FRACTION_BUCKETS)
+
+
+def in_fraction(source_id, fraction: float, fraction_seed: int = 0) -> tf.Tensor:
+  """True where the example belongs to the deterministic `fraction` subset (a bool tensor)."""
+  threshold = int(round(float(fraction) * _FRACTION_BUCKETS))
+  return fraction_bucket(source_id, fraction_seed) < threshold
+
+
+def in_shard(source_id, num_shards: int, shard_index: int) -> tf.Tensor:
+  """True where the example belongs to host shard `shard_index` of `num_shards`.
+
+  A partition: every example is in exactly one shard, whatever the order of the data.
+  """
+  salted = tf.strings.join([source_id, '|shard'])
+  return tf.equal(tf.strings.to_hash_bucket_fast(salted, int(num_shards)), int(shard_index))
+
+
+def shard_for_input_context(ds: tf.data.Dataset,
+                            input_context: Optional[tf.distribute.InputContext]
+                            ) -> tf.data.Dataset:
+  """Keeps this input pipeline's share of `ds` (every n-th element) under tf.distribute."""
+  if input_context is None or input_context.num_input_pipelines <= 1:
+    return ds
+  return ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+class Source(abc.ABC):
+  """A named collection of images (and labels), yielding decoded examples.
+
+  Attributes:
+    name: how error and log messages name this source.
+    num_classes: number of foreground classes (class ids are 1..num_classes, 0 is
+      background), or None when the source has no class labels or does not know them.
+    fraction, fraction_seed: the deterministic labeled subset (see module docstring).
+  """
+
+  # Shuffle buffer, in records (encoded images or record indices, not decoded images).
+  shuffle_buffer_size = 1024
+
+  def __init__(self, name: str, *, fraction: float = 1.0, fraction_seed: int = 0,
+               num_classes: Optional[int] = None):
+    self.name = name
+    self.fraction = check_fraction(fraction, name)
+    try:
+      self.fraction_seed = int(fraction_seed)
+    except (TypeError, ValueError):
+      raise UserError(f'{name}: fraction_seed={fraction_seed!r} must be an integer') from None
+    self.num_classes = num_classes
+
+  def __repr__(self):
+    return f'<{type(self).__name__} {self.name}>'
+
+  @abc.abstractmethod
+  def validate(self) -> None:
+    """Cheap up-front checks; raises UserError with one line naming the path/name/file."""
+
+  @abc.abstractmethod
+  def _keyed_dataset(self, *, shuffle: bool, seed: int,
+                     input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
+    """Elements `(source_id, payload)`: cheap to make, in a deterministic order if not shuffle.
+
+    Must already apply `input_context` sharding (by file where possible).
+    """
+
+  @abc.abstractmethod
+  def _decode(self, source_id: tf.Tensor, payload: Any) -> dict:
+    """Turns one keyed record into a decoded example dict (features.py contract)."""
+
+  def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Hook applied after decoding (e.g. dropping unreadable images)."""
+    return ds
+
+  def dataset(self, *, shuffle: bool = False, seed: int = 0,
+              input_context: Optional[tf.distribute.InputContext] = None,
+              num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+    """Decoded examples, not batched, not repeated.
+
+    Args:
+      shuffle: shuffle files and records (seeded by `seed`); otherwise the order is the
+        same on every run.
+      seed: shuffle seed.
+      input_context: a `tf.distribute.InputContext`; each input pipeline reads its share
+        (files are split by `input_pipeline_id` when there are enough of them).
+      num_shards, shard_index: split by example for independent hosts (pseudo-labeling):
+        shard `shard_index` keeps the examples whose source_id hashes to it, so the shards
+        partition the data, the same way on every run.
+    """
+    if int(num_shards) < 1 or not 0 <= int(shard_index) < int(num_shards):
+      raise UserError(f'{self.name}: need 0 <= shard_index < num_shards, got '
+                      f'shard_index={shard_index!r}, num_shards={num_shards!r}')
+    ds = self._keyed_dataset(shuffle=shuffle, seed=seed, input_context=input_context)
+    if self.fraction < 1.0:
+      fraction, fraction_seed = self.fraction, self.fraction_seed
+      ds = ds.filter(lambda source_id, _: in_fraction(source_id, fraction, fraction_seed))
+    if num_shards > 1:
+      ds = ds.filter(lambda source_id, _: in_shard(source_id, num_shards, shard_index))
+    if shuffle:
+      ds = ds.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return self._finish(ds)

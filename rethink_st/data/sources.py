@@ -1,0 +1,66 @@
+"""Data sources: one gin-configurable way to name any collection of images.
+
+Every source is a `Source` (rethink_st/data/source_base.py) yielding the decoded examples of
+`rethink_st.data.features`, validated at construction (bad input -> one-line UserError):
+
+    tfds_source(name, split='train', data_dir=None, fraction=1.0, fraction_seed=0)
+    tfrecord_source(file_pattern, fraction=1.0, fraction_seed=0, num_classes=None)
+    coco_json_source(annotation_file, image_dir, include_masks=True, semantic_masks=False,
+                     fraction=1.0, fraction_seed=0)
+    image_folder_source(directory, fraction=1.0, fraction_seed=0)
+    digit_scenes_source(split='train', data_dir=None, fraction=1.0, fraction_seed=0)
+
+All are registered in gin as `rethink_st.data.sources.<name>`, e.g.
+
+    import rethink_st.data.sources
+    train_input.source = @train/digit_scenes_source()
+    train/digit_scenes_source.split = 'train'
+    train/digit_scenes_source.fraction = 0.2     # the paper's 20% labeled subset
+
+`fraction` keeps an example iff a stable hash of (source_id, fraction_seed) falls below it:
+the same subset on every host and run, and the 20% subset is inside the 50% one.
+"""
+from typing import Optional
+
+import gin
+
+from rethink_st.data import features as F  # pylint: disable=unused-import
+from rethink_st.data.coco_json_source import CocoJsonSource, coco_json_source
+from rethink_st.data.image_folder_source import IMAGE_EXTENSIONS, ImageFolderSource, \
+    image_folder_source
+from rethink_st.data.source_base import Source, check_fraction, fraction_bucket, in_fraction, \
+    in_shard
+from rethink_st.data.tfds_source import TFDSSource, tfds_source
+from rethink_st.data.tfrecord_source import TFRecordSource, tfrecord_source
+from rethink_st.errors import UserError
+
+__all__ = [
+    'Source', 'TFDSSource', 'TFRecordSource', 'CocoJsonSource', 'ImageFolderSource',
+    'tfds_source', 'tfrecord_source', 'coco_json_source', 'image_folder_source',
+    'digit_scenes_source', 'in_fraction', 'in_shard', 'fraction_bucket', 'check_fraction',
+    'IMAGE_EXTENSIONS', 'UserError',
+]
+
+DIGIT_SCENES_NUM_CLASSES = 10
+
+
+@gin.configurable(module='rethink_st.data.sources')
+def digit_scenes_source(split: str = 'train', data_dir: Optional[str] = None,
+                        fraction: float = 1.0, fraction_seed: int = 0) -> TFRecordSource:
+  """The embedded digit-scenes dataset's TFRecords for `split` (10 classes, ids 1..10).
+
+  `rethink_st.data.digit_scenes.ensure_digit_scenes(data_dir)` makes the dataset if it is
+  not there yet and returns its directory; its files are `{dir}/{split}.tfrecord-*`.
+  Splits: train, unlabeled, val, iconic_train, iconic_val.
+  """
+  from rethink_st.data import digit_scenes  # pylint: disable=import-outside-toplevel
+  check_fraction(fraction, 'digit_scenes_source')
+  if split not in digit_scenes.SPLITS:
+    raise UserError(f'digit_scenes_source: unknown split={split!r}; expected one of '
+                    f'{", ".join(digit_scenes.SPLITS)}')
+  directory = digit_scenes.ensure_digit_scenes(data_dir) or data_dir
+  source = TFRecordSource(f'{directory}/{split}.tfrecord-*', fraction=fraction,
+                          fraction_seed=fraction_seed,
+                          num_classes=DIGIT_SCENES_NUM_CLASSES,
+                          name=f'digit_scenes_source(split={split!r})')
+  return source
