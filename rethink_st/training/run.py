@@ -71,6 +71,7 @@ def run_train(model_dir: str,
               eval_steps: int = -1,
               init_checkpoint: Optional[str] = None,
               init_modules: Sequence[str] = ('backbone',),
+              joint=None,
               seed: Optional[int] = None) -> Dict[str, float]:
   """Trains `task` to `train_steps` in `model_dir` (resuming if it holds a checkpoint) and
   returns the final evaluation metrics (empty if the task has no eval source).
@@ -78,6 +79,8 @@ def run_train(model_dir: str,
   init_checkpoint / init_modules: where a fresh run's weights come from (a TF2 checkpoint or
   a folder of them: a teacher, a classification model this project pre-trained, or Model
   Garden's); ignored when model_dir already holds a checkpoint (resume wins).
+  joint: a JointClassification (training/joint.py) adds w * a classification loss on the
+  shared backbone (the paper's joint training); works with any trainer_cls.
   """
   if not model_dir:
     raise UserError('--model_dir is required')
@@ -99,7 +102,7 @@ def run_train(model_dir: str,
     model = task.build_model()
     optimizer = optimization.build_optimizer(global_batch_size, train_steps)
     trainer = trainer_cls(task=task, model=model, optimizer=optimizer, strategy=strategy,
-                          global_batch_size=global_batch_size)
+                          global_batch_size=global_batch_size, joint=joint)
     trainer.attach_datasets(train=True, eval_batch_size=eval_batch_size if has_eval else None)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **trainer.checkpoint_items)
 

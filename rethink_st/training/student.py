@@ -41,7 +41,7 @@ class StudentTrainer(trainer_lib.Trainer):
 
   def __init__(self, *, task, model, optimizer, strategy, global_batch_size,
                pseudo_source=gin.REQUIRED, pseudo_fraction: float = 0.5,
-               normalizer: Optional[losses_lib.LossNormalizer] = None):
+               normalizer: Optional[losses_lib.LossNormalizer] = None, joint=None):
     self.human_batch_size, self.pseudo_batch_size = split_batch(
         global_batch_size, pseudo_fraction, strategy.num_replicas_in_sync)
     if self.pseudo_batch_size == 0:
@@ -51,16 +51,16 @@ class StudentTrainer(trainer_lib.Trainer):
     _check_label_space(task, pseudo_source)
     self.normalizer = normalizer or losses_lib.LossNormalizer()
     super().__init__(task=task, model=model, optimizer=optimizer, strategy=strategy,
-                     global_batch_size=global_batch_size)
+                     global_batch_size=global_batch_size, joint=joint)
 
   loss_names = ('total_loss', 'human_loss', 'pseudo_loss', 'human_loss_avg',
                 'pseudo_loss_avg', 'pseudo_weight')
 
   @property
   def checkpoint_items(self) -> Dict[str, Any]:
-    return {'loss_normalizer': self.normalizer}
+    return {**super().checkpoint_items, 'loss_normalizer': self.normalizer}
 
-  def train_dataset_fn(self, input_context):
+  def main_dataset_fn(self, input_context):
     human = self.task.build_dataset('train', self.human_batch_size, input_context)
     pseudo = self.task.build_dataset('train', self.pseudo_batch_size, input_context,
                                      source=self.pseudo_source)

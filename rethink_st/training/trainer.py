@@ -45,23 +45,35 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
   """Supervised training of one task; subclasses change `compute_losses` and `loss_names`."""
 
   def __init__(self, *, task: tasks_lib.Task, model: tf_keras.Model, optimizer,
-               strategy: tf.distribute.Strategy, global_batch_size: int):
-    """Build under `strategy.scope()`, then call `attach_datasets`."""
+               strategy: tf.distribute.Strategy, global_batch_size: int, joint=None):
+    """Build under `strategy.scope()`, then call `attach_datasets`.
+
+    joint: a `joint.JointClassification` to add a classification loss on a shared backbone.
+    """
     self.task, self.model, self.optimizer, self.strategy = task, model, optimizer, strategy
     self.global_batch_size = global_batch_size
     self.global_step = optimizer.iterations
+    self.joint = joint
+    if joint is not None:
+      joint.build(model, task.image_size, global_batch_size, strategy.num_replicas_in_sync)
     self.train_metrics = {n: tf_keras.metrics.Mean(n, dtype=tf.float32)
-                          for n in tuple(self.loss_names) + ('weight_decay',)}
+                          for n in self.metric_names}
     self.evaluator = None
     self._loop_start = None
 
   @property
   def checkpoint_items(self) -> Dict[str, Any]:
     """Extra trackables to checkpoint beside model and optimizer (e.g. loss averages)."""
-    return {}
+    return {'classification_head': self.joint.head} if self.joint is not None else {}
+
+  def main_dataset_fn(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return self.task.build_dataset('train', self.global_batch_size, input_context)
 
   def train_dataset_fn(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-    return self.task.build_dataset('train', self.global_batch_size, input_context)
+    main = self.main_dataset_fn(input_context)
+    if self.joint is None:
+      return main
+    return tf.data.Dataset.zip((main, self.joint.dataset_fn(input_context)))
 
   def attach_datasets(self, train: bool = True, eval_batch_size: Optional[int] = None) -> None:
     """Distributed train/eval datasets; eval only when eval_batch_size is given."""
@@ -78,12 +90,24 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
   def loss_names(self) -> Sequence[str]:
     return self.task.loss_names
 
+  @property
+  def metric_names(self) -> Sequence[str]:
+    extra = ('classification_loss',) if self.joint is not None else ()
+    return tuple(self.loss_names) + extra + ('weight_decay',)
+
   # ---- training ---------------------------------------------------------------------------
   def compute_losses(self, inputs) -> Dict[str, tf.Tensor]:
     """This replica's losses for one batch; must contain 'total_loss' and `loss_names`."""
     images, labels = inputs
     outputs = self.task.forward(self.model, images, labels, training=True)
     return self.task.losses(outputs, labels)
+
+  def trainable_variables_for_step(self):
+    tvars = list(self.model.trainable_variables)
+    if self.joint is not None:  # the head's own layers; the backbone is already in tvars
+      seen = {id(v) for v in tvars}
+      tvars += [v for v in self.joint.head.trainable_variables if id(v) not in seen]
+    return tvars
 
   def train_loop_begin(self):
     for m in self.train_metrics.values():
@@ -97,12 +121,18 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
     def step_fn(inputs):
       with tf.GradientTape() as tape:
-        losses = self.compute_losses(inputs)
+        if self.joint is None:
+          losses = self.compute_losses(inputs)
+        else:
+          main_inputs, cls_inputs = inputs
+          losses = dict(self.compute_losses(main_inputs))
+          losses['classification_loss'] = self.joint.loss(cls_inputs)
+          losses['total_loss'] += self.joint.weight * losses['classification_loss']
         decay = optimization.weight_decay_loss(self.model)
         loss = (losses['total_loss'] + decay) / num_replicas
         if scaled_optimizer:
           loss = optimizer.get_scaled_loss(loss)
-      tvars = self.model.trainable_variables
+      tvars = self.trainable_variables_for_step()
       grads = tape.gradient(loss, tvars)
       if scaled_optimizer:
         grads = optimizer.get_unscaled_gradients(grads)
