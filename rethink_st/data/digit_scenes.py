@@ -25,7 +25,7 @@ are pure functions of a `np.random.Generator`, returning dicts keyed by
     {data_dir}/meta.json                              written last: the directory is complete
     {data_dir}/{split}.tfrecord-00000-of-00004 ...    Model Garden tf.Examples
     {data_dir}/annotations/{split}.json               COCO instances JSON (RLE masks)
-    {data_dir}/images/{split}/{image_id:06d}.png      the images
+    {data_dir}/images/{split}/{image_id:06d}.jpg      the images (JPEG q92; or .png)
     {data_dir}/masks/{split}/{image_id:06d}.png       semantic masks (0, 1..10, 255 ignore)
 
 Every image is generated from its own `np.random.default_rng([seed, split_number, index])`,
@@ -56,6 +56,8 @@ POOL_OF_SPLIT = {'train': 'train', 'unlabeled': 'unlabeled', 'val': 'val',
 META_FILE = 'meta.json'
 DATA_DIR_ENV = 'RETHINK_ST_DATA_DIR'
 FORMAT_VERSION = 1
+IMAGE_FORMATS = ('jpeg', 'png')
+JPEG_QUALITY = 92     # JPEG images are 4:4:4 at this quality; masks are always PNG
 
 # Extra key of generated examples (not part of the decoded-example contract, not serialized):
 # indices into sklearn's `load_digits()` of every digit drawn in the image, dropped ones too.
@@ -182,18 +184,17 @@ def _clutter_shape(rng, size: int) -> np.ndarray:
   return (np.abs(dist - r) <= rng.uniform(0.5, 1.5)) & in_arc
 
 
-def _paint(img, shape_alpha, colour):
-  """Alpha-blends `colour` into `img` in place; shape_alpha [H, W] in [0, 1]."""
-  a = shape_alpha[..., None]
-  img *= 1 - a
-  img += a * colour
+def _paint(img, shape, colour, opacity=1.0):
+  """Blends `colour` into `img` in place where the boolean `shape` is set."""
+  img[shape] = (1 - opacity) * img[shape] + opacity * colour
 
 
 def _add_clutter(rng, img, count):
   size = img.shape[0]
   for _ in range(count):
-    shape = _clutter_shape(rng, size).astype(np.float32) * rng.uniform(0.35, 0.9)
-    _paint(img, shape, rng.uniform(0, 1, 3).astype(np.float32))
+    shape = _clutter_shape(rng, size)
+    opacity = np.float32(rng.uniform(0.35, 0.9))
+    _paint(img, shape, rng.uniform(0, 1, 3).astype(np.float32), opacity)
 
 
 def _render_digit(digit8: np.ndarray, size: float, angle: float, aspect: float) -> np.ndarray:
@@ -276,7 +277,7 @@ def _compose(rng, pool: DigitPool, size: int, placements, num_clutter: int,
       if not shape.any():
         continue
       # Occluders are opaque and hard-edged: their pixels are background.
-      _paint(img, shape.astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32))
+      _paint(img, shape, rng.uniform(0, 1, 3).astype(np.float32))
       owner[shape] = -1
       if rng.random() < 0.5:   # and a thick bar, which can cut a digit
         yy, xx = _pixel_grid(size)
@@ -285,7 +286,7 @@ def _compose(rng, pool: DigitPool, size: int, placements, num_clutter: int,
         dist = np.abs((yy - cy) * np.cos(theta) - (xx - cx) * np.sin(theta)
                       + rng.uniform(-0.3, 0.3) * height)
         bar = dist <= rng.uniform(0.06, 0.15) * height
-        _paint(img, bar.astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32))
+        _paint(img, bar, rng.uniform(0, 1, 3).astype(np.float32))
         owner[bar] = -1
 
   img += rng.normal(0, rng.uniform(0.0, 0.03), img.shape).astype(np.float32)
@@ -400,3 +401,252 @@ def generate_iconic(rng: np.random.Generator, digit_pool: DigitPool, image_size:
                      min_visible_frac=0.0, min_visible_pixels=1)
   example[F.LABEL] = np.int64(digit_pool.labels[k])
   return example
+
+
+# --------------------------------------------------------------------------- the directory
+
+
+def default_data_dir() -> str:
+  """`$RETHINK_ST_DATA_DIR` if set, else `<repo>/data/digit_scenes`."""
+  env = os.environ.get(DATA_DIR_ENV)
+  if env:
+    return env
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(repo, 'data', 'digit_scenes')
+
+
+def is_complete(data_dir: str) -> bool:
+  """True if `data_dir` holds a finished dataset (meta.json is written last)."""
+  return os.path.isfile(os.path.join(data_dir, META_FILE))
+
+
+def read_meta(data_dir: str) -> dict:
+  path = os.path.join(data_dir, META_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f'{path} not found: {data_dir} is not a complete digit-scenes dataset '
+                    f'(make one with bin/make_digit_scenes.py)')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise UserError(f'{path} is not valid JSON: {e}') from None
+
+
+def tfrecord_files(data_dir: str, split: str) -> List[str]:
+  """The TFRecord shards of `split`, in order."""
+  meta = read_meta(data_dir)
+  if split not in meta['splits']:
+    raise UserError(f'digit-scenes split {split!r} unknown in {data_dir}; '
+                    f'splits are {sorted(meta["splits"])}')
+  return [os.path.join(data_dir, f) for f in meta['splits'][split]['tfrecord_files']]
+
+
+def _shard_name(split: str, shard: int, shards: int) -> str:
+  return f'{split}.tfrecord-{shard:05d}-of-{shards:05d}'
+
+
+def _check_count(name: str, value, minimum: int = 0) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise UserError(f'make_digit_scenes.{name} must be an integer >= {minimum}, got {value!r}')
+  return int(value)
+
+
+def _write_split(tmp_dir, split, count, size, seed, shards, pool, image_format):
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from rethink_st.data import coco_json_writer
+  from rethink_st.data import tfexample
+  # pylint: enable=g-import-not-at-top
+  iconic = split in ICONIC_SPLITS
+  split_number = SPLITS.index(split)
+  coco = coco_json_writer.CocoJsonWriter(CLASS_NAMES, supercategory='digit',
+                                         info={'description': f'digit scenes {split}'})
+  image_dir = os.path.join(tmp_dir, 'images', split)
+  mask_dir = os.path.join(tmp_dir, 'masks', split)
+  os.makedirs(image_dir)
+  os.makedirs(mask_dir)
+  names = [_shard_name(split, s, shards) for s in range(shards)]
+  writers = [tf.io.TFRecordWriter(os.path.join(tmp_dir, n)) for n in names]
+  num_instances = 0
+  try:
+    for i in range(count):
+      rng = np.random.default_rng([seed, split_number, i])
+      example = (generate_iconic if iconic else generate_scene)(rng, pool, size)
+      image_id = i + 1
+      example[F.SOURCE_ID] = str(image_id)
+      if image_format == 'jpeg':
+        file_name = f'{image_id:06d}.jpg'
+        encoded = tfexample.encode_jpeg(example[F.IMAGE], JPEG_QUALITY)
+      else:
+        file_name = f'{image_id:06d}.png'
+        encoded = tfexample.encode_png(example[F.IMAGE])
+      with open(os.path.join(image_dir, file_name), 'wb') as f:
+        f.write(encoded)
+      semantic_png = tfexample.encode_png(example[F.SEMANTIC_MASK])
+      with open(os.path.join(mask_dir, f'{image_id:06d}.png'), 'wb') as f:
+        f.write(semantic_png)
+      writers[i % shards].write(tfexample.encode_example(
+          example, encoded_image=encoded, encoded_semantic_mask=semantic_png,
+          class_names=CLASS_NAMES, filename=file_name))
+      extras = {'label': int(example[F.LABEL])} if iconic else {}
+      coco.add(image_id, file_name, example, **extras)
+      num_instances += len(example[F.CLASSES])
+  finally:
+    for w in writers:
+      w.close()
+  coco.write(os.path.join(tmp_dir, 'annotations', f'{split}.json'))
+  return {'kind': 'iconic' if iconic else 'scenes', 'pool': POOL_OF_SPLIT[split],
+          'num_examples': count, 'num_instances': num_instances, 'image_size': size,
+          'tfrecord_files': names, 'coco_json': f'annotations/{split}.json',
+          'image_dir': f'images/{split}', 'semantic_mask_dir': f'masks/{split}'}
+
+
+def _install(tmp_dir: str, data_dir: str, overwrite: bool) -> None:
+  """Moves the finished tmp_dir to data_dir (a rename: readers never see half a dataset)."""
+  if os.path.isdir(data_dir) and not os.listdir(data_dir):
+    os.rmdir(data_dir)
+  if not os.path.exists(data_dir):
+    os.rename(tmp_dir, data_dir)
+    return
+  if not overwrite:
+    raise UserError(f'{data_dir} already exists and is not empty; pass overwrite=True '
+                    f'(make_digit_scenes.overwrite) to replace it')
+  old = tempfile.mkdtemp(prefix=f'.{os.path.basename(data_dir)}.old-',
+                         dir=os.path.dirname(data_dir))
+  os.rename(data_dir, os.path.join(old, 'd'))
+  os.rename(tmp_dir, data_dir)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+@gin.configurable(denylist=['data_dir'])
+def make_digit_scenes(data_dir: str, *,
+                      num_train: int = 2000,
+                      num_unlabeled: int = 2000,
+                      num_val: int = 500,
+                      num_iconic_train: int = 2000,
+                      num_iconic_val: int = 500,
+                      image_size: int = 128,
+                      iconic_image_size: int = 64,
+                      seed: int = 0,
+                      shards: int = 4,
+                      image_format: str = 'jpeg',
+                      overwrite: bool = False) -> str:
+  """Generates the digit-scenes dataset into `data_dir` (see the module docstring for the
+  layout) and returns data_dir. Everything is written to a temporary sibling directory and
+  renamed into place at the end, with meta.json written last. The same arguments (and gin
+  bindings of digit_pools / generate_scene / generate_iconic) give byte-identical files.
+  Images are JPEG (quality 92, 4:4:4; as COCO's) or PNG (`image_format='png'`: lossless,
+  about 2.5x bigger and slower); masks are always PNG."""
+  if not data_dir:
+    raise UserError('make_digit_scenes: data_dir is empty')
+  counts = {'train': _check_count('num_train', num_train),
+            'unlabeled': _check_count('num_unlabeled', num_unlabeled),
+            'val': _check_count('num_val', num_val),
+            'iconic_train': _check_count('num_iconic_train', num_iconic_train),
+            'iconic_val': _check_count('num_iconic_val', num_iconic_val)}
+  image_size = _check_count('image_size', image_size, 16)
+  iconic_image_size = _check_count('iconic_image_size', iconic_image_size, 16)
+  seed = _check_count('seed', seed)
+  shards = _check_count('shards', shards, 1)
+  if image_format not in IMAGE_FORMATS:
+    raise UserError(f'make_digit_scenes.image_format must be one of {IMAGE_FORMATS}, '
+                    f'got {image_format!r}')
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  if (os.path.isdir(data_dir) and os.listdir(data_dir)) or os.path.isfile(data_dir):
+    if not overwrite or os.path.isfile(data_dir):
+      raise UserError(f'{data_dir} already exists and is not empty; pass overwrite=True '
+                      f'(make_digit_scenes.overwrite) to replace it')
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  pools = digit_pools()
+  parent = os.path.dirname(data_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp_dir = tempfile.mkdtemp(prefix=f'.{os.path.basename(data_dir)}.tmp-', dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp_dir, 0o777 & ~umask)       # mkdtemp makes it private
+  try:
+    splits = {}
+    for split in SPLITS:
+      size = iconic_image_size if split in ICONIC_SPLITS else image_size
+      splits[split] = _write_split(tmp_dir, split, counts[split], size, seed, shards,
+                                   pools[POOL_OF_SPLIT[split]], image_format)
+      logging.info('digit scenes: wrote %d %s examples (%d instances)', counts[split], split,
+                   splits[split]['num_instances'])
+    meta = {'name': 'digit_scenes', 'format_version': FORMAT_VERSION, 'seed': seed,
+            'image_size': image_size, 'iconic_image_size': iconic_image_size,
+            'num_classes': NUM_CLASSES, 'class_names': list(CLASS_NAMES),
+            'class_ids': 'digit d has class id d + 1; 0 is background',
+            'ignore_label': F.IGNORE_LABEL, 'shards': shards, 'image_format': image_format,
+            'pools': {name: len(pool.labels) for name, pool in pools.items()},
+            'splits': splits}
+    with open(os.path.join(tmp_dir, META_FILE), 'w') as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+    _install(tmp_dir, data_dir, overwrite)
+  finally:
+    if os.path.isdir(tmp_dir):
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+  return data_dir
+
+
+def ensure_digit_scenes(data_dir: Optional[str] = None) -> str:
+  """Returns the dataset directory (default_data_dir() if None), generating the default set
+  first if its meta.json is absent."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  if is_complete(data_dir):
+    return data_dir
+  print(f'rethink_st: generating the digit-scenes dataset in {data_dir} '
+        f'(first run only, about a minute)', file=sys.stderr, flush=True)
+  try:
+    make_digit_scenes(data_dir, overwrite=False)
+  except UserError:
+    if not is_complete(data_dir):   # else another process finished it first
+      raise
+  return data_dir
+
+
+# ------------------------------------------------------------------------- reading back
+
+
+def read_examples(data_dir: str, split: str, n: Optional[int] = None):
+  """Yields up to n decoded examples of `split` (numpy dicts keyed by `features`), read with
+  Model Garden's TfExampleDecoder(include_mask=True) plus the semantic mask and label."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from official.vision.dataloaders import tf_example_decoder
+  # pylint: enable=g-import-not-at-top
+  decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
+  extra = {F.TFEX_SEMANTIC_MASK: tf.io.FixedLenFeature((), tf.string, ''),
+           F.TFEX_LABEL: tf.io.FixedLenFeature((), tf.int64, -1)}
+  dataset = tf.data.TFRecordDataset(tfrecord_files(data_dir, split))
+  if n is not None:
+    dataset = dataset.take(n)
+  for record in dataset:
+    out = {k: v.numpy() for k, v in decoder.decode(record).items()}
+    parsed = tf.io.parse_single_example(record, extra)
+    if parsed[F.TFEX_SEMANTIC_MASK].numpy():
+      out[F.SEMANTIC_MASK] = tf.io.decode_png(parsed[F.TFEX_SEMANTIC_MASK], channels=1).numpy()
+    if parsed[F.TFEX_LABEL].numpy() >= 0:
+      out[F.LABEL] = parsed[F.TFEX_LABEL].numpy()
+    yield out
+
+
+def write_preview(data_dir: str, split: str, path: str, n: int = 16, ncols: int = 4,
+                  scale: int = 2) -> str:
+  """A PNG grid of the first n examples of `split`: each as the image with its boxes and
+  instance masks, next to its semantic mask (class colours on black, ignore white).
+  Returns path."""
+  from rethink_st import drawing  # pylint: disable=g-import-not-at-top
+  panels, titles = [], []
+  for ex in read_examples(data_dir, split, n):
+    digits = ''.join(CLASS_NAMES[c - 1] for c in ex[F.CLASSES])
+    panels.append(drawing.draw_example(ex[F.IMAGE], ex[F.BOXES], ex[F.CLASSES],
+                                       instance_masks=ex[F.INSTANCE_MASKS], scale=scale))
+    panels.append(drawing.draw_example(np.zeros_like(ex[F.IMAGE]),
+                                       semantic_mask=ex.get(F.SEMANTIC_MASK),
+                                       scale=scale, mask_alpha=1.0))
+    sid = ex[F.SOURCE_ID].decode()
+    label = f' label {ex[F.LABEL]}' if F.LABEL in ex else ''
+    titles += [f'#{sid}: {digits}{label}', 'semantic']
+  if not panels:
+    raise UserError(f'digit-scenes split {split!r} in {data_dir} has no examples')
+  return drawing.save_grid(panels, path, ncols=2 * ncols, titles=titles)
