@@ -1,0 +1,26 @@
+"""Trains a student on human + pseudo labels (half/half batches, loss normalization).
+
+  python bin/train_student.py --gin_file=gin_configs/digits/student.gin \
+      --gin_param="pseudo_label_source.directory='runs/pseudo'" \
+      --gin_param="run_train.init_checkpoint='runs/teacher'" --model_dir=runs/student
+"""
+import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from absl import app, flags
+
+from rethink_st import cli
+from rethink_st.training import run
+
+flags.DEFINE_multi_string('gin_file', [], 'Gin config file(s), applied in order.')
+flags.DEFINE_multi_string('gin_param', [], 'Gin binding(s).')
+flags.DEFINE_string('model_dir', None, 'Where checkpoints, summaries and configs go.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  cli.run_binary(run.run_train, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
+                 model_dir=FLAGS.model_dir)
+
+
+if __name__ == '__main__':
+  app.run(main)

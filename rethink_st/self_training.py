@@ -1,0 +1,143 @@
+"""run_self_training: teacher -> pseudo-label -> student -> evaluate, for N rounds.
+
+Each stage is the same run function its own binary calls, under a gin scope, so one gin file
+configures all of them and a stage differs from another only by scoped bindings:
+
+    teacher/run_train.train_steps = 1500
+    student/run_train.train_steps = 3000
+    pseudo/run_pseudo_label.score_threshold = 0.5
+
+Layout of `root_dir`:  teacher/  round_1/pseudo/  round_1/student/  round_2/...  results.json
+With rounds > 1 the student of round k is the teacher of round k+1. Every stage resumes where
+it stopped (checkpoints, complete pseudo-label chunks), so rerunning a killed demo continues it.
+"""
+import functools
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import gin
+import tensorflow as tf
+
+from rethink_st.errors import UserError
+from rethink_st.pseudo_label import run as pseudo_run
+from rethink_st.pseudo_label import shards
+from rethink_st.pseudo_label import source as pseudo_source_lib
+from rethink_st.training import run as run_lib
+from rethink_st.training import student as student_lib
+
+_STUDENT_INITS = ('teacher', 'random', 'checkpoint')
+
+
+def _done(model_dir: str, steps: Optional[int] = None) -> Optional[Dict[str, float]]:
+  """The eval metrics of a finished stage (so a rerun skips it), else None."""
+  path = os.path.join(model_dir, 'eval_metrics.json')
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    metrics = json.load(f)
+  if steps is not None and metrics.get('step') != steps:
+    return None
+  return metrics
+
+
+def _train(scope: str, model_dir: str, **kwargs) -> Dict[str, float]:
+  with gin.config_scope(scope):
+    steps = gin.query_parameter(f'{scope}/run_train.train_steps') if _bound(
+        f'{scope}/run_train.train_steps') else None
+    done = _done(model_dir, steps)
+    if done is not None:
+      print(f'[self_training] {model_dir} is finished; skipping', flush=True)
+      return done
+    return run_lib.run_train(model_dir, **kwargs)
+
+
+def _bound(name: str) -> bool:
+  try:
+    gin.query_parameter(name)
+    return True
+  except ValueError:
+    return False
+
+
+@gin.configurable(denylist=['root_dir'])
+def run_self_training(root_dir: str,
+                      rounds: int = 1,
+                      student_init: str = 'teacher',
+                      student_init_checkpoint: Optional[str] = None,
+                      teacher_dir: Optional[str] = None,
+                      metric: str = 'AP') -> Dict[str, Any]:
+  """Runs the pipeline and returns (and writes to root_dir/results.json) each model's metrics.
+
+  student_init: 'teacher' (the paper's default: the student starts from the teacher's
+    weights), 'random', or 'checkpoint' (student_init_checkpoint, e.g. an ImageNet model;
+    its backbone is restored).
+  teacher_dir: an already trained teacher to start from instead of training one.
+  metric: the headline metric for the printed table ('AP' detection, 'mIoU' segmentation).
+  """
+  if not root_dir:
+    raise UserError('--model_dir is required')
+  if rounds < 1:
+    raise UserError(f'run_self_training.rounds={rounds} must be >= 1')
+  if student_init not in _STUDENT_INITS:
+    raise UserError(f'run_self_training.student_init={student_init!r} is not one of '
+                    f'{", ".join(_STUDENT_INITS)}')
+  if student_init == 'checkpoint':
+    run_lib.resolve_init_checkpoint(student_init_checkpoint)
+  start = time.time()
+  rows: List[Dict[str, Any]] = []
+
+  if teacher_dir:
+    teacher = teacher_dir
+    if not tf.train.latest_checkpoint(teacher):
+      raise UserError(f'run_self_training.teacher_dir={teacher_dir}: no checkpoint')
+    metrics = _done(teacher) or {}
+  else:
+    teacher = os.path.join(root_dir, 'teacher')
+    print('[self_training] stage 1: teacher', flush=True)
+    metrics = _train('teacher', teacher)
+  rows.append({'model': 'teacher', 'dir': teacher, **metrics})
+
+  for k in range(1, rounds + 1):
+    round_dir = os.path.join(root_dir, f'round_{k}')
+    pseudo_dir = os.path.join(round_dir, 'pseudo')
+    student_dir = os.path.join(round_dir, 'student')
+    if not (tf.io.gfile.exists(os.path.join(pseudo_dir, 'stats.json'))):
+      print(f'[self_training] round {k}: pseudo-labeling with {teacher}', flush=True)
+      with gin.config_scope('pseudo'):
+        pseudo_run.run_pseudo_label(pseudo_dir, teacher_checkpoint=teacher)
+    with tf.io.gfile.GFile(os.path.join(pseudo_dir, 'stats.json')) as f:
+      pseudo_stats = json.load(f)
+    print(f'[self_training] round {k}: student', flush=True)
+    trainer_cls = functools.partial(
+        student_lib.StudentTrainer,
+        pseudo_source=pseudo_source_lib.pseudo_label_source(pseudo_dir))
+    init = {'teacher': dict(init_checkpoint=teacher, init_modules=('all',)),
+            'random': dict(init_checkpoint=None),
+            'checkpoint': dict(init_checkpoint=student_init_checkpoint)}[student_init]
+    metrics = _train('student', student_dir, trainer_cls=trainer_cls, **init)
+    rows.append({'model': f'student_round_{k}', 'dir': student_dir,
+                 'pseudo_boxes_per_image': pseudo_stats.get('boxes_per_image'), **metrics})
+    teacher = student_dir
+
+  results = {'rows': rows, 'metric': metric, 'student_init': student_init,
+             'seconds': time.time() - start}
+  with tf.io.gfile.GFile(os.path.join(root_dir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  print(format_table(results), flush=True)
+  print(f'[self_training] results: {os.path.join(root_dir, "results.json")}; TensorBoard: '
+        f'tensorboard --logdir {root_dir}', flush=True)
+  return results
+
+
+def format_table(results: Dict[str, Any]) -> str:
+  metric = results['metric']
+  rows = results['rows']
+  base = rows[0].get(metric)
+  lines = [f'| model | {metric} | gain over teacher |', '| --- | --- | --- |']
+  for row in rows:
+    value = row.get(metric)
+    gain = '' if value is None or base is None or row is rows[0] else f'{value - base:+.4f}'
+    lines.append(f'| {row["model"]} | {value if value is None else f"{value:.4f}"} | {gain} |')
+  return '\n'.join(lines)
