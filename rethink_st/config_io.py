@@ -34,8 +34,15 @@ def _first_line(e: Exception) -> str:
   return f'{msg} ({where})' if where and where not in msg else msg
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
-  """Parses --gin_file and --gin_param; a missing file or a bad binding is one UserError line."""
+  """Parses --gin_file and --gin_param; a missing file or a bad binding is one UserError line.
+
+  `include 'gin_configs/...'` lines resolve against the repository root from any directory.
+  """
+  gin.add_config_file_search_path(REPO_ROOT)
   for path in gin_files or ():
     if not tf.io.gfile.exists(path):
       raise UserError(f'--gin_file={path}: no such file')
