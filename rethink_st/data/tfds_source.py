@@ -118,12 +118,24 @@ class TFDSSource(source_base.Source):
     raise UserError(f'tfds_source: TFDS dataset {self.tfds_name!r} has neither objects/bbox '
                     'and objects/label nor a ClassLabel "label"; rethink_st cannot convert it')
 
+  def _num_files(self) -> int:
+    try:
+      return len(self.builder.info.splits[self.split].file_instructions)
+    except Exception:  # pylint: disable=broad-except
+      return 0  # Unknown (e.g. under tfds.testing.mock_data).
+
   def _keyed_dataset(self, *, shuffle, seed, input_context):
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    # TFDS shards by file and refuses when there are fewer files than pipelines; then
+    # every pipeline reads all files and keeps every n-th example instead.
+    shard_by_file = num_pipelines > 1 and self._num_files() >= num_pipelines
     read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed,
-                                  input_context=input_context)
+                                  input_context=input_context if shard_by_file else None)
     ds = self.builder.as_dataset(split=self.split, shuffle_files=shuffle,
                                  read_config=read_config,
                                  decoders={'image': tfds.decode.SkipDecoding()})
+    if num_pipelines > 1 and not shard_by_file:
+      ds = source_base.shard_for_input_context(ds, input_context)
     source_id = _source_id_fn(self.builder.info.features)
     return ds.map(lambda ex: (source_id(ex), ex), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
