@@ -509,8 +509,8 @@ def _install(tmp_dir: str, data_dir: str, overwrite: bool) -> None:
     os.rename(tmp_dir, data_dir)
     return
   if not overwrite:
-    raise UserError(f'{data_dir} already exists and is not empty; pass overwrite=True '
-                    f'(make_digit_scenes.overwrite) to replace it')
+    raise UserError(f'{data_dir} already exists and is not empty; bind '
+                    f'make_digit_scenes.overwrite=True to replace it')
   old = tempfile.mkdtemp(prefix=f'.{os.path.basename(data_dir)}.old-',
                          dir=os.path.dirname(data_dir))
   os.rename(data_dir, os.path.join(old, 'd'))
@@ -554,8 +554,8 @@ def make_digit_scenes(data_dir: str, *,
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   if (os.path.isdir(data_dir) and os.listdir(data_dir)) or os.path.isfile(data_dir):
     if not overwrite or os.path.isfile(data_dir):
-      raise UserError(f'{data_dir} already exists and is not empty; pass overwrite=True '
-                      f'(make_digit_scenes.overwrite) to replace it')
+      raise UserError(f'{data_dir} already exists and is not empty; bind '
+                      f'make_digit_scenes.overwrite=True to replace it')
   from absl import logging  # pylint: disable=g-import-not-at-top
   pools = digit_pools()
   parent = os.path.dirname(data_dir)
