@@ -206,3 +206,17 @@ def test_unknown_split(tiny_data_dir):
 def test_bad_fraction():
   with pytest.raises(UserError, match=r"tfds_source.*fraction=1.01"):
     sources.TFDSSource('coco/2017', fraction=1.01)
+
+
+def test_digit_scenes_builder_mapping():
+  with mock_tfds():
+    source = sources.tfds_source('digit_scenes', split='iconic_train')
+    assert source.num_classes == 10 and source.kind == 'detection'
+    ex = next(iter(source.dataset()))
+  assert set(ex) == set(F.DETECTION_KEYS) | {F.SEMANTIC_MASK, F.LABEL}
+  _check_image(ex)
+  assert ex[F.SOURCE_ID].numpy().decode().isdigit()  # str(image_id), as in the TFRecords
+  classes = ex[F.CLASSES].numpy()
+  assert classes.min() >= 1 and classes.max() <= 10
+  assert ex[F.SEMANTIC_MASK].shape == (10, 10, 1) and ex[F.SEMANTIC_MASK].dtype == tf.uint8
+  assert ex[F.LABEL].dtype == tf.int64 and ex[F.LABEL].shape == ()

@@ -14,9 +14,12 @@ Supported (tensorflow-datasets 4.9.10 feature specs):
   imagenet2012 (and any  classification: image + groundtruth_label (0-based, as TFDS stores
   dataset with image +   it; num_classes = 1000 for imagenet2012), source_id = file_name.
   ClassLabel 'label')    No boxes.
-  digit_scenes           this project's embedded dataset (rethink_st.data.digit_scenes_tfds),
-                         and any other dataset with `objects/{bbox,label}`: detection, classes
-                         label + 1, plus a semantic mask if the dataset has one.
+  digit_scenes           this project's embedded dataset (rethink_st.data.digit_scenes_tfds;
+                         generated locally into data_dir on first use, no download), and any
+                         other dataset with `objects/{bbox,label}`: detection, classes
+                         label + 1 (digit_scenes: num_classes = 10), plus a semantic mask and
+                         an image-level label (0-based, -1 for scenes) if the dataset has
+                         them; source_id = str(image_id), as in its TFRecords.
 
 Images are read undecoded (`tfds.decode.SkipDecoding`) so that the labeled-fraction and host
 shard filters run before any image is decoded.
@@ -59,7 +62,7 @@ def _register_project_builder(name: str) -> None:
 
 def _source_id_fn(features):
   """How to get a stable string id from a raw TFDS example of this feature spec."""
-  for key in ('source_id', 'image/id', 'image/filename', 'file_name', 'id'):
+  for key in ('source_id', 'image/id', 'image_id', 'image/filename', 'file_name', 'id'):
     if key in features:
       def source_id(ex, key=key):
         value = ex[key]
@@ -93,6 +96,9 @@ class TFDSSource(source_base.Source):
                       f'{_first_line(e)}') from None
     self.builder = builder
     self.kind = self._kind(builder.info.features)
+    if self._is_project_builder() and not builder.is_prepared():
+      # This project's builders generate their data locally (no download): build on first use.
+      builder.download_and_prepare()
     try:
       builder.as_dataset(split=self.split, decoders={'image': tfds.decode.SkipDecoding()})
     except AssertionError:
@@ -103,6 +109,9 @@ class TFDSSource(source_base.Source):
     except (ValueError, KeyError) as e:
       raise UserError(f'tfds_source: TFDS dataset {self.tfds_name!r} has no split '
                       f'{self.split!r}: {_first_line(e)}') from None
+
+  def _is_project_builder(self) -> bool:
+    return self.builder.name in _PROJECT_BUILDERS
 
   def _kind(self, features) -> str:
     if 'image' not in features:
@@ -167,6 +176,8 @@ class TFDSSource(source_base.Source):
       is_crowd = tf.zeros_like(classes, tf.bool)
     example = {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
                F.CLASSES: classes, F.IS_CROWD: is_crowd, F.AREA: area, F.BOXES: boxes}
+    if 'label' in features and isinstance(features['label'], tfds.features.ClassLabel):
+      example[F.LABEL] = tf.cast(raw['label'], tf.int64)  # e.g. digit_scenes' iconic splits
     for key in _SEMANTIC_MASK_FEATURES:
       if key in features and isinstance(features[key], tfds.features.Image):
         mask = raw[key]
