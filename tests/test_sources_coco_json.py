@@ -118,6 +118,10 @@ def test_without_masks(tmp_path):
   ex = by_id(sources.coco_json_source(ann, img_dir, include_masks=False))['1']
   assert F.INSTANCE_MASKS not in ex and F.SEMANTIC_MASK not in ex
   assert ex[F.CLASSES].numpy().tolist() == [2, 1, 2]
+  # A semantic mask can be derived without yielding the instance masks.
+  ex = by_id(sources.coco_json_source(ann, img_dir, include_masks=False,
+                                      semantic_masks=True))['1']
+  assert F.INSTANCE_MASKS not in ex and ex[F.SEMANTIC_MASK].numpy()[5, 5, 0] == 2
 
 
 def test_fraction_shards_shuffle(tmp_path):

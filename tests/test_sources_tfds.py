@@ -220,3 +220,12 @@ def test_digit_scenes_builder_mapping():
   assert classes.min() >= 1 and classes.max() <= 10
   assert ex[F.SEMANTIC_MASK].shape == (10, 10, 1) and ex[F.SEMANTIC_MASK].dtype == tf.uint8
   assert ex[F.LABEL].dtype == tf.int64 and ex[F.LABEL].shape == ()
+
+
+def test_grayscale_classification_falls_back_to_tfds_id():
+  with mock_tfds():
+    source = sources.tfds_source('mnist', split='test')
+    examples = list(source.dataset())
+  assert source.kind == 'classification' and source.num_classes == 10
+  assert examples[0][F.IMAGE].shape == (28, 28, 3)  # 1 channel -> RGB
+  assert examples[1][F.SOURCE_ID].numpy() == b'mnist-test.tfrecord-00000-of-00001__1'

@@ -114,8 +114,11 @@ class TFDSSource(source_base.Source):
     return self.builder.name in _PROJECT_BUILDERS
 
   def _kind(self, features) -> str:
-    if 'image' not in features:
+    if 'image' not in features or not isinstance(features['image'], tfds.features.Image):
       raise UserError(f'tfds_source: TFDS dataset {self.tfds_name!r} has no "image" feature')
+    if features['image'].shape[-1] not in (1, 3):
+      raise UserError(f'tfds_source: TFDS dataset {self.tfds_name!r} has images of shape '
+                      f'{features["image"].shape}; expected 1 or 3 channels')
     if 'objects' in features and {'bbox', 'label'} <= set(features['objects'].keys()):
       self.num_classes = features['objects']['label'].num_classes
       if self.builder.name == 'coco':
@@ -152,6 +155,8 @@ class TFDSSource(source_base.Source):
   def _decode(self, source_id, raw):
     features = self.builder.info.features
     image = features['image'].decode_example(raw['image'])
+    if features['image'].shape[-1] == 1:
+      image = tf.image.grayscale_to_rgb(image)
     image.set_shape([None, None, 3])
     shape = tf.shape(image, out_type=tf.int64)
     if self.kind == 'classification':
