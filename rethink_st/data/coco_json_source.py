@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import os
-from typing import Optional
 
 import gin
 import numpy as np

@@ -8,7 +8,6 @@ unreadable so far (complete after one full pass), `source.skipped_files` their p
 """
 import os
 import threading
-from typing import Optional
 
 from absl import logging
 import gin

@@ -78,7 +78,8 @@ class TFRecordSource(source_base.Source):
     self._decoder = tf_example_decoder.TfExampleDecoder(include_mask=self.has_masks)
     # Model Garden's decoder falls back to a generated id when image/source_id is empty,
     # but fails when it is absent; give it a default so both cases decode.
-    self._decoder._keys_to_features[_SOURCE_ID] = tf.io.FixedLenFeature((), tf.string, '')  # pylint: disable=protected-access
+    keys_to_features = self._decoder._keys_to_features  # pylint: disable=protected-access
+    keys_to_features[_SOURCE_ID] = tf.io.FixedLenFeature((), tf.string, '')
 
   def _first_example(self) -> tf.train.Example:
     """The first record of the first non-empty file; UserError if unreadable or all empty."""
