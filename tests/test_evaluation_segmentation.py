@@ -189,3 +189,22 @@ def test_pseudo_mask_thresholds_the_top_probability():
   np.testing.assert_array_equal(
       seg.probabilities_to_pseudo_mask(probs, threshold=0.65, ignore_label=99).numpy(),
       [[[0, 99], [99, 99]]])
+
+
+def test_restore_original_size_drops_the_padding_and_undoes_the_scale():
+  from official.vision.ops import preprocess_ops  # pylint: disable=g-import-not-at-top
+  # A 6x12 image letterboxed into an 8x8 canvas: resized to 4x8, rows 4..7 are padding.
+  _, info = preprocess_ops.resize_and_crop_image(
+      tf.zeros([6, 12, 3]), [8, 8], padded_size=[8, 8], aug_scale_min=1.0, aug_scale_max=1.0)
+  labels = np.full([8, 8], 2)
+  labels[:4, :4], labels[:4, 4:] = 0, 1
+  probs = tf.one_hot(labels, 3)[None]
+  restored = seg.restore_original_size(probs, info[None]).numpy()
+  assert restored.shape == (1, 6, 12, 3)
+  want = np.zeros([6, 12], int)
+  want[:, 6:] = 1
+  np.testing.assert_array_equal(restored[0].argmax(-1), want)  # no padding class 2 left
+  # A larger output canvas is zero outside the image.
+  big = seg.restore_original_size(probs, info[None], output_size=(7, 14)).numpy()
+  np.testing.assert_array_equal(big[0, :6, :12], restored[0])
+  assert not big[0, 6:].any() and not big[0, :, 12:].any()

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import gin
 import numpy as np
 import tensorflow as tf, tf_keras
+from official.vision.ops import spatial_transform_ops
 
 from rethink_st.data.features import IGNORE_LABEL
 from rethink_st.errors import UserError
@@ -90,6 +91,29 @@ def predict_probabilities(model: tf_keras.Model,
       total = probs if total is None else total + probs
       count += 1
   return total / float(count)
+
+
+def restore_original_size(probs: tf.Tensor, image_info: tf.Tensor,
+                          output_size: Optional[Sequence[int]] = None) -> tf.Tensor:
+  """Maps per-pixel scores on the model-input canvas back to original-image pixels.
+
+  probs: [B, h, w, C] on the whole input canvas (the resized image plus its padding, as
+  `predict_probabilities` returns it with its default output_size); image_info: [B, 4, 2]
+  from `resize_and_crop_image` ([original size, desired size, scale, offset]; note row 1 is
+  the desired canvas size, not the resized image's size). As Model Garden's mIoU with
+  rescale_predictions: the canvas is resized bilinearly by 1 / scale (to ceil(desired /
+  scale)), shifted by the crop offset, and each image's original H x W top-left region kept.
+  Returns [B, out_h, out_w, C] with zeros outside each image's own H x W; output_size defaults
+  to the first image's original size (a batch of one size, as in serving).
+  """
+  probs = tf.convert_to_tensor(probs)
+  image_info = tf.cast(image_info, tf.float32)
+  if output_size is None:
+    output_size = tf.cast(image_info[0, 0, :], tf.int32)
+  rescale_size = tf.cast(tf.math.ceil(image_info[:, 1, :] / image_info[:, 2, :]), tf.int32)
+  return spatial_transform_ops.bilinear_resize_with_crop_and_pad(
+      probs, rescale_size, crop_offset=tf.cast(image_info[:, 3, :], tf.int32),
+      crop_size=tf.cast(image_info[:, 0, :], tf.int32), output_size=output_size)
 
 
 def probabilities_to_pseudo_mask(probs: tf.Tensor,
