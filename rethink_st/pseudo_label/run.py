@@ -5,8 +5,9 @@ model's (bind build_retinanet.soft_nms_sigma). Images with no kept box are writt
 background. Segmentation: probabilities averaged over `scales` (and flips) at the original
 size; a pixel gets the argmax class when its probability >= `mask_threshold`, else 255.
 
-Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline reads, a
-COCO JSON of pseudo boxes with scores, and stats JSON. Memory stays flat: each batch is
+Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline reads (kept
+boxes only), a COCO JSON of ALL the teacher's detections with their scores (so precision and
+recall can be read at any threshold afterwards), and stats JSON. Memory stays flat: each batch is
 written and dropped; only fixed-size counters are kept.
 """
 import json
@@ -91,7 +92,10 @@ class _DetectionLabeler:
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * h * w
     example = {F.BOXES: boxes, F.CLASSES: classes, F.SCORES: scores[keep],
                F.IS_CROWD: np.zeros(len(classes), np.int64), F.AREA: area.astype(np.float32)}
-    return example, scores
+    all_boxes = np.clip(np.asarray(pred['boxes'][i][:n], np.float32) /
+                        np.array([h, w, h, w], np.float32), 0.0, 1.0)
+    all_classes = np.asarray(pred['classes'][i][:n]).astype(np.int64)
+    return example, {F.BOXES: all_boxes, F.CLASSES: all_classes, F.SCORES: scores}
 
 
 class _SegmentationLabeler:
@@ -214,12 +218,12 @@ def run_pseudo_label(output_dir: str,
       shape = batch['shape'][i]
       image = batch['image'][i][:shape[0], :shape[1]]
       source_id = batch['source_id'][i]
-      labels, all_scores = labeler.to_example(pred, i, shape)
+      labels, all_detections = labeler.to_example(pred, i, shape)
       example = {F.SOURCE_ID: source_id, F.IMAGE: image, **labels}
       writer.write(tfexample.encode_example(example))
       if labeler.kind == 'detection':
-        counters.add_detection(labels[F.CLASSES], all_scores)
-        _add_coco(coco, source_id, shape, labels)
+        counters.add_detection(labels[F.CLASSES], all_detections[F.SCORES])
+        _add_coco(coco, source_id, shape, all_detections)
       else:
         counters.add_segmentation(labels[F.SEMANTIC_MASK][..., 0], F.IGNORE_LABEL)
       in_chunk += 1
