@@ -28,8 +28,15 @@ are pure functions of a `np.random.Generator`, returning dicts keyed by
     {data_dir}/images/{split}/{image_id:06d}.jpg      the images (JPEG q92; or .png)
     {data_dir}/masks/{split}/{image_id:06d}.png       semantic masks (0, 1..10, 255 ignore)
 
-Every image is generated from its own `np.random.default_rng([seed, split_number, index])`,
+Image ids (COCO `image_id`, tf.Example `image/source_id`) are 1..N within each split;
+example i goes to shard i % shards. Every image is generated from its own
+`np.random.default_rng([seed, split_number, index])` (split_number = SPLITS.index(split)),
 so the same seed gives byte-identical files and a bigger set starts with the smaller one.
+
+Labels: boxes enclose exactly the visible mask pixels of each digit (after occlusion by later
+digits and by occluding shapes); a digit left with too little visible is dropped and its
+pixels become IGNORE_LABEL in the semantic mask, as does the thin anti-aliased rim just
+outside each mask (about 7% as many pixels as the digits themselves, at 128x128).
 """
 import functools
 import json
