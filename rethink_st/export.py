@@ -1,10 +1,10 @@
 """SavedModel export of a detection (RetinaNet) or segmentation model.
 
 The SavedModel's `serving_default` signature takes `images`: uint8 [B, H, W, 3], any H and W
-(one size per call, as a dense batch is), and does what evaluation does: Model Garden's
-`normalize_image` then `resize_and_crop_image(image, input_size, padded_size=input_size,
-aug_scale_min=1.0, aug_scale_max=1.0)` (aspect ratio kept, padded bottom/right), the model,
-and the mapping back to the original image. It returns
+(one size per call, as a dense batch is), and does what evaluation does: the eval
+pipeline's `rethink_st.data.pipeline.preprocess_for_inference` (Model Garden's
+`normalize_image`, then `resize_and_crop_image` to `input_size` with no jitter: aspect ratio
+kept, padded bottom/right), the model, and the mapping back to the original image. It returns
 
   detection: detection_boxes [B, K, 4] float32, ymin, xmin, ymax, xmax in ORIGINAL-image
              pixels (divided by image_info's scale, as COCO evaluation does, then clipped
@@ -26,8 +26,8 @@ import gin
 import tensorflow as tf, tf_keras
 from absl import logging
 from official.vision.ops import anchor
-from official.vision.ops import preprocess_ops
 
+from rethink_st.data import pipeline
 from rethink_st.errors import UserError
 from rethink_st.evaluation import segmentation
 from rethink_st.modeling import anchors as anchors_lib
@@ -37,12 +37,9 @@ SETTINGS_FILE = os.path.join('assets.extra', 'rethink_st_export.json')
 
 
 def preprocess_image(image: tf.Tensor, input_size: Sequence[int]) -> Tuple[tf.Tensor, tf.Tensor]:
-  """uint8 [H, W, 3] -> (float32 [h, w, 3], image_info [4, 2]) exactly as the eval pipeline:
-  normalize, then resize keeping the aspect ratio and pad to `input_size`, no jitter."""
-  image = preprocess_ops.normalize_image(image)
-  return preprocess_ops.resize_and_crop_image(
-      image, list(input_size), padded_size=list(input_size), aug_scale_min=1.0,
-      aug_scale_max=1.0)
+  """uint8 [H, W, 3] -> (float32 [h, w, 3], image_info [4, 2]), the eval pipeline's own
+  function: normalize, then resize keeping the aspect ratio and pad to `input_size`."""
+  return pipeline.preprocess_for_inference(image, list(input_size))
 
 
 def _preprocess_batch(images: tf.Tensor, input_size: Sequence[int]):

@@ -208,3 +208,13 @@ def test_restore_original_size_drops_the_padding_and_undoes_the_scale():
   big = seg.restore_original_size(probs, info[None], output_size=(7, 14)).numpy()
   np.testing.assert_array_equal(big[0, :6, :12], restored[0])
   assert not big[0, 6:].any() and not big[0, :, 12:].any()
+
+
+def test_fixed_size_model_at_another_scale_is_a_one_line_user_error():
+  inputs = tf_keras.Input([8, 8, 3])
+  model = tf_keras.Model(inputs, {'logits': tf_keras.layers.Conv2D(2, 1)(inputs)})
+  images = tf.zeros([1, 8, 8, 3])
+  assert seg.predict_probabilities(model, images).shape == (1, 8, 8, 2)
+  with pytest.raises(UserError, match='any input size') as e:
+    seg.predict_probabilities(model, images, scales=(0.5, 1.0))
+  assert '\n' not in str(e.value)

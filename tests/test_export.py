@@ -169,3 +169,28 @@ def test_overwrite_replaces_the_export(tmp_path):
   out = tf.saved_model.load(str(export_dir)).signatures['serving_default'](
       images=tf.zeros([1, 16, 16, 3], tf.uint8))
   assert out['probabilities'].shape == (1, 16, 16, 3)
+
+
+def test_builder_retinanet_exports_and_matches(tmp_path):
+  detection = pytest.importorskip('rethink_st.modeling.detection')
+  model = detection.build_retinanet(input_size=(128, 128), num_classes=NUM_CLASSES,
+                                    backbone='resnet-10', decoder_num_filters=8,
+                                    head_num_convs=1, head_num_filters=8,
+                                    pre_nms_score_threshold=0.0, max_num_detections=10)
+  export_dir = str(tmp_path / 'det')
+  export.export_saved_model(model, export_dir, task='detection', input_size=(128, 128))
+  images = _images(2, 70, 90, seed=7)
+  got = tf.saved_model.load(export_dir).signatures['serving_default'](images=images)
+  inputs, image_info = _reference_preprocess(images, (128, 128))
+  a = anchors_lib.anchor_config()
+  boxes = anchor.build_anchor_generator(
+      min_level=a.min_level, max_level=a.max_level, num_scales=a.num_scales,
+      aspect_ratios=list(a.aspect_ratios), anchor_size=a.anchor_size)(image_size=(128, 128))
+  want = model(inputs, anchor_boxes={k: tf.tile(v[None], [2, 1, 1, 1]) for k, v in boxes.items()},
+               image_shape=image_info[:, 1, :], training=False)
+  assert int(got['num_detections'][0]) == 10
+  np.testing.assert_allclose(got['detection_scores'], want['detection_scores'], rtol=1e-5,
+                             atol=1e-6)
+  want_boxes = np.clip(want['detection_boxes'] / tf.tile(image_info[:, 2:3, :], [1, 1, 2]),
+                       0, [[[70, 90] * 2]])
+  np.testing.assert_allclose(got['detection_boxes'], want_boxes, rtol=1e-4, atol=1e-3)

@@ -37,6 +37,18 @@ def _round_up(x: tf.Tensor, multiple: int) -> tf.Tensor:
   return (x + multiple - 1) // multiple * multiple
 
 
+def _call_model(model, x: tf.Tensor, scale: float):
+  try:
+    return model(x, training=False)
+  except ValueError as e:
+    if 'incompatible with the layer' not in str(e):
+      raise
+    raise UserError(
+        f'predict_probabilities: the model does not accept a {tuple(x.shape)} input (scale '
+        f'{scale}); multi-scale inference needs a model built for any input size '
+        f'(e.g. its backbone built with input size (None, None))') from e
+
+
 def predict_probabilities(model: tf_keras.Model,
                           images: tf.Tensor,
                           *,
@@ -83,7 +95,7 @@ def predict_probabilities(model: tf_keras.Model,
       x = tf.reverse(scaled, axis=[2]) if flipped else scaled
       if size_divisor > 1:
         x = tf.image.pad_to_bounding_box(x, 0, 0, ph, pw)
-      logits = _resize(_logits_of(model(x, training=False)), tf.stack([ph, pw]))
+      logits = _resize(_logits_of(_call_model(model, x, scale)), tf.stack([ph, pw]))
       logits = logits[:, :sh, :sw, :]
       if flipped:
         logits = tf.reverse(logits, axis=[2])
