@@ -188,7 +188,8 @@ def export_saved_model(model: tf_keras.Model,
                                  num_scales=anchor_config.num_scales,
                                  aspect_ratios=list(anchor_config.aspect_ratios),
                                  anchor_size=anchor_config.anchor_size),
-                    detection_boxes='ymin, xmin, ymax, xmax in original-image pixels, clipped to the image')
+                    detection_boxes='ymin, xmin, ymax, xmax in original-image pixels, '
+                                    'clipped to the image')
   else:
     if not scales or any(s <= 0 for s in scales):
       raise UserError(f'export_saved_model.scales={tuple(scales)!r} must be non-empty and '

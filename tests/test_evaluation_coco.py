@@ -169,8 +169,9 @@ def test_matches_model_garden_coco_evaluator_on_random_detections():
   gt['areas'] = (hw[..., 0] * hw[..., 1]).astype(np.float32)
   gt['is_crowds'] = np.zeros([b, 5], np.int32)
   scale = rng.uniform(0.5, 2.0, [b, 1, 2])
-  image_info = np.concatenate([np.tile([[[120, 90]]], [b, 1, 1]), np.tile([[[120, 90]]], [b, 1, 1]) * scale,
-                               scale, np.zeros([b, 1, 2])], 1).astype(np.float32)
+  size = np.tile([[[120, 90]]], [b, 1, 1])
+  image_info = np.concatenate([size, size * scale, scale, np.zeros([b, 1, 2])],
+                              1).astype(np.float32)
   jitter = rng.normal(0, 4, [b, k, 4])
   src = rng.integers(0, 5, [b, k])
   det = np.take_along_axis(gt['boxes'], src[..., None], 1) + jitter
@@ -201,3 +202,44 @@ def test_missing_keys_are_named():
   del pred['image_info']
   with pytest.raises(ValueError, match='image_info'):
     ev.update_state(_groundtruths(), pred)
+
+
+def test_perfect_detections_on_the_eval_pipelines_groundtruths():
+  """The evaluator reads what rethink_st.data.pipeline's eval labels hold (int64 ids, hashed
+  for non-numeric source ids; [B, 1] num_detections; padded boxes) and MG's image_info."""
+  from rethink_st.data import features as F  # pylint: disable=g-import-not-at-top
+  from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  def example(sid, h, w, boxes, classes):
+    boxes = np.array(boxes, np.float32)
+    return {F.SOURCE_ID: sid, F.IMAGE: np.zeros([h, w, 3], np.uint8), F.HEIGHT: h, F.WIDTH: w,
+            F.CLASSES: np.array(classes, np.int64), F.IS_CROWD: np.zeros(len(classes), bool),
+            F.AREA: ((boxes[:, 2] - boxes[:, 0]) * h * (boxes[:, 3] - boxes[:, 1]) * w),
+            F.BOXES: boxes}
+
+  examples = [example('7', 60, 100, [[0.1, 0.1, 0.5, 0.4], [0.5, 0.5, 0.9, 0.9]], [1, 3]),
+              example('img-a', 80, 50, [[0.2, 0.2, 0.6, 0.7]], [2])]
+  spec = {F.SOURCE_ID: tf.TensorSpec([], tf.string),
+          F.IMAGE: tf.TensorSpec([None, None, 3], tf.uint8),
+          F.HEIGHT: tf.TensorSpec([], tf.int64), F.WIDTH: tf.TensorSpec([], tf.int64),
+          F.CLASSES: tf.TensorSpec([None], tf.int64), F.IS_CROWD: tf.TensorSpec([None], tf.bool),
+          F.AREA: tf.TensorSpec([None], tf.float32), F.BOXES: tf.TensorSpec([None, 4], tf.float32)}
+  ds = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+  _, labels = next(iter(pipeline.build_input(ds, task='detection', global_batch_size=2,
+                                             is_training=False, output_size=(128, 128))))
+  gt = labels['groundtruths']
+  scale = tf.tile(labels['image_info'][:, 2:3, :], [1, 1, 2])
+  num = tf.reshape(gt['num_detections'], [-1])
+  predictions = {'source_id': gt['source_id'], 'image_info': labels['image_info'],
+                 'detection_boxes': gt['boxes'] * scale,  # model-input pixels
+                 'detection_classes': gt['classes'],
+                 'detection_scores': tf.ones_like(gt['areas']),
+                 'num_detections': num}
+  ev = coco.CocoDetectionEvaluator()
+  ev.update_state(gt, predictions)
+  m = ev.result()
+  assert m['AP'] == pytest.approx(1.0) and m['ARmax100'] == pytest.approx(1.0)
+  results = ev.coco_results()
+  assert len(results) == 3
+  assert results[0]['image_id'] == 7
+  assert results[0]['bbox'] == pytest.approx([10, 6, 30, 24], abs=1e-3)  # x, y, w, h pixels

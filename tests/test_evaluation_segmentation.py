@@ -218,3 +218,26 @@ def test_fixed_size_model_at_another_scale_is_a_one_line_user_error():
   with pytest.raises(UserError, match='any input size') as e:
     seg.predict_probabilities(model, images, scales=(0.5, 1.0))
   assert '\n' not in str(e.value)
+
+
+def test_eval_pipeline_masks_with_padding_are_read_correctly():
+  """rethink_st.data.pipeline's eval masks: float32 [B, S, S, 1], IGNORE_LABEL on padding."""
+  from rethink_st.data import features as F  # pylint: disable=g-import-not-at-top
+  from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
+  mask = np.zeros([40, 64, 1], np.uint8)
+  mask[:, 32:] = 2
+  mask[:4, :4] = 255
+  example = {F.SOURCE_ID: '1', F.IMAGE: np.zeros([40, 64, 3], np.uint8), F.HEIGHT: 40,
+             F.WIDTH: 64, F.SEMANTIC_MASK: mask}
+  ds = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in example.items()})
+  _, labels = next(iter(pipeline.build_input(ds, task='segmentation', global_batch_size=1,
+                                             is_training=False, output_size=(32, 32))))
+  masks = labels['masks']
+  assert masks.shape == (1, 32, 32, 1) and float(masks[0, -1, 0, 0]) == 255  # padded rows
+  # Predict class 2 on the right half everywhere, class 1 on the left: padding and the
+  # ignored corner must not count, so only class 0 vs 1 on the left half is wrong.
+  pred = np.where(np.arange(32)[None, None, :] >= 16, 2, 1) * np.ones([1, 32, 32], int)
+  ev = seg.MeanIoUEvaluator(num_classes=3)
+  ev.update_state(masks, pred)
+  iou = ev.result()['per_class_IoU']
+  assert iou[0] == 0.0 and iou[1] == 0.0 and iou[2] == pytest.approx(1.0)
