@@ -243,3 +243,21 @@ def test_perfect_detections_on_the_eval_pipelines_groundtruths():
   assert len(results) == 3
   assert results[0]['image_id'] == 7
   assert results[0]['bbox'] == pytest.approx([10, 6, 30, 24], abs=1e-3)  # x, y, w, h pixels
+
+
+def test_an_image_added_twice_counts_once():
+  boxes = [[GT_BOXES[0, 0], GT_BOXES[0, 1], np.zeros(4)], np.zeros([3, 4])]
+  pred = _predictions(boxes, [[1, 2, 0], [0, 0, 0]], [[0.9, 0.8, 0], [0, 0, 0]], [2, 0])
+  once = coco.CocoDetectionEvaluator()
+  once.update_state(_groundtruths(), pred)
+  twice = coco.CocoDetectionEvaluator()
+  twice.update_state(_groundtruths(), pred)
+  twice.update_state(_groundtruths(), pred)  # e.g. a padded last batch repeating images
+  assert twice.result() == once.result()
+  assert len(twice.coco_results()) == 2
+  # Within one batch too: image 1 repeated in row 2 (its GT and detections) is dropped.
+  gt = {k: (v[[0, 0]] if np.ndim(v) else v) for k, v in _groundtruths().items()}
+  dup = {k: (v[[0, 0]] if np.ndim(v) else v) for k, v in _perfect_predictions().items()}
+  ev = coco.CocoDetectionEvaluator()
+  ev.update_state(gt, dup)
+  assert ev.result()['AP'] == pytest.approx(1.0) and len(ev.coco_results()) == 2

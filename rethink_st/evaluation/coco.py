@@ -18,7 +18,8 @@ gives them):
 
 Boxes go back to original-image pixels the way Model Garden's RetinaNetTask/COCOEvaluator do
 it: divided by the resize scale `image_info[:, 2, :]` (the eval parser never crops, so the
-offset is 0). Only the first `num_detections` rows of each image are kept.
+offset is 0). Only the first `num_detections` rows of each image are kept. An image whose
+source id was already added (a repeated or padded final eval batch) is skipped.
 
 The ground truth is converted with Model Garden's `coco_utils.convert_groundtruths_to_coco_dataset`
 and scored with pycocotools' `COCOeval` over every image seen (an image without detections
@@ -115,6 +116,7 @@ class CocoDetectionEvaluator:
     self._detections: List[Dict[str, Any]] = []   # image_id is the internal int id.
     self._id_of: Dict[Any, int] = {}               # original source id -> internal int id
     self._original_id: Dict[int, Any] = {}         # internal int id -> id for the JSON
+    self._seen = set()                             # internal ids of images added
 
   reset_states = reset  # Model Garden's name.
 
@@ -142,6 +144,14 @@ class CocoDetectionEvaluator:
     self._original_id[internal] = original
     return internal
 
+  def _first_sightings(self, ids) -> np.ndarray:
+    """True for ids not seen in an earlier batch nor earlier in this one."""
+    keep, here = [], set()
+    for i in ids:
+      keep.append(i not in self._seen and i not in here)
+      here.add(i)
+    return np.array(keep, bool)
+
   def _category(self, class_id: int) -> int:
     if self._category_map is None:
       return class_id
@@ -158,8 +168,23 @@ class CocoDetectionEvaluator:
     gt = {k: _to_numpy(v) for k, v in groundtruths.items() if k in self._gt}
     pred = {k: _to_numpy(v) for k, v in predictions.items()}
 
-    # Ground truth: keep Model Garden's batched layout; only ids, classes and areas change.
     gt_ids = np.array([self._image_id(s) for s in gt['source_id'].reshape(-1)], np.int64)
+    det_ids = [self._image_id(s) for s in pred['source_id'].reshape(-1)]
+    # An image seen before (a repeated or padded last eval batch) is counted once.
+    keep_gt, keep_det = self._first_sightings(gt_ids), self._first_sightings(det_ids)
+    self._seen.update(gt_ids.tolist())
+    if not keep_gt.all():
+      logging.warning('CocoDetectionEvaluator: skipping %d image(s) already evaluated',
+                      int((~keep_gt).sum()))
+      gt = {k: v[keep_gt] for k, v in gt.items()}
+      gt_ids = gt_ids[keep_gt]
+    batch_size = gt_ids.shape[0]
+    if batch_size:
+      self._add_groundtruths(gt, gt_ids)
+    self._add_detections(pred, det_ids, keep_det)
+
+  def _add_groundtruths(self, gt: Dict[str, np.ndarray], gt_ids: np.ndarray) -> None:
+    # Model Garden's batched layout; only ids, classes (padding -1) and areas change.
     batch_size = gt_ids.shape[0]
     classes = gt['classes'].astype(np.int64).reshape(batch_size, -1)
     num_gt = gt['num_detections'].reshape(batch_size).astype(np.int64)
@@ -181,15 +206,18 @@ class CocoDetectionEvaluator:
                        ('is_crowds', is_crowds)):
       self._gt[key].append(value)
 
-    # Detections: back to original pixels, keep the valid rows, to COCO xywh.
+  def _add_detections(self, pred: Dict[str, np.ndarray], det_ids: List[int],
+                      keep_det: np.ndarray) -> None:
+    # Back to original pixels, keep the valid rows, to COCO xywh.
     det_boxes = pred['detection_boxes'].astype(np.float64)
     if self._rescale_boxes:
       scale = np.tile(pred['image_info'][:, 2:3, :].astype(np.float64), (1, 1, 2))
       det_boxes = det_boxes / scale
     det_boxes = box_ops.yxyx_to_xywh(det_boxes)
-    det_ids = [self._image_id(s) for s in pred['source_id'].reshape(-1)]
     num_det = pred['num_detections'].reshape(-1).astype(np.int64)
     for b, image_id in enumerate(det_ids):
+      if not keep_det[b]:
+        continue
       for k in range(min(int(num_det[b]), det_boxes.shape[1])):
         self._detections.append({
             'image_id': image_id,
