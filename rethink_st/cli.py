@@ -13,6 +13,8 @@ _CONFIGURABLE_MODULES = (
     'rethink_st.data.digit_scenes',
     'rethink_st.data.pipeline',
     'rethink_st.data.sources',
+    'rethink_st.evaluation.coco',
+    'rethink_st.evaluation.segmentation',
     'rethink_st.losses',
     'rethink_st.modeling.anchors',
     'rethink_st.modeling.backbones',

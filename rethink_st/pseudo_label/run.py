@@ -102,24 +102,23 @@ class _SegmentationLabeler:
   """Multi-scale (+ flip) probabilities at the original size -> thresholded pseudo mask."""
   kind = 'segmentation'
 
-  def __init__(self, model, scales, flip, mask_threshold):
+  def __init__(self, model, scales, flip, mask_threshold, size_divisor):
     self.model, self.scales, self.flip = model, tuple(scales), flip
-    self.mask_threshold = mask_threshold
+    self.mask_threshold, self.size_divisor = mask_threshold, size_divisor
 
   def predict(self, batch):
     from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
     probs = segmentation.predict_probabilities(self.model, batch['input'], scales=self.scales,
-                                               flip=self.flip)
+                                               flip=self.flip, size_divisor=self.size_divisor)
     return {'probs': probs, 'image_info': batch['image_info']}
 
   def to_example(self, pred, i, shape):
     from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
     h, w = int(shape[0]), int(shape[1])
-    info = np.asarray(pred['image_info'][i])
-    sh, sw = int(round(info[1, 0])), int(round(info[1, 1]))
-    probs = tf.image.resize(pred['probs'][i][:sh, :sw], (h, w), method='bilinear')
+    probs = segmentation.restore_original_size(pred['probs'][i:i + 1],
+                                               pred['image_info'][i:i + 1], output_size=(h, w))
     mask = segmentation.probabilities_to_pseudo_mask(
-        probs[tf.newaxis], threshold=self.mask_threshold, ignore_label=F.IGNORE_LABEL)
+        probs, threshold=self.mask_threshold, ignore_label=F.IGNORE_LABEL)
     mask = np.asarray(mask).reshape(h, w).astype(np.uint8)
     return {F.SEMANTIC_MASK: mask[..., None]}, None
 
@@ -169,7 +168,7 @@ def run_pseudo_label(output_dir: str,
   if isinstance(task, tasks_lib.DetectionTask):
     labeler = _DetectionLabeler(model, score_threshold)
   elif isinstance(task, tasks_lib.SegmentationTask):
-    labeler = _SegmentationLabeler(model, scales, flip, mask_threshold)
+    labeler = _SegmentationLabeler(model, scales, flip, mask_threshold, task.size_divisor)
   else:
     raise UserError(f'run_pseudo_label.task must be a DetectionTask or SegmentationTask, '
                     f'not {type(task).__name__}')

@@ -120,10 +120,15 @@ class SegmentationTask(Task):
   loss_names = ('total_loss',)
 
   def __init__(self, model_fn=None, num_classes: int = 21, image_size=(512, 512),
-               train_source=None, eval_source=None, eval_scales=(1.0,), eval_flip=False):
+               train_source=None, eval_source=None, eval_scales=(1.0,), eval_flip=False,
+               size_divisor: int = 128):
+    """eval_scales/eval_flip: multi-scale (+ flip) inference at evaluation (and for
+    pseudo-labeling); size_divisor: each scaled input is padded to a multiple of it
+    (2**max_level of the model)."""
     super().__init__(model_fn, num_classes, image_size, train_source, eval_source)
     self.eval_scales = tuple(eval_scales)
     self.eval_flip = eval_flip
+    self.size_divisor = int(size_divisor)
 
   def forward(self, model, images, labels, training):
     return _as_float32(model(images, training=training))
@@ -136,7 +141,7 @@ class SegmentationTask(Task):
     masks = labels['masks']
     probs = segmentation.predict_probabilities(
         model, images, scales=self.eval_scales, flip=self.eval_flip,
-        output_size=tf.shape(masks)[1:3])
+        output_size=tf.shape(masks)[1:3], size_divisor=self.size_divisor)
     return {'masks': masks, 'predictions': tf.argmax(probs, axis=-1, output_type=tf.int32)}
 
   def new_evaluator(self):
