@@ -177,9 +177,12 @@ class MaskLayout:
         m = tf.cast(m >= tf.cast(0.5, m.dtype), tf.uint8)
       parts.append(tf.transpose(m, [1, 2, 0]))
     if self.semantic:
-      s = tf.cast(tf.convert_to_tensor(semantic_mask), tf.int32)
-      s = tf.reshape(s, tf.concat([tf.shape(s)[:2], [1]], 0))
-      parts.append(tf.cast((s + 1) % 256, tf.uint8))   # 0 = outside or ignore
+      s = tf.convert_to_tensor(semantic_mask)
+      if s.dtype != tf.uint8:
+        s = tf.cast(s, tf.uint8)
+      if s.shape.rank != 3:
+        s = tf.reshape(s, tf.concat([tf.shape(s)[:2], [1]], 0))
+      parts.append(s + 1)   # uint8 wraps: IGNORE_LABEL 255 -> 0, the fill value
     if not parts:
       return None
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
@@ -193,8 +196,7 @@ class MaskLayout:
     if self.instance:
       instance = tf.cast(tf.transpose(self.instance_part(packed), [2, 0, 1]), tf.float32)
     if self.semantic:
-      s = tf.cast(packed[..., -1:], tf.int32)
-      semantic = tf.cast(tf.where(s == 0, F.IGNORE_LABEL, s - 1), tf.uint8)
+      semantic = packed[..., -1:] - 1   # uint8 wraps: fill 0 -> 255 = IGNORE_LABEL
     return instance, semantic
 
 
@@ -337,6 +339,11 @@ class MaskAwareAutoAugment:
   def policies(self):
     return self._mg.policies
 
+  @property
+  def needs_boxes(self) -> bool:
+    """Whether some op reads the boxes to change the image (bbox-only ops)."""
+    return any(op in BBOX_ONLY_OPS for sub in self._mg.policies for op, _, _ in sub)
+
   def distort(self, image, boxes, masks=None, layout: Optional[MaskLayout] = None):
     """(uint8 image, normalized boxes [N, 4], packed masks or None) -> the same, augmented."""
     layout = layout or MaskLayout(False, False)
@@ -381,6 +388,11 @@ class MaskAwareRandAugment:
   @property
   def available_ops(self):
     return list(self._mg.available_ops)
+
+  @property
+  def needs_boxes(self) -> bool:
+    """Whether some op reads the boxes to change the image (bbox-only ops)."""
+    return any(op in BBOX_ONLY_OPS for op in self._mg.available_ops)
 
   def distort(self, image, boxes, masks=None, layout: Optional[MaskLayout] = None):
     layout = layout or MaskLayout(False, False)
@@ -502,6 +514,12 @@ class Augment:
             f'{self.scale_max}), flip={self.flip})')
 
   @property
+  def needs_boxes(self) -> bool:
+    """Whether the image or masks depend on the boxes (S2/S3's bbox-only op): callers that
+    want only the image or the semantic mask may drop the boxes otherwise."""
+    return self.augmenter is not None and self.augmenter.needs_boxes
+
+  @property
   def jitter(self) -> bool:
     return not (math.isclose(self.scale_min, 1.0) and math.isclose(self.scale_max, 1.0))
 
@@ -521,8 +539,9 @@ class Augment:
       if self.augmenter is not None:
         image, boxes, masks = self.augmenter.distort(image, boxes, masks, layout)
       if self.flip:
-        if masks is None:
-          image, boxes, _ = preprocess_ops.random_horizontal_flip(image, boxes, seed=None)
+        if masks is None or masks.shape[-1] == 1:   # [H, W, 1] is a mask MG flips right
+          image, boxes, masks = preprocess_ops.random_horizontal_flip(image, boxes, masks,
+                                                                      seed=None)
         else:   # one flip decision for both: flip them stacked as channels of one image
           stacked, boxes, _ = preprocess_ops.random_horizontal_flip(
               tf.concat([image, masks], axis=-1), boxes, seed=None)

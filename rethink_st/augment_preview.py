@@ -1,8 +1,10 @@
 """PNG grids of an augmentation policy: each example, then several augmented draws of it,
 with boxes, instance masks and the semantic mask drawn (rethink_st.drawing)."""
 import itertools
+import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+import gin
 import numpy as np
 import tensorflow as tf
 
@@ -10,6 +12,10 @@ from rethink_st import augment as augment_lib
 from rethink_st import drawing
 from rethink_st.data import features as F
 from rethink_st.errors import UserError
+
+
+CONTRACT_KEYS = frozenset(F.DETECTION_KEYS + (F.INSTANCE_MASKS, F.SEMANTIC_MASK, F.LABEL,
+                                               F.SCORES))
 
 
 def _examples(source_or_examples, num: int) -> List[Dict[str, Any]]:
@@ -51,10 +57,7 @@ def show_policy_grid(source_or_examples: Union[Any, Iterable[Dict[str, Any]]], p
   tf.random.set_seed(seed)
   pictures, titles = [], []
   for i, example in enumerate(examples):
-    keep = {k: v for k, v in example.items() if k in F.__dict__.values() or k in (
-        F.IMAGE,)}
-    tensors = {k: tf.convert_to_tensor(v) for k, v in keep.items()
-               if not isinstance(v, (bytes, str))}
+    tensors = {k: tf.convert_to_tensor(v) for k, v in example.items() if k in CONTRACT_KEYS}
     draws = [aug(tensors, training=True) for _ in range(n)]
     draws = [{k: v.numpy() for k, v in d.items()} for d in draws]
     rows = [False] + ([True] if F.SEMANTIC_MASK in example else [])
@@ -65,3 +68,21 @@ def show_policy_grid(source_or_examples: Union[Any, Iterable[Dict[str, Any]]], p
         pictures.append(_picture(d, semantic, scale))
         titles.append(f'{policy} draw {j + 1}: {len(d[F.BOXES])} boxes')
   return drawing.save_grid(pictures, path, ncols=n + 1, titles=titles)
+
+
+@gin.configurable(denylist=['output_dir'])
+def run_show_augment(output_dir: Optional[str], *, source=None,
+                     policies: Sequence[str] = ('s1', 's2', 's3', 's4'), n: int = 5,
+                     num_examples: int = 3, output_size: Optional[Sequence[int]] = None,
+                     seed: int = 0) -> List[str]:
+  """Writes `{output_dir}/augment_{policy}.png` for each policy (see show_policy_grid);
+  `source` defaults to the digit scenes' train split. Augment's own gin bindings (e.g.
+  translate_const) apply. Returns the paths."""
+  if source is None:
+    from rethink_st.data import sources  # pylint: disable=g-import-not-at-top
+    source = sources.digit_scenes_source('train')
+  output_dir = output_dir or os.path.join('runs', 'augment')
+  examples = _examples(source, num_examples)
+  return [show_policy_grid(examples, policy, os.path.join(output_dir, f'augment_{policy}.png'),
+                           n, num_examples=num_examples, output_size=output_size, seed=seed)
+          for policy in policies]
