@@ -86,3 +86,9 @@ def call_with_user_errors(fn, *args, **kwargs):
     lines = str(e).strip().splitlines() or [type(e).__name__]
     sys.stderr.write(f'error: {lines[0]}\n')
     sys.exit(1)
+  except RuntimeError as e:
+    if 'Required bindings' not in str(e):
+      raise
+    # gin: "Required bindings for `f` not provided in config: ['x']"
+    sys.stderr.write(f'error: gin config: {str(e).strip().splitlines()[0]}\n')
+    sys.exit(1)

@@ -7,6 +7,7 @@ and scale linearly with the global batch size, so a config means the same on 8 o
 from typing import Optional
 
 import gin
+from absl import logging
 import tensorflow as tf, tf_keras
 from official.modeling import optimization
 from official.modeling import performance
@@ -32,7 +33,10 @@ def build_optimizer(global_batch_size: int,
     raise UserError(f"build_optimizer.schedule={schedule!r} is not 'cosine' or 'constant'")
   scale = global_batch_size / reference_batch_size
   lr = learning_rate * scale
-  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  if warmup_steps > total_steps // 2:
+    logging.warning('build_optimizer: warmup_steps=%d is more than half of total_steps=%d; '
+                    'using %d', warmup_steps, total_steps, total_steps // 2)
+    warmup_steps = total_steps // 2
   if schedule == 'cosine':
     lr_config = {'type': 'cosine',
                  'cosine': {'initial_learning_rate': lr, 'decay_steps': total_steps}}

@@ -120,7 +120,7 @@ def run_train(model_dir: str,
       checkpoint, ckpt_dir, max_to_keep=keep_checkpoints, step_counter=optimizer.iterations,
       checkpoint_interval=checkpoint_every, init_fn=init_fn)
   config_io.save_operative_config(model_dir)
-  progress = trainer_lib.ProgressAction(optimizer.iterations, train_steps,
+  progress = trainer_lib.ProgressAction(optimizer.iterations, train_steps, global_batch_size,
                                         checkpoint_manager=manager)
   controller = orbit.Controller(
       strategy=strategy, trainer=trainer, evaluator=trainer if has_eval else None,

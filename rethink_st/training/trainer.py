@@ -136,7 +136,9 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       grads = tape.gradient(loss, tvars)
       if scaled_optimizer:
         grads = optimizer.get_unscaled_gradients(grads)
-      optimizer.apply_gradients(list(zip(grads, tvars)))
+      # Weights outside the loss (e.g. EfficientNet's final 1x1 conv, which the decoders do
+      # not read) have no gradient.
+      optimizer.apply_gradients([(g, v) for g, v in zip(grads, tvars) if g is not None])
       losses = dict(losses, weight_decay=decay)
       for name, metric in self.train_metrics.items():
         metric.update_state(losses[name])
@@ -178,19 +180,16 @@ class ProgressAction:
   """An Orbit train action: prints step, loss, img/s and ETA after every loop, and stops
   training on a NaN/inf loss before the controller saves a checkpoint."""
 
-  def __init__(self, global_step: tf.Variable, total_steps: int, loss_key: str = 'total_loss',
-               prefix: str = 'train',
+  def __init__(self, global_step: tf.Variable, total_steps: int, global_batch_size: int,
+               loss_key: str = 'total_loss', prefix: str = 'train',
                checkpoint_manager: Optional[tf.train.CheckpointManager] = None):
     self.global_step, self.total_steps = global_step, total_steps
+    self.global_batch_size = global_batch_size
     self.loss_key, self.prefix = loss_key, prefix
     self.checkpoint_manager = checkpoint_manager
-    self.start = time.time()
-    self.start_step = None
 
   def __call__(self, output: Dict[str, Any]) -> None:
     step = int(self.global_step.numpy())
-    if self.start_step is None:
-      self.start_step = step - 1  # the first loop's own steps count toward the rate
     loss = float(np.asarray(output.get(self.loss_key, np.nan)))
     if not math.isfinite(loss):
       last = self.checkpoint_manager and self.checkpoint_manager.latest_checkpoint
@@ -199,9 +198,9 @@ class ProgressAction:
       raise TrainingDiverged(f'{self.prefix}: {self.loss_key} became {loss} at step {step}; '
                              f'stopped, {where}')
     ips = float(np.asarray(output.get('images_per_sec', 0.0)))
-    done = step - self.start_step
-    rate = done / max(time.time() - self.start, 1e-9)
-    eta = (self.total_steps - step) / rate if rate > 0 else float('inf')
+    # ETA from this loop's own rate (the first loop's includes tracing, so it errs long).
+    steps_per_sec = ips / self.global_batch_size if self.global_batch_size else 0.0
+    eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float('inf')
     extra = ' '.join(f'{k}={float(np.asarray(v)):.4g}' for k, v in sorted(output.items())
                      if k not in (self.loss_key, 'images_per_sec', 'learning_rate')
                      and np.asarray(v).ndim == 0)
@@ -209,7 +208,6 @@ class ProgressAction:
             f'lr={float(np.asarray(output.get("learning_rate", 0.0))):.4g} '
             f'img/s={ips:.1f} eta={_fmt_seconds(eta)} {extra}')
     print(line, flush=True)
-    logging.info(line)
 
 
 def _fmt_seconds(s: float) -> str:
