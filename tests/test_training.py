@@ -1,0 +1,121 @@
+"""Teacher training end to end on the tiny digit scenes: Orbit loop, checkpoints, resume,
+configs, evaluation JSON, and the stops for a NaN loss and a foreign checkpoint."""
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rethink_st import cli
+from rethink_st import config_io
+from rethink_st.errors import TrainingDiverged, UserError
+from rethink_st.training import run
+from rethink_st.training import strategy as strategy_lib
+from rethink_st.training import trainer as trainer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER_GIN = os.path.join(REPO, 'gin_configs', 'digits', 'teacher.gin')
+
+
+def tiny_bindings(data_dir, steps=4):
+  """The digits teacher config shrunk to a few seconds: ResNet-10, 32-channel FPN."""
+  return [
+      f"train/rethink_st.data.sources.digit_scenes_source.data_dir = '{data_dir}'",
+      f"eval/rethink_st.data.sources.digit_scenes_source.data_dir = '{data_dir}'",
+      'rethink_st.data.sources.digit_scenes_source.fraction = 1.0',
+      "rethink_st.modeling.detection.build_retinanet.backbone = 'resnet-10'",
+      'rethink_st.modeling.detection.build_retinanet.decoder_num_filters = 32',
+      'rethink_st.modeling.detection.build_retinanet.head_num_filters = 32',
+      'rethink_st.modeling.detection.build_retinanet.head_num_convs = 1',
+      f'rethink_st.training.run.run_train.train_steps = {steps}',
+      'rethink_st.training.run.run_train.global_batch_size = 4',
+      'rethink_st.training.run.run_train.eval_batch_size = 8',
+      'rethink_st.training.run.run_train.steps_per_loop = 2',
+      'rethink_st.training.run.run_train.checkpoint_every = 2',
+      'rethink_st.training.optimization.build_optimizer.warmup_steps = 1',
+  ]
+
+
+@pytest.fixture
+def teacher_config(digit_scenes_dir):
+  gin.clear_config()
+  cli.register_configurables()
+  config_io.parse_gin([TEACHER_GIN], tiny_bindings(digit_scenes_dir))
+  yield digit_scenes_dir
+  gin.clear_config()
+
+
+def test_teacher_trains_checkpoints_evaluates_and_resumes(teacher_config, tmp_path, capsys):
+  model_dir = str(tmp_path / 'teacher')
+  config_io.save_config(model_dir)
+  metrics = run.run_train(model_dir)
+  out = capsys.readouterr().out
+  assert '[train] step 2/4' in out and 'img/s=' in out and 'eta=' in out
+  assert set(['AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'ARmax1', 'ARmax10', 'ARmax100',
+              'ARs', 'ARm', 'ARl']) <= set(metrics)
+  assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
+  for name in ('config.gin', 'operative_config.gin', 'eval_metrics.json',
+               'detections_coco.json'):
+    assert os.path.exists(os.path.join(model_dir, name)), name
+  operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
+  assert "build_retinanet.backbone = 'resnet-10'" in operative
+  with open(os.path.join(model_dir, 'eval_metrics.json')) as f:
+    assert json.load(f)['step'] == 4
+  assert os.listdir(os.path.join(model_dir, 'train'))  # TensorBoard events
+
+  # Resume: the same folder with more steps continues from step 4, not from 0.
+  gin.bind_parameter('rethink_st.training.run.run_train.train_steps', 6)
+  run.run_train(model_dir)
+  out = capsys.readouterr().out
+  assert 'resuming from' in out and 'ckpt-4' in out
+  assert '[train] step 6/6' in out and '[train] step 2/6' not in out
+
+
+class _NaNAfterTwoSteps(trainer_lib.Trainer):
+  """Returns a NaN loss from step 2 on (after the first checkpoint)."""
+
+  def compute_losses(self, inputs):
+    losses = dict(super().compute_losses(inputs))
+    losses['total_loss'] = tf.where(self.global_step >= 2, np.nan, losses['total_loss'])
+    return losses
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_config, tmp_path):
+  model_dir = str(tmp_path / 'nan')
+  with pytest.raises(TrainingDiverged, match=r'became nan at step 4.*ckpt-2 is untouched'):
+    run.run_train(model_dir, trainer_cls=_NaNAfterTwoSteps)
+  assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-2')
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+  for name in reader.get_variable_to_shape_map():
+    if name.startswith('model/') and 'VARIABLE_VALUE' in name:
+      value = reader.get_tensor(name)
+      if np.issubdtype(np.asarray(value).dtype, np.floating):
+        assert np.all(np.isfinite(value)), name
+
+
+def test_model_dir_with_another_models_checkpoint(teacher_config, tmp_path):
+  model_dir = str(tmp_path / 'other')
+  run.run_train(model_dir, eval_every=None)
+  gin.bind_parameter('rethink_st.modeling.detection.build_retinanet.decoder_num_filters', 48)
+  with pytest.raises(UserError, match='holds a checkpoint of a different model'):
+    run.run_train(model_dir)
+
+
+def test_missing_init_checkpoint_is_one_line(teacher_config, tmp_path):
+  with pytest.raises(UserError, match=r'init_checkpoint=.*no such checkpoint'):
+    run.run_train(str(tmp_path / 'x'), init_checkpoint=str(tmp_path / 'nope'))
+
+
+def test_batch_not_divisible_by_replicas():
+  class ThreeReplicas:
+    num_replicas_in_sync = 3
+  with pytest.raises(UserError, match=r'run_train.global_batch_size=16 .* 3 replicas'):
+    strategy_lib.check_global_batch_size(16, ThreeReplicas(), 'run_train.global_batch_size')
+  assert strategy_lib.check_global_batch_size(12, ThreeReplicas(), 'x') == 4
+
+
+def test_unknown_strategy_kind():
+  with pytest.raises(UserError, match="build_strategy.kind='gpu'"):
+    strategy_lib.build_strategy(kind='gpu')
