@@ -397,3 +397,19 @@ def test_policy_gin_files(path):
 
 def test_four_policy_gin_files_exist():
   assert len(glob.glob(os.path.join(REPO, 'gin_configs', 'base', 'augment_s*.gin'))) == 4
+
+
+@pytest.mark.parametrize('policy', ['s2', 's4'])
+def test_policies_without_masks_are_model_garden_policies(example, policy):
+  """Without masks the S2/S3 and S4 policy ops are Model Garden's distort_with_boxes: the
+  same random draws in the same order give the same image and boxes."""
+  aug = A.Augment(policy, **CONSTS)
+  mg = aug.augmenter._mg  # pylint: disable=protected-access
+  for seed in range(6):
+    tf.random.set_seed(seed)
+    mg_image, mg_boxes = mg.distort_with_boxes(example[F.IMAGE], example[F.BOXES])
+    tf.random.set_seed(seed)
+    image, boxes, masks = aug.augmenter.distort(example[F.IMAGE], example[F.BOXES])
+    assert masks is None
+    np.testing.assert_array_equal(image.numpy(), mg_image.numpy())
+    np.testing.assert_array_equal(boxes.numpy(), mg_boxes.numpy())
