@@ -413,3 +413,16 @@ def test_policies_without_masks_are_model_garden_policies(example, policy):
     assert masks is None
     np.testing.assert_array_equal(image.numpy(), mg_image.numpy())
     np.testing.assert_array_equal(boxes.numpy(), mg_boxes.numpy())
+
+
+def test_show_policy_grid_writes_png(example, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from rethink_st import augment_preview  # pylint: disable=g-import-not-at-top
+  numpy_example = {k: v.numpy() for k, v in example.items()}
+  path = augment_preview.show_policy_grid([numpy_example], 's4', str(tmp_path / 'g.png'), 2,
+                                          scale=1, **CONSTS)
+  with Image.open(path) as im:
+    width, height = im.size
+  # one example: an instance row and a semantic row, each original + 2 draws of 72 x 96
+  assert width >= 3 * W and height >= 2 * H
+  assert width < 3 * (W + 20) and height < 2 * (H + 30)
