@@ -63,4 +63,7 @@ def digit_scenes_source(split: str = 'train', data_dir: Optional[str] = None,
                           fraction_seed=fraction_seed,
                           num_classes=DIGIT_SCENES_NUM_CLASSES,
                           name=f'digit_scenes_source(split={split!r})')
+  # For progress ETAs (exact at fraction 1, expected otherwise).
+  source.num_examples = int(round(
+      digit_scenes.read_meta(directory)['splits'][split]['num_examples'] * fraction))
   return source
