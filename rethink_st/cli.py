@@ -46,12 +46,13 @@ def register_configurables() -> None:
 
 
 def run_binary(run_fn: Callable[..., object], *, gin_files: Sequence[str],
-               gin_params: Sequence[str], model_dir: Optional[str], **kwargs):
+               gin_params: Sequence[str], model_dir: Optional[str], save_config: bool = True,
+               **kwargs):
   """Parses gin, writes model_dir/config.gin, then returns run_fn(model_dir, **kwargs)."""
   def start():
     register_configurables()
     config_io.parse_gin(gin_files, gin_params)
-    if model_dir:
+    if model_dir and save_config:
       config_io.save_config(model_dir)
     return run_fn(model_dir, **kwargs)
   return config_io.call_with_user_errors(start)

@@ -206,3 +206,29 @@ def export_saved_model(model: tf_keras.Model,
     json.dump(settings, f, indent=2)
   logging.info('Exported %s SavedModel to %s', task, export_dir)
   return export_dir
+
+
+@gin.configurable(denylist=['export_dir'])
+def run_export(export_dir: str, task=gin.REQUIRED, checkpoint: str = gin.REQUIRED,
+               batch_size: Optional[int] = None, overwrite: bool = False) -> str:
+  """Restores `checkpoint` (a prefix or a folder) into the task's model and exports it."""
+  from rethink_st.training import run as run_lib  # pylint: disable=g-import-not-at-top
+  from rethink_st.training import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  if not export_dir:
+    raise UserError('--export_dir is required')
+  path = run_lib.resolve_init_checkpoint(checkpoint)
+  model = task.build_model()
+  status = tf.train.Checkpoint(model=model).read(path)
+  try:
+    status.expect_partial().assert_existing_objects_matched()
+  except AssertionError as e:
+    raise UserError(f'run_export.checkpoint={checkpoint} does not match the model: '
+                    f'{str(e).splitlines()[0][:160]}') from None
+  kind = 'segmentation' if isinstance(task, tasks_lib.SegmentationTask) else 'detection'
+  kwargs = {}
+  if kind == 'segmentation':
+    kwargs = dict(scales=task.eval_scales, flip=task.eval_flip, size_divisor=task.size_divisor)
+  out = export_saved_model(model, export_dir, task=kind, input_size=task.image_size,
+                           batch_size=batch_size, overwrite=overwrite, **kwargs)
+  print(f'[export] {path} -> {out}', flush=True)
+  return out
