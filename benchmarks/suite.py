@@ -1,0 +1,471 @@
+"""The benchmark suite: runs the cells of the paper's tables, then writes JSON, Markdown, PNG.
+
+  python benchmarks/suite.py --table=table2 --seeds=3            # digit scale, 3 seeds
+  python benchmarks/suite.py --table=table2 --seeds=3 --dry_run  # print the commands only
+  python benchmarks/suite.py --table=all --report_only           # tables from finished cells
+  python benchmarks/suite.py --table=table2 --scale=full --seeds=1 \
+      --gin_file=gin_configs/base/tpu.gin --gin_param="TPU_ADDRESS='my-tpu'" \
+      --out_dir=gs://my-bucket/rethink_st/suite                  # the paper's scale
+
+Each cell is one subprocess of an existing binary (bin/pretrain.py, bin/train_teacher.py,
+bin/self_train.py), in its own folder  <out_dir>/<scale>/cells/<cell>/seed_<s>/  with its
+log (suite_log.txt). A finished cell gets suite_done.json (its metrics and wall time) and is
+skipped on the next run, so the suite is resumable: kill it and start it again. A cell that
+fails gets suite_failed.json (retried next run); cells that depend on it are skipped.
+Cells run one at a time, seed by seed (all of seed 0 first, so a partial run already gives
+whole tables). The tables (benchmarks/tables.py) are then made from the finished cells:
+<out_dir>/<scale>/<table>.json, .md and .png.
+"""
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tables as tables_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DONE, FAILED, LOG = 'suite_done.json', 'suite_failed.json', 'suite_log.txt'
+METRIC = 'AP'
+
+
+class SuiteError(ValueError):
+  """A bad argument to the suite (one line)."""
+
+
+# ------------------------------------------------------------------------------ cell runs
+def parse_seeds(text: str) -> List[int]:
+  """'3' -> [0, 1, 2] (a count); '0,2' -> [0, 2] and '1,' -> [1] (a list)."""
+  try:
+    if ',' in text:
+      seeds = [int(s) for s in text.split(',') if s.strip()]
+    else:
+      seeds = list(range(int(text)))
+  except ValueError:
+    raise SuiteError(f'--seeds={text!r}: expected a count (3) or a list (0,2)') from None
+  if not seeds or any(s < 0 for s in seeds):
+    raise SuiteError(f'--seeds={text!r}: expected a count >= 1 or a list of seeds >= 0 '
+                     f'(only seed 0: --seeds=0,)')
+  return seeds
+
+
+def resolve_tables(names: Sequence[str]) -> List[str]:
+  out = []
+  for name in names:
+    if name == 'all':
+      out.extend(tables_lib.TABLES)
+    elif name in tables_lib.TABLES:
+      out.append(name)
+    else:
+      raise SuiteError(f'--table={name!r} is not one of all, {", ".join(tables_lib.TABLES)}')
+  return list(dict.fromkeys(out))
+
+
+def cell_dir(out_dir: str, scale: str, name: str, seed: int) -> str:
+  cell = tables_lib.CELLS[name]
+  leaf = f'seed_{seed}' if cell.seeded else 'shared'
+  return os.path.join(out_dir, scale, 'cells', name, leaf)
+
+
+def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
+                 gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
+                 python: str = sys.executable) -> List[str]:
+  """The command line that runs cell `name` for `seed` (extra gin files/params last)."""
+  cell = tables_lib.CELLS[name]
+  if not cell.exists(scale):
+    raise SuiteError(f'cell {name} has no {scale}-scale config (benchmarks/tables.py)')
+  cmd = [python, tables_lib.BINARIES[cell.binary]]
+  cmd += [f'--gin_file={f}' for f in cell.gin_files(scale)]
+  cmd += [f'--gin_file={f}' for f in gin_files]
+  params = list(cell.gin_params(scale))
+  if cell.seeded:
+    params.append(f'CELL_SEED={seed}' if scale == 'digits'
+                  else f'rethink_st.training.run.run_train.seed={seed}')
+  if cell.pretrained and scale == 'digits':
+    params.append(f"PRETRAINED_DIR='{cell_dir(out_dir, scale, tables_lib.PRETRAIN_CELL, seed)}'")
+  if cell.teacher:
+    teacher = cell_dir(out_dir, scale, cell.teacher, seed)
+    params.append(f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'"
+                  if cell.binary == 'self_train' else f"TEACHER_DIR='{teacher}'")
+  params += list(gin_params)
+  cmd += [f'--gin_param={p}' for p in params]
+  cmd.append(f'--model_dir={cell_dir(out_dir, scale, name, seed)}')
+  return cmd
+
+
+def _read_json(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
+  """A finished run's metrics: eval_metrics.json, or for self-training results.json's last
+  student (with the teacher's AP as teacher_AP and the pseudo boxes per image)."""
+  cell = tables_lib.CELLS[name]
+  if cell.binary == 'self_train':
+    results = _read_json(os.path.join(directory, 'results.json'))
+    if not results or len(results.get('rows', ())) < 2:
+      return None
+    teacher, student = results['rows'][0], results['rows'][-1]
+    out = {k: v for k, v in student.items() if isinstance(v, (int, float))}
+    if METRIC in teacher:
+      out['teacher_' + METRIC] = teacher[METRIC]
+    return out
+  metrics = _read_json(os.path.join(directory, 'eval_metrics.json'))
+  return {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if metrics else None
+
+
+def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
+  """Runs `cmd` from the repository root, output to log_path; returns its exit code."""
+  with open(log_path, 'a') as log:
+    log.write(f'$ {shlex.join(cmd)}\n')
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.call(list(cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_dir: str, *,
+              only: Sequence[str] = (), max_cells: Optional[int] = None, dry_run: bool = False,
+              gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
+              runner: Callable[[Sequence[str], str], int] = subprocess_runner,
+              echo: Callable[[str], None] = print) -> Dict[str, int]:
+  """Runs the unfinished cells of the tables (and what they depend on), seed by seed.
+
+  only: run just these cells (and their unfinished dependencies). max_cells: stop after
+  starting this many runs. Returns counts: ran, skipped (already done), failed, blocked.
+  """
+  if scale not in tables_lib.SCALES:
+    raise SuiteError(f'--scale={scale!r} is not one of {", ".join(tables_lib.SCALES)}')
+  wanted = []
+  for t in table_names:
+    wanted.extend(tables_lib.TABLES[t].cell_names(scale))
+  for name in only:
+    if name not in tables_lib.CELLS:
+      raise SuiteError(f'--only={name!r} is not a cell (benchmarks/tables.py)')
+    if not tables_lib.CELLS[name].exists(scale):
+      raise SuiteError(f'--only={name!r} has no {scale}-scale config')
+  if only:
+    wanted = list(only)
+  order = tables_lib.ordered_cells(wanted, scale)
+  counts = dict(ran=0, skipped=0, failed=0, blocked=0)
+  started = 0
+  for seed in seeds:
+    for name in order:
+      cell = tables_lib.CELLS[name]
+      if not cell.seeded and seed != seeds[0]:
+        continue
+      directory = cell_dir(out_dir, scale, name, seed)
+      if os.path.exists(os.path.join(directory, DONE)):
+        counts['skipped'] += 1
+        continue
+      deps = [d for d in cell.depends(scale)
+              if not os.path.exists(os.path.join(cell_dir(out_dir, scale, d, seed), DONE))]
+      cmd = cell_command(name, scale, seed, out_dir, gin_files=gin_files,
+                         gin_params=gin_params)
+      if dry_run:
+        echo(shlex.join(cmd))
+        continue
+      if deps:
+        echo(f'[suite] {name} seed {seed}: blocked (unfinished: {", ".join(deps)})')
+        counts['blocked'] += 1
+        continue
+      if max_cells is not None and started >= max_cells:
+        echo(f'[suite] --max_cells={max_cells} reached')
+        return counts
+      started += 1
+      os.makedirs(directory, exist_ok=True)
+      if os.path.exists(os.path.join(directory, FAILED)):
+        os.remove(os.path.join(directory, FAILED))
+      echo(f'[suite] {name} seed {seed}: running ({os.path.join(directory, LOG)})')
+      start = time.time()
+      code = runner(cmd, os.path.join(directory, LOG))
+      seconds = time.time() - start
+      metrics = read_metrics(name, directory) if code == 0 else None
+      if metrics is None:
+        counts['failed'] += 1
+        with open(os.path.join(directory, FAILED), 'w') as f:
+          json.dump({'exit_code': code, 'seconds': seconds, 'command': cmd}, f, indent=1)
+        echo(f'[suite] {name} seed {seed}: FAILED (exit {code}); see {LOG}')
+        continue
+      counts['ran'] += 1
+      with open(os.path.join(directory, DONE), 'w') as f:
+        json.dump({'metrics': metrics, 'seconds': seconds, 'seed': seed, 'command': cmd}, f,
+                  indent=1)
+      shown = metrics.get(METRIC, metrics.get('top1_accuracy'))
+      echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, '
+           f'{METRIC if METRIC in metrics else "top1"}={shown:.4f}')
+  return counts
+
+
+# -------------------------------------------------------------------------------- results
+def _mean_std(values: Sequence[float]):
+  if not values:
+    return None, None
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: str) -> dict:
+  """The results JSON of one table from the finished cells' suite_done.json files.
+  AP in points (x100, the paper's unit); gains over the baseline row are taken per seed
+  (same seed: same labeled subset and init) and then averaged; std is the sample std."""
+  table = tables_lib.TABLES[table_name]
+  cells = {}
+  for row in table.rows_for(scale):
+    for col in table.columns_for(scale):
+      name = table.cell(scale, row, col)
+      if not name or name in cells:
+        continue
+      per_seed = {}
+      for seed in seeds:
+        done = _read_json(os.path.join(cell_dir(out_dir, scale, name, seed), DONE))
+        if done:
+          per_seed[str(seed)] = {**done['metrics'], 'seconds': done['seconds']}
+      cells[name] = {'seeds': per_seed,
+                     'command': shlex.join(cell_command(name, scale, 0, out_dir)[1:])}
+  return build_results(table_name, scale, seeds, cells)
+
+
+def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict,
+                  is_test_data: bool = False) -> dict:
+  """The results dict from per-cell, per-seed metrics ({cell: {'seeds': {'0': {AP..}}}})."""
+  table = tables_lib.TABLES[table_name]
+  grid = []
+  for row in table.rows_for(scale):
+    for col in table.columns_for(scale):
+      name = table.cell(scale, row, col)
+      if not name:
+        continue
+      runs = cells.get(name, {}).get('seeds', {})
+      values = {s: 100 * m[METRIC] for s, m in runs.items() if METRIC in m}
+      entry = {'row': row, 'col': col, 'cell': name, 'seeds': sorted(values),
+               'values': [values[s] for s in sorted(values)]}
+      entry['mean'], entry['std'] = _mean_std(entry['values'])
+      base_name = table.cell(scale, table.baseline, col) if table.baseline else None
+      if base_name and base_name != name:
+        base_runs = cells.get(base_name, {}).get('seeds', {})
+        gains = [values[s] - 100 * base_runs[s][METRIC] for s in sorted(values)
+                 if METRIC in base_runs.get(s, {})]
+        entry['gain_values'] = gains
+        entry['gain_mean'], entry['gain_std'] = _mean_std(gains)
+      teacher = [100 * m['teacher_' + METRIC] for m in runs.values() if 'teacher_' + METRIC in m]
+      if teacher:
+        entry['teacher_mean'] = _mean_std(teacher)[0]
+      pseudo = [m['pseudo_boxes_per_image'] for m in runs.values()
+                if m.get('pseudo_boxes_per_image') is not None]
+      if pseudo:
+        entry['pseudo_boxes_per_image'] = _mean_std(pseudo)[0]
+      entry['minutes'] = _mean_std([m['seconds'] / 60 for m in runs.values()
+                                    if 'seconds' in m])[0]
+      entry['paper'] = table.paper.get((row, col))
+      grid.append(entry)
+  results = {'table': table.name, 'title': table.title, 'scale': scale,
+             'seeds': list(seeds), 'metric': f'COCO {METRIC} x 100',
+             'baseline': table.baseline, 'rows': list(table.rows_for(scale)),
+             'columns': list(table.columns_for(scale)), 'x_label': table.x_label,
+             'notes': table.notes, 'cells': cells, 'grid': grid,
+             'is_test_data': bool(is_test_data)}
+  results['claims'] = check_claims(table, results)
+  return results
+
+
+def _entry(results: dict, row: str, col: str) -> Optional[dict]:
+  for e in results['grid']:
+    if e['row'] == row and e['col'] == col:
+      return e
+  return None
+
+
+def _gain_text(e: Optional[dict]) -> str:
+  if not e or e.get('gain_mean') is None:
+    return 'n/a'
+  std = '' if e.get('gain_std') is None else f' ± {e["gain_std"]:.1f}'
+  return f'{e["gain_mean"]:+.1f}{std} (n={len(e["gain_values"])})'
+
+
+def check_claims(table: tables_lib.Table, results: dict) -> List[dict]:
+  """Each of the table's claims on the means: holds True / False / None (not measured)."""
+  out = []
+  cols = results['columns']
+  for claim in table.claims:
+    kind, row = claim[0], claim[1]
+    if kind == 'gain_shrinks':
+      a, b = _entry(results, row, claim[2]), _entry(results, row, claim[3])
+      text = f'{row}: gain over {table.baseline} shrinks from {claim[2]} to {claim[3]}'
+      ok = (None if not a or not b or a.get('gain_mean') is None or b.get('gain_mean') is None
+            else a['gain_mean'] > b['gain_mean'])
+      detail = f'{claim[2]}: {_gain_text(a)}; {claim[3]}: {_gain_text(b)}'
+    elif kind == 'gain_positive_everywhere':
+      entries = [_entry(results, row, c) for c in cols]
+      gains = [e.get('gain_mean') if e else None for e in entries]
+      text = f'{row}: gain over {table.baseline} > 0 in every column ({", ".join(cols)})'
+      ok = None if any(g is None for g in gains) else all(g > 0 for g in gains)
+      detail = '; '.join(f'{c}: {_gain_text(e)}' for c, e in zip(cols, entries))
+    elif kind == 'at_least_baseline':
+      e = _entry(results, row, claim[2])
+      text = f'{row} >= {table.baseline} at {claim[2]}'
+      ok = None if not e or e.get('gain_mean') is None else e['gain_mean'] >= 0
+      detail = f'{claim[2]}: {_gain_text(e)}'
+    else:
+      raise ValueError(f'unknown claim kind {kind!r}')
+    out.append({'claim': text, 'holds': ok, 'detail': detail})
+  return out
+
+
+def format_markdown(results: dict) -> str:
+  """The paper's layout: rows x columns, ours (mean ± std over seeds, gain over the
+  baseline) and, in a second table of the same shape, what the paper's text states."""
+  lines = []
+  if results.get('is_test_data'):
+    lines.append('**TEST DATA ONLY: fabricated numbers, not measurements.**\n')
+  seeds = ', '.join(str(s) for s in results['seeds'])
+  lines.append(f'### {results["title"]} ({results["scale"]} scale)\n')
+  lines.append(f'{results["metric"]} on the validation set; mean ± std over seeds ({seeds}; '
+               f'n = runs finished); in brackets the gain over {results["baseline"]}, taken '
+               f'per seed.\n')
+  cols = results['columns']
+  lines.append('| | ' + ' | '.join(cols) + ' |')
+  lines.append('| --- ' * (len(cols) + 1) + '|')
+  for row in results['rows']:
+    cells = []
+    for col in cols:
+      e = _entry(results, row, col)
+      if not e or e['mean'] is None:
+        cells.append('not run')
+        continue
+      text = f'{e["mean"]:.1f}' + ('' if e['std'] is None else f' ± {e["std"]:.1f}')
+      if e.get('gain_mean') is not None:
+        text += f' ({e["gain_mean"]:+.1f}' + (
+            '' if e['gain_std'] is None else f' ± {e["gain_std"]:.1f}') + ')'
+      text += f' n={len(e["values"])}'
+      cells.append(text)
+    lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
+  if any(e.get('paper') for e in results['grid']):
+    lines.append(f'\nThe paper (gain over {results["baseline"]}, full scale, as its text '
+                 f'states it):\n')
+    lines.append('| | ' + ' | '.join(cols) + ' |')
+    lines.append('| --- ' * (len(cols) + 1) + '|')
+    for row in results['rows']:
+      vals = [(_entry(results, row, c) or {}).get('paper') or '' for c in cols]
+      if row == results['baseline'] or not any(vals):
+        continue
+      lines.append(f'| {row} | ' + ' | '.join(vals) + ' |')
+  lines.append('\nClaims:\n')
+  for c in results['claims']:
+    mark = {True: 'holds', False: 'FAILS', None: 'not measured'}[c['holds']]
+    lines.append(f'- {c["claim"]}: **{mark}** ({c["detail"]})')
+  extra = []
+  for e in results['grid']:
+    bits = []
+    if e.get('teacher_mean') is not None:
+      bits.append(f'teacher {e["teacher_mean"]:.1f}')
+    if e.get('pseudo_boxes_per_image') is not None:
+      bits.append(f'{e["pseudo_boxes_per_image"]:.2f} pseudo boxes/image')
+    if e.get('minutes') is not None:
+      bits.append(f'{e["minutes"]:.1f} min/run')
+    if bits:
+      extra.append(f'- {e["row"]} / {e["col"]} (`{e["cell"]}`): ' + ', '.join(bits))
+  if extra:
+    lines.append('\nPer cell:\n')
+    lines.extend(extra)
+  if results.get('notes'):
+    lines.append(f'\n{results["notes"]}')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict, path: str) -> None:
+  """Figure 1 style: gain over the baseline vs the table's x axis, one line per row."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cols = results['columns']
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  ax.axhline(0.0, color='0.5', lw=1, ls='--')
+  for row in results['rows']:
+    if row == results['baseline']:
+      continue
+    xs, ys, es = [], [], []
+    for i, col in enumerate(cols):
+      e = _entry(results, row, col)
+      if e and e.get('gain_mean') is not None:
+        xs.append(i)
+        ys.append(e['gain_mean'])
+        es.append(e.get('gain_std') or 0.0)
+    if xs:
+      ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=row)
+  ax.set_xticks(range(len(cols)))
+  ax.set_xticklabels(cols)
+  ax.set_xlabel(results['x_label'])
+  ax.set_ylabel(f'gain over {results["baseline"]} (AP)')
+  title = f'{results["table"]} ({results["scale"]})'
+  if results.get('is_test_data'):
+    title += ' TEST DATA'
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(results: dict, out_dir: str) -> Dict[str, str]:
+  base = os.path.join(out_dir, results['scale'], results['table'])
+  os.makedirs(os.path.dirname(base), exist_ok=True)
+  paths = {'json': base + '.json', 'md': base + '.md', 'png': base + '.png'}
+  with open(paths['json'], 'w') as f:
+    json.dump(results, f, indent=1)
+  with open(paths['md'], 'w') as f:
+    f.write(format_markdown(results))
+  plot(results, paths['png'])
+  return paths
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_multi_string('table', ['table2'], f'all, {", ".join(tables_lib.TABLES)}')
+  flags.DEFINE_enum('scale', 'digits', tables_lib.SCALES, 'digits or full')
+  flags.DEFINE_string('seeds', '1', 'a count (3 -> seeds 0,1,2) or a list (0,2 or 1,)')
+  flags.DEFINE_string('out_dir', os.path.join(REPO, 'runs', 'benchmarks'), 'results root')
+  flags.DEFINE_bool('dry_run', False, 'print the commands, run nothing')
+  flags.DEFINE_multi_string('only', [], 'run only this cell (repeatable)')
+  flags.DEFINE_integer('max_cells', None, 'start at most this many runs')
+  flags.DEFINE_bool('report_only', False, 'make the tables from finished cells, run nothing')
+  flags.DEFINE_multi_string('gin_file', [], 'extra gin file for every cell (e.g. tpu.gin)')
+  flags.DEFINE_multi_string('gin_param', [], 'extra gin binding for every cell')
+  flags.DEFINE_list('list_cells', None, 'print the cells of these tables and exit')
+  fl = flags.FLAGS
+  fl(argv or sys.argv)
+  try:
+    seeds = parse_seeds(fl.seeds)
+    names = resolve_tables(fl.table)
+    if fl.out_dir.startswith('gs://') and not fl.dry_run:
+      raise SuiteError('--out_dir on GCS: run the suite with a local --out_dir on the '
+                       'coordinator, or --dry_run to get the commands (benchmarks/README.md)')
+    if not fl.report_only:
+      counts = run_cells(names, fl.scale, seeds, fl.out_dir, only=fl.only,
+                         max_cells=fl.max_cells, dry_run=fl.dry_run, gin_files=fl.gin_file,
+                         gin_params=fl.gin_param)
+      print(f'[suite] {counts}')
+    if fl.dry_run:
+      return 0
+    for name in names:
+      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir), fl.out_dir)
+      print(f'[suite] {name}: {paths["md"]}')
+      with open(paths['md']) as f:
+        print(f.read())
+  except SuiteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,209 @@
+"""benchmarks/suite.py + tables.py: commands, resumable runs with a fake cell runner, and the
+JSON -> Markdown / PNG path. Every number here is fabricated TEST DATA, not a measurement."""
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+
+import suite  # noqa: E402  pylint: disable=g-import-not-at-top
+import tables  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _flag(cmd, name):
+  return [a.split('=', 1)[1] for a in cmd if a.startswith(f'--{name}=')]
+
+
+def test_every_cell_config_file_exists():
+  for cell in tables.CELLS.values():
+    for scale in tables.SCALES:
+      if cell.exists(scale):
+        for path in cell.gin_files(scale):
+          if scale == 'full' and not os.path.exists(os.path.join(REPO, 'gin_configs/coco')):
+            continue
+          assert os.path.exists(os.path.join(REPO, path)), (cell.name, scale, path)
+  for t in tables.TABLES.values():
+    for scale in tables.SCALES:
+      assert t.cell_names(scale), (t.name, scale)
+      for name in t.cell_names(scale):
+        assert tables.CELLS[name].exists(scale)
+
+
+def test_digit_cells_parse_as_gin(tmp_path):
+  """Each digit-scale cell's files + the suite's bindings make a valid gin config."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
+  cli.register_configurables()
+  macro = lambda name: gin.query_parameter(f'{name}/macro.value')
+  for name in ('pretrain', 's4_f20_self_training', 's1_f20_pretrained',
+               's4_f100_rand_init_continued', 's4_f20_standard_a3'):
+    cmd = suite.cell_command(name, 'digits', 1, str(tmp_path))
+    gin.clear_config()
+    config_io.parse_gin(_flag(cmd, 'gin_file'), _flag(cmd, 'gin_param'))
+    if name != 'pretrain':
+      assert macro('CELL_SEED') == 1
+  assert macro('LABELED_FRACTION') == 0.2
+  assert macro('ALPHA') == 3.0
+  assert macro('LOSS_MODE') == 'standard'
+  gin.clear_config()
+
+
+def test_commands_bind_seed_dependencies_and_extras(tmp_path):
+  out = str(tmp_path)
+  cmd = suite.cell_command('s1_f20_self_training', 'digits', 2, out,
+                           gin_params=['X=1'], python='py')
+  assert cmd[:2] == ['py', 'bin/self_train.py']
+  params = _flag(cmd, 'gin_param')
+  teacher = os.path.join(out, 'digits', 'cells', 's1_f20_rand_init', 'seed_2')
+  assert f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'" in params
+  assert 'CELL_SEED=2' in params and params[-1] == 'X=1'
+  assert _flag(cmd, 'model_dir') == [os.path.join(out, 'digits', 'cells',
+                                                  's1_f20_self_training', 'seed_2')]
+  pre = suite.cell_command('s4_f100_pretrained', 'digits', 0, out)
+  assert f"PRETRAINED_DIR='{os.path.join(out, 'digits', 'cells', 'pretrain', 'shared')}'" in (
+      _flag(pre, 'gin_param'))
+  assert 'LABELED_FRACTION=1.0' in _flag(pre, 'gin_param')
+  full = suite.cell_command('s4_f100_rand_init', 'full', 0, out, gin_files=['tpu.gin'])
+  assert _flag(full, 'gin_file') == ['gin_configs/coco/table2/s4_rand_init.gin', 'tpu.gin']
+  assert 'rethink_st.training.run.run_train.seed=0' in _flag(full, 'gin_param')
+  with pytest.raises(suite.SuiteError, match='no full-scale config'):
+    suite.cell_command('s4_f20_rand_init_continued', 'full', 0, out)
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path):
+  assert suite.parse_seeds('3') == [0, 1, 2] and suite.parse_seeds('0,4') == [0, 4]
+  with pytest.raises(suite.SuiteError, match='--seeds'):
+    suite.parse_seeds('three')
+  with pytest.raises(suite.SuiteError, match="--table='table9'"):
+    suite.resolve_tables(['table9'])
+  with pytest.raises(suite.SuiteError, match='--only'):
+    suite.run_cells(['table2'], 'digits', [0], str(tmp_path), only=['nope'])
+  with pytest.raises(suite.SuiteError, match='--scale'):
+    suite.run_cells(['table2'], 'tiny', [0], str(tmp_path))
+
+
+class FakeRunner:
+  """Writes what the binary would (eval_metrics.json / results.json) with made-up AP."""
+
+  def __init__(self, fail=()):
+    self.calls, self.fail = [], set(fail)
+
+  def __call__(self, cmd, log_path):
+    model_dir = _flag(cmd, 'model_dir')[0]
+    name = model_dir.split(os.sep)[-2]
+    self.calls.append((name, model_dir))
+    if name in self.fail:
+      return 3
+    ap = 0.1 + 0.01 * len(self.calls)
+    if cmd[1] == 'bin/self_train.py':
+      rows = [{'model': 'teacher', 'AP': 0.1}, {'model': 'student_round_1', 'AP': ap,
+                                               'pseudo_boxes_per_image': 2.5}]
+      with open(os.path.join(model_dir, 'results.json'), 'w') as f:
+        json.dump({'rows': rows, 'metric': 'AP'}, f)
+    else:
+      with open(os.path.join(model_dir, 'eval_metrics.json'), 'w') as f:
+        json.dump({'step': 300, 'AP': ap}, f)
+    return 0
+
+
+def test_run_cells_order_resume_failures_and_limits(tmp_path):
+  out, log = str(tmp_path), []
+  runner = FakeRunner(fail={'s4_f20_rand_init'})
+  counts = suite.run_cells(['table2'], 'digits', [0, 1], out, runner=runner, echo=log.append)
+  names = [n for n, _ in runner.calls]
+  # dependencies first; the shared pretrain once; seed 0 before seed 1
+  assert names.index('pretrain') < names.index('s1_f20_pretrained')
+  assert names.index('s1_f20_rand_init') < names.index('s1_f20_self_training')
+  assert names.count('pretrain') == 1
+  seeds = [d.rsplit('_', 1)[1] for _, d in runner.calls if 'seed_' in d]
+  assert seeds == sorted(seeds)
+  # the failed teacher blocks its self-training and control cells, for each seed
+  assert 's4_f20_self_training' not in names
+  assert counts['failed'] == 2 and counts['blocked'] == 4
+  assert os.path.exists(os.path.join(out, 'digits/cells/s4_f20_rand_init/seed_0',
+                                     suite.FAILED))
+  done = json.load(open(os.path.join(out, 'digits/cells/s1_f20_self_training/seed_1',
+                                     suite.DONE)))
+  assert done['metrics']['teacher_AP'] == 0.1 and done['metrics']['pseudo_boxes_per_image']
+  # rerun: finished cells are skipped, the failed one retried (now succeeds), max_cells stops
+  runner2 = FakeRunner()
+  counts = suite.run_cells(['table2'], 'digits', [0, 1], out, runner=runner2,
+                           echo=log.append, max_cells=2)
+  assert [n for n, _ in runner2.calls] == ['s4_f20_rand_init', 's4_f20_self_training']
+  assert counts['ran'] == 2 and counts['skipped'] == 6
+  assert not os.path.exists(os.path.join(out, 'digits/cells/s4_f20_rand_init/seed_0',
+                                         suite.FAILED))
+  # --only runs just that cell (its dependencies are done)
+  runner3 = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], out, runner=runner3, only=['s4_f20_rand_init_continued'],
+                  echo=log.append)
+  assert [n for n, _ in runner3.calls] == ['s4_f20_rand_init_continued']
+
+
+def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
+  lines, runner = [], FakeRunner()
+  suite.run_cells(['appendix_b'], 'full', [0], str(tmp_path), dry_run=True,
+                  echo=lines.append, runner=runner)
+  assert not runner.calls and not os.path.exists(os.path.join(str(tmp_path), 'full'))
+  assert any('gin_configs/coco/appendix_b/s4_standard_loss.gin' in l for l in lines)
+  assert any('ALPHA=3.0' in l and 'standard_loss.gin' in l for l in lines)
+
+
+def _fabricated(table, scale='digits'):
+  """TEST DATA ONLY: made-up AP per cell and seed."""
+  t = tables.TABLES[table]
+  made_up = {'Rand Init': 0.20, 'ImageNet Init': 0.25, 'Rand Init + self-training': 0.24,
+             'Rand Init + same steps supervised (control)': 0.22,
+             'Loss normalization': 0.24, 'Standard loss': 0.23}
+  cells = {}
+  for row in t.rows_for(scale):
+    for j, col in enumerate(t.columns_for(scale)):
+      name = t.cell(scale, row, col)
+      shrink = 0.04 * j if row == 'ImageNet Init' else 0.0
+      cells[name] = {'seeds': {str(s): {'AP': made_up[row] - shrink + 0.01 * s, 'seconds': 60}
+                               for s in range(3)}}
+  return suite.build_results(table, scale, [0, 1, 2], cells, is_test_data=True)
+
+
+def test_results_markdown_claims_and_plot(tmp_path):
+  res = _fabricated('table2')
+  e = suite._entry(res, 'ImageNet Init', 'S4')
+  assert e['mean'] == pytest.approx(100 * 0.22, abs=1e-6)
+  assert e['gain_mean'] == pytest.approx(1.0, abs=1e-6) and e['gain_std'] == pytest.approx(0)
+  assert e['std'] == pytest.approx(1.0)
+  claims = {c['claim'].split(':')[0]: c['holds'] for c in res['claims']}
+  assert claims == {'ImageNet Init': True, 'Rand Init + self-training': True}
+  md = suite.format_markdown(res)
+  assert md.startswith('**TEST DATA ONLY')
+  assert '| ImageNet Init | 26.0 ± 1.0 (+5.0 ± 0.0) n=3 | 22.0 ± 1.0 (+1.0 ± 0.0) n=3 |' in md
+  assert '-1.0 (Sec. 4.1' in md and '**holds**' in md
+  assert '| Rand Init + same steps supervised (control) |  |' not in md  # no paper number
+  paths = suite.write_report(res, str(tmp_path))
+  assert os.path.getsize(paths['png']) > 1000
+  assert json.load(open(paths['json']))['is_test_data'] is True
+
+
+def test_claims_fail_and_missing_cells_are_reported():
+  res = _fabricated('table3')
+  # make self-training lose at 100%: the claim fails
+  cells = res['cells']
+  for s in cells['s4_f100_self_training']['seeds'].values():
+    s['AP'] = 0.1
+  del cells['s4_f20_rand_init_continued']
+  res = suite.build_results('table3', 'digits', [0, 1, 2], cells, is_test_data=True)
+  holds = {c['claim'].split(':')[0]: c['holds'] for c in res['claims']}
+  assert holds['Rand Init + self-training'] is False
+  md = suite.format_markdown(res)
+  assert '**FAILS**' in md and 'not run' in md
+
+
+def test_collect_results_reads_finished_cells(tmp_path):
+  out = str(tmp_path)
+  suite.run_cells(['appendix_b'], 'digits', [0], out, runner=FakeRunner(), echo=lambda s: None)
+  res = suite.collect_results('appendix_b', 'digits', [0], out)
+  assert all(e['values'] for e in res['grid'])
+  assert res['claims'][0]['holds'] is not None
+  assert not res['is_test_data']
