@@ -207,3 +207,32 @@ def test_collect_results_reads_finished_cells(tmp_path):
   assert all(e['values'] for e in res['grid'])
   assert res['claims'][0]['holds'] is not None
   assert not res['is_test_data']
+
+
+def test_perf_table_pairs_ours_with_model_garden(tmp_path):
+  """TEST DATA ONLY: fabricated benchmark JSON in the formats the benchmarks write."""
+  import perf_table  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'input_pipeline.json').write_text(json.dumps({'runs': [
+      {'task': 'detection', 'policy': 's1', 'implementation': 'ours', 'images_per_sec': 40.0,
+       'images_per_cpu_sec': 80.0, 'rounds_images_per_sec': [1.0]},
+      {'task': 'detection', 'policy': 's1', 'implementation': 'model_garden',
+       'images_per_sec': 20.0, 'images_per_cpu_sec': 100.0},
+      {'task': 'detection', 'policy': 's1', 'implementation': 'ours+boxes_from_masks',
+       'images_per_sec': 5.0},
+      {'task': 'segmentation', 'policy': 's2', 'implementation': 'ours',
+       'images_per_sec': 9.0}]}))
+  (tmp_path / 'train_step.json').write_text(json.dumps({'median': {
+      'img_per_sec': {'ours': 30.0, 'model_garden': 25.0, 'ratio': 1.2,
+                      'paired_ratios': [1.2]}}}))
+  rows, missing = perf_table.collect(perf_table.BENCHMARKS, str(tmp_path))
+  assert missing == ['pseudo_label']
+  got = {(r['benchmark'], r['configuration'], r['measure']): r['ratio'] for r in rows}
+  assert got == {('input_pipeline', 'detection s1', 'images_per_sec'): 2.0,
+                 ('input_pipeline', 'detection s1', 'images_per_cpu_sec'): 0.8,
+                 ('train_step', '-', 'img_per_sec'): 1.2}
+  text = perf_table.format_table(rows, missing)
+  assert '| train_step | - | img/s (wall) | 30.0 | 25.0 | 1.20 |' in text
+  assert '| pseudo_label | no results |' in text
+  (tmp_path / 'pseudo_label.json').write_text('{oops')
+  with pytest.raises(ValueError, match='pseudo_label.json: not valid JSON'):
+    perf_table.collect(['pseudo_label'], str(tmp_path))
