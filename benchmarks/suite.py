@@ -87,8 +87,8 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
                   else f'rethink_st.training.run.run_train.seed={seed}')
   if cell.pretrained and scale == 'digits':
     params.append(f"PRETRAINED_DIR='{cell_dir(out_dir, scale, tables_lib.PRETRAIN_CELL, seed)}'")
-  if cell.teacher:
-    teacher = cell_dir(out_dir, scale, cell.teacher, seed)
+  if cell.teacher_for(scale):
+    teacher = cell_dir(out_dir, scale, cell.teacher_for(scale), seed)
     params.append(f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'"
                   if cell.binary == 'self_train' else f"TEACHER_DIR='{teacher}'")
   params += list(gin_params)
@@ -427,6 +427,45 @@ def write_report(results: dict, out_dir: str) -> Dict[str, str]:
   return paths
 
 
+# ------------------------------------------------------------------------------- estimate
+def _query(name: str):
+  import gin  # pylint: disable=g-import-not-at-top
+  value = gin.query_parameter(name)
+  while str(value).startswith('%'):
+    value = gin.query_parameter(f'{str(value)[1:]}/macro.value')
+  return value
+
+
+def estimate(table_names: Sequence[str], scale: str,
+             images_per_sec: Optional[float] = None) -> List[dict]:
+  """Training steps and images of every cell, read from its gin files (what the binary
+  would run), and hours at `images_per_sec` (a training throughput you measured, e.g. with
+  benchmarks/train_step.py on the target). Self-training cells count the student only (the
+  suite gives them the finished teacher) and exclude pseudo-labeling."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
+  cli.register_configurables()
+  names = []
+  for t in table_names:
+    names.extend(tables_lib.TABLES[t].cell_names(scale))
+  out = []
+  for name in tables_lib.ordered_cells(list(dict.fromkeys(names)), scale):
+    cmd = cell_command(name, scale, 0, '/tmp/estimate')
+    gin.clear_config()
+    config_io.parse_gin([a.split('=', 1)[1] for a in cmd if a.startswith('--gin_file=')],
+                        [a.split('=', 1)[1] for a in cmd if a.startswith('--gin_param=')])
+    prefix = 'student/' if tables_lib.CELLS[name].binary == 'self_train' else ''
+    with gin.config_scope(prefix.rstrip('/') or None):
+      steps = int(_query(f'{prefix}rethink_st.training.run.run_train.train_steps'))
+      batch = int(_query(f'{prefix}rethink_st.training.run.run_train.global_batch_size'))
+    row = {'cell': name, 'steps': steps, 'batch': batch, 'images': steps * batch}
+    if images_per_sec:
+      row['hours'] = steps * batch / images_per_sec / 3600
+    out.append(row)
+  gin.clear_config()
+  return out
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -440,7 +479,9 @@ def main(argv=None) -> int:
   flags.DEFINE_bool('report_only', False, 'make the tables from finished cells, run nothing')
   flags.DEFINE_multi_string('gin_file', [], 'extra gin file for every cell (e.g. tpu.gin)')
   flags.DEFINE_multi_string('gin_param', [], 'extra gin binding for every cell')
-  flags.DEFINE_list('list_cells', None, 'print the cells of these tables and exit')
+  flags.DEFINE_bool('estimate', False, 'print steps / images (and hours at '
+                    '--images_per_sec) of every cell, run nothing')
+  flags.DEFINE_float('images_per_sec', None, 'training throughput for --estimate')
   fl = flags.FLAGS
   fl(argv or sys.argv)
   try:
@@ -449,6 +490,16 @@ def main(argv=None) -> int:
     if fl.out_dir.startswith('gs://') and not fl.dry_run:
       raise SuiteError('--out_dir on GCS: run the suite with a local --out_dir on the '
                        'coordinator, or --dry_run to get the commands (benchmarks/README.md)')
+    if fl.estimate:
+      rows = estimate(names, fl.scale, fl.images_per_sec)
+      print('| cell | steps | batch | images | hours |\n| --- | ---: | ---: | ---: | ---: |')
+      for r in rows:
+        hours = f'{r["hours"]:.1f}' if 'hours' in r else '-'
+        print(f'| {r["cell"]} | {r["steps"]:,} | {r["batch"]} | {r["images"]:,} | {hours} |')
+      total = sum(r['images'] for r in rows)
+      print(f'| total | | | {total:,} | '
+            f'{total / fl.images_per_sec / 3600 if fl.images_per_sec else 0:.1f} |')
+      return 0
     if not fl.report_only:
       counts = run_cells(names, fl.scale, seeds, fl.out_dir, only=fl.only,
                          max_cells=fl.max_cells, dry_run=fl.dry_run, gin_files=fl.gin_file,

@@ -44,6 +44,10 @@ class Cell:
   teacher: Optional[str] = None
   pretrained: bool = False
   seeded: bool = True                           # False: one run shared by every seed
+  full_teacher: Optional[str] = None            # at full scale, if not `teacher`
+
+  def teacher_for(self, scale: str) -> Optional[str]:
+    return self.full_teacher if scale == 'full' and self.full_teacher else self.teacher
 
   def gin_files(self, scale: str) -> Tuple[str, ...]:
     return self.digits if scale == 'digits' else (self.full or ())
@@ -55,12 +59,12 @@ class Cell:
     deps = []
     if self.pretrained and scale == 'digits':
       deps.append(PRETRAIN_CELL)
-    if self.teacher:
-      deps.append(self.teacher)
+    if self.teacher_for(scale):
+      deps.append(self.teacher_for(scale))
     return tuple(deps)
 
   def exists(self, scale: str) -> bool:
-    return scale == 'digits' or self.full is not None
+    return bool(self.digits) if scale == 'digits' else self.full is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,31 +153,33 @@ def _cells() -> Dict[str, Cell]:
       # with the student's batch: the same compute as self-training, without pseudo labels.
       add(Cell(f'{base}_rand_init_continued', 'train', digits + (_CONTINUE,), params,
                teacher=f'{base}_rand_init'))
-      # Appendix B: loss normalization vs the standard loss, alpha 1 and 3.
+      # Appendix B: loss normalization vs the standard loss, alpha 1 and 3. At full scale
+      # these are the paper's ResNet-101 runs (appendix_b/, appendix_e/), whose teacher is
+      # appendix_e's Rand Init (cell r101_<aug>_f100_rand_init).
       for alpha in (1, 3):
         for mode in ('normalized', 'standard'):
-          name = f'{base}_{mode}_a{alpha}'
-          if mode == 'normalized' and alpha == 1:
-            continue      # = {base}_self_training
-          if mode == 'standard' and fraction == 1.0:
-            full_b = (f'gin_configs/coco/appendix_b/{aug}_standard_loss.gin',)
-          elif mode == 'normalized' and fraction == 1.0:
-            full_b = (f'gin_configs/coco/appendix_e/{aug}_self_training.gin',)
+          if fraction == 1.0:
+            full_b = ((f'gin_configs/coco/appendix_b/{aug}_standard_loss.gin',)
+                      if mode == 'standard' else
+                      (f'gin_configs/coco/appendix_e/{aug}_self_training.gin',))
           else:
             full_b = None
-          add(Cell(name, 'self_train', digits + (_SELF,),
+          add(Cell(f'{base}_{mode}_a{alpha}', 'self_train', digits + (_SELF,),
                    params + (f'ALPHA={float(alpha)}', f"LOSS_MODE='{mode}'"),
                    full=full_b, full_params=(f'ALPHA={float(alpha)}',),
-                   teacher=f'{base}_rand_init'))
+                   teacher=f'{base}_rand_init', full_teacher=f'r101_{base}_rand_init'))
+    add(Cell(f'r101_{aug}_f100_rand_init', 'train', (),
+             full=(f'gin_configs/coco/appendix_e/{aug}_rand_init.gin',)))
   return cells
 
 
 CELLS = _cells()
 
 
-def appendix_b_cell(aug: str, fraction: float, mode: str, alpha: int) -> str:
+def appendix_b_cell(aug: str, fraction: float, mode: str, alpha: int, scale: str) -> str:
+  """At digit scale, normalized alpha=1 is the Table 2 self-training cell (same config)."""
   base = f'{aug}_f{_pct(fraction)}'
-  if mode == 'normalized' and alpha == 1:
+  if mode == 'normalized' and alpha == 1 and scale == 'digits':
     return f'{base}_self_training'
   return f'{base}_{mode}_a{alpha}'
 
@@ -242,8 +248,8 @@ def _appendix_b() -> Table:
   cells, full_cells = {}, {}
   for row, mode in zip(rows, ('normalized', 'standard')):
     for col, alpha in zip(cols, (1, 3)):
-      cells[(row, col)] = appendix_b_cell('s4', 0.2, mode, alpha)
-      full_cells[(row, col)] = appendix_b_cell('s4', 1.0, mode, alpha)
+      cells[(row, col)] = appendix_b_cell('s4', 0.2, mode, alpha, 'digits')
+      full_cells[(row, col)] = appendix_b_cell('s4', 1.0, mode, alpha, 'full')
   return Table(
       name='appendix_b',
       title='Appendix B (Figure 2): loss normalization vs the standard loss, Augment-S4',
