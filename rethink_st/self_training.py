@@ -61,6 +61,20 @@ def _bound(name: str) -> bool:
     return False
 
 
+def _check_pseudo_inputs() -> None:
+  """Builds the pseudo stage's unlabeled source now, so a wrong path stops before the
+  teacher trains for hours."""
+  name = 'rethink_st.pseudo_label.run.run_pseudo_label.unlabeled_source'
+  for key in ('pseudo/' + name, name):
+    if _bound(key):
+      ref = gin.query_parameter(key)
+      if hasattr(ref, 'scoped_configurable_fn'):
+        with gin.config_scope('pseudo'):
+          ref.scoped_configurable_fn()
+      return
+  raise UserError('run_pseudo_label.unlabeled_source is not bound')
+
+
 @gin.configurable(denylist=['root_dir'])
 def run_self_training(root_dir: str,
                       rounds: int = 1,
@@ -85,6 +99,7 @@ def run_self_training(root_dir: str,
                     f'{", ".join(_STUDENT_INITS)}')
   if student_init == 'checkpoint':
     run_lib.resolve_init_checkpoint(student_init_checkpoint)
+  _check_pseudo_inputs()
   start = time.time()
   rows: List[Dict[str, Any]] = []
 

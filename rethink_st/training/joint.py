@@ -25,10 +25,12 @@ class JointClassification:
   weight: w in total = task loss + w * classification loss (paper: 0.2).
   global_batch_size: classification images per step (default: the main global batch).
   num_classes: classes of the source (default: source.num_classes).
+  image_size: classification image size (default: the task's image size).
   """
 
   def __init__(self, source=gin.REQUIRED, weight: float = 0.2,
-               global_batch_size: Optional[int] = None, num_classes: Optional[int] = None):
+               global_batch_size: Optional[int] = None, num_classes: Optional[int] = None,
+               image_size=None):
     if weight < 0:
       raise UserError(f'JointClassification.weight={weight} must be >= 0')
     self.source, self.weight = source, float(weight)
@@ -38,6 +40,7 @@ class JointClassification:
       raise UserError('JointClassification.num_classes is not bound and the source '
                       f'{getattr(source, "name", source)} does not say how many classes it has')
     self.head = None
+    self.image_size = tuple(image_size) if image_size else None
 
   def build(self, model, image_size, main_global_batch_size: int, num_replicas: int) -> None:
     """Builds the head on `model.backbone`; call under the strategy scope."""
@@ -46,7 +49,7 @@ class JointClassification:
     if self.global_batch_size % num_replicas:
       raise UserError(f'JointClassification.global_batch_size={self.global_batch_size} is not '
                       f'a multiple of the {num_replicas} replicas')
-    self.image_size = tuple(image_size)
+    self.image_size = self.image_size or tuple(image_size)
     self.head = classification.build_classification_head(
         model.backbone, self.num_classes, input_size=self.image_size)
 

@@ -45,6 +45,8 @@ def resolve_init_checkpoint(init_checkpoint: Optional[str]) -> Optional[str]:
   """A checkpoint prefix from a prefix or a folder; one UserError line if there is none."""
   if not init_checkpoint:
     return None
+  if str(init_checkpoint).startswith('REQUIRED'):
+    raise UserError(f'a required checkpoint binding is not set: {init_checkpoint}')
   if tf.io.gfile.isdir(init_checkpoint):
     latest = tf.train.latest_checkpoint(init_checkpoint)
     if latest is None:
