@@ -9,8 +9,8 @@ settings (parallel map with AUTOTUNE, batch, prefetch); only the parse function 
         cutout/translate constants); for segmentation Model Garden's segmentation Parser
         (flip + jitter only: it has no policies) reading the same decoded tensors.
 
-Each configuration is timed `--rounds` times, interleaved, after warm-up; the best round
-counts (the machine is shared). Writes benchmarks/results/input_pipeline.json and a Markdown
+Each configuration is timed `--rounds` times, interleaved, after warm-up; the median
+round counts (the machine is shared). Writes benchmarks/results/input_pipeline.json and a Markdown
 table (input_pipeline.md) with images/s and the ratio ours / Model Garden.
 
   python benchmarks/input_pipeline.py                       # 128 px digit scenes
@@ -40,11 +40,12 @@ flags.DEFINE_integer('image_size', 128, 'Size of the generated digit scenes (pix
 flags.DEFINE_integer('output_size', 128, 'Network input size (a multiple of 128).')
 flags.DEFINE_integer('batch_size', 8, 'Batch size.')
 flags.DEFINE_integer('num_examples', 32, 'Distinct decoded scenes (cached, repeated).')
-flags.DEFINE_integer('num_batches', 20, 'Timed batches per round.')
+flags.DEFINE_integer('num_batches', 150, 'Timed batches per round.')
 flags.DEFINE_integer('warmup_batches', 3, 'Untimed batches first (tracing, autotuning).')
-flags.DEFINE_integer('rounds', 2, 'Timed rounds per configuration (best counts).')
+flags.DEFINE_integer('rounds', 3, 'Timed rounds per configuration (the median counts).')
 flags.DEFINE_list('policies', ['s1', 's2', 's3', 's4'], 'Policies to run.')
 flags.DEFINE_list('tasks', ['detection', 'segmentation'], 'Tasks to run.')
+flags.DEFINE_bool('masks_rows', True, 'Also time detection with boxes_from_masks=True.')
 flags.DEFINE_string('out_dir', os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                             'results'), 'Where results go.')
 flags.DEFINE_string('tag', '', 'Suffix of the result files (input_pipeline_<tag>.json).')
@@ -155,7 +156,7 @@ def configurations(base):
   for task in FLAGS.tasks:
     for policy in FLAGS.policies:
       out.append((task, policy, 'ours', lambda t=task, p=policy: our_dataset(base, t, p)))
-      if task == 'detection':
+      if task == 'detection' and FLAGS.masks_rows:
         out.append((task, policy, 'ours+boxes_from_masks',
                     lambda t=task, p=policy: our_dataset(base, t, p, True)))
       if task == 'detection' or policy == 's1':
@@ -170,7 +171,7 @@ def markdown(results):
       '',
       f'{setup["num_examples"]} decoded digit scenes of {setup["image_size"]} px -> '
       f'{setup["output_size"]} px, batch {setup["batch_size"]}, tf.data parallel map '
-      f'(AUTOTUNE) + batch + prefetch; best of {setup["rounds"]} interleaved rounds of '
+      f'(AUTOTUNE) + batch + prefetch; median of {setup["rounds"]} interleaved rounds of '
       f'{setup["num_batches"]} batches; {setup["cpus"]} CPUs shared with other users. '
       'Model Garden: `retinanet_input.Parser` (detection) and `segmentation_input.Parser` '
       '(segmentation; it has no AutoAugment/RandAugment, so only S1 compares). '
@@ -205,15 +206,14 @@ def main(argv):
   base, _ = decoded_scenes(FLAGS.num_examples, FLAGS.image_size)
   configs = configurations(base)
   datasets = {}
-  best = {}
+  rounds = {}
   for round_ in range(FLAGS.rounds):
     for task, policy, impl, make in configs:
       key = (task, policy, impl)
       if key not in datasets:
         datasets[key] = make()
       wall, cpu = time_dataset(datasets[key])
-      old = best.get(key, (0.0, 0.0))
-      best[key] = (max(old[0], wall), max(old[1], cpu))
+      rounds.setdefault(key, []).append((wall, cpu))
       print(f'round {round_ + 1}: {task:12s} {policy} {impl:22s} {wall:8.1f} images/s '
             f'{cpu:8.1f} images/CPU-s', flush=True)
   results = {
@@ -226,8 +226,11 @@ def main(argv):
           'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
       },
       'runs': [{'task': t, 'policy': p, 'implementation': i,
-                'images_per_sec': round(wall, 2), 'images_per_cpu_sec': round(cpu, 2)}
-               for (t, p, i), (wall, cpu) in best.items()],
+                'images_per_sec': round(float(np.median([r[0] for r in rs])), 2),
+                'images_per_cpu_sec': round(float(np.median([r[1] for r in rs])), 2),
+                'rounds_images_per_sec': [round(r[0], 2) for r in rs],
+                'rounds_images_per_cpu_sec': [round(r[1], 2) for r in rs]}
+               for (t, p, i), rs in rounds.items()],
   }
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   stem = os.path.join(FLAGS.out_dir, 'input_pipeline' + (f'_{FLAGS.tag}' if FLAGS.tag else ''))

@@ -13,9 +13,9 @@ geometric op moves the masks exactly as it moves the image:
 
   * Whole-image geometric ops (Translate*, Shear*, Rotate*) run Model Garden's op on the
     image (and its per-box function on the boxes, vectorized) and the same projective
-    transform (`augment.translate` / `augment.transform`,
-    built from the same sampled arguments) on the masks with nearest sampling and constant
-    fill, so a mask pixel comes from the very source pixel its image pixel comes from.
+    transform (`augment.translate` / `augment.transform`, built from the same sampled
+    arguments) on the masks with nearest sampling and constant fill, so a mask pixel
+    comes from the very source pixel its image pixel comes from.
     Model Garden 2.20 fills the new image area by reflection; the masks fill it with
     "nothing": 0 for instance masks, IGNORE_LABEL for the semantic mask.
   * The bbox-only op of `detection_v0` (TranslateY_Only_BBoxes: the content of some boxes
@@ -323,8 +323,9 @@ def apply_op(name: str, image, boxes, masks=None, layout: Optional[MaskLayout] =
   """Applies one Model Garden op (e.g. 'Rotate_BBox') at `level` to image, boxes, masks.
 
   Arguments are sampled exactly as Model Garden's policies sample them (random sign for
-  geometric ops); `prob` is the op's probability (only TranslateY_Only_BBoxes uses it
-  inside the op; the op itself is always applied). `masks` is packed per `layout`.
+  geometric ops). The op is always applied; `prob` matters only to TranslateY_Only_BBoxes,
+  which moves each box with probability prob / 3 (so prob=3.0 moves every box). `masks`
+  is packed per `layout`.
   Returns (uint8 image, boxes, masks or None).
   """
   layout = layout or MaskLayout(False, False)
