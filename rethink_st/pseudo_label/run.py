@@ -9,11 +9,20 @@ Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline 
 boxes only), a COCO JSON of ALL the teacher's detections with their scores (so precision and
 recall can be read at any threshold afterwards), and stats JSON. Memory stays flat: each batch is
 written and dropped; only fixed-size counters are kept.
+
+Speed: the per-image work outside the model is kept to a few small numpy operations.
+  - The image is written as the source's own encoded bytes (JPEG or PNG, exactly what the
+    teacher decoded), not re-encoded: PNG encoding cost more than the model (~15-35 ms per
+    128 px image on 2 CPU cores) and makes JPEG datasets several times larger. Sources whose
+    bytes cannot be had, and formats other than JPEG/PNG, are PNG-encoded inside tf.data.
+  - Every batch has the same static size (the last one is padded and the padding dropped),
+    so the predict function is traced once.
+  - Segmentation masks are mapped back to the original size and thresholded in the graph.
 """
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
 import numpy as np
@@ -27,34 +36,124 @@ from rethink_st.training import run as run_lib
 from rethink_st.training import strategy as strategy_lib
 from rethink_st.training import tasks as tasks_lib
 
+# Keys of the inference batches (besides the model's 'input' and 'image_info').
+ENCODED = 'encoded'   # the image bytes written to the output (JPEG or PNG)
+SHAPE = 'shape'       # original (height, width), int32
+VALID = 'valid'       # False on the padding of the last batch
+_META_KEYS = (F.SOURCE_ID, ENCODED, SHAPE, VALID)
+_PNG_COMPRESSION = 1  # fallback encoding: lossless either way, level 1 is ~4x faster than 6
+
 
 def _restore_teacher(model, teacher_checkpoint: str) -> str:
+  """Restores the model's weights (only: a training checkpoint's optimizer is left out);
+  one UserError line if the checkpoint holds another model."""
   path = run_lib.resolve_init_checkpoint(teacher_checkpoint)
-  status = tf.train.Checkpoint(model=model).read(path)
   try:
+    status = tf.train.Checkpoint(model=model).read(path)
     status.expect_partial().assert_existing_objects_matched()
-  except AssertionError as e:
-    raise UserError(f'run_pseudo_label.teacher_checkpoint={teacher_checkpoint} does not match '
-                    f'the model: {str(e).splitlines()[0][:160]}') from None
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
+          tf.errors.NotFoundError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f'run_pseudo_label.teacher_checkpoint={teacher_checkpoint} holds a '
+                    f'checkpoint of a different model ({path}): {first}') from None
   return path
 
 
-def _inference_dataset(source, image_size, batch_size, num_shards, shard_index, skip):
-  """(original image, its shape, source_id, model input, image_info), padded batches."""
+# --- input: decoded examples + their encoded bytes -------------------------------------------
+
+def _encoded_bytes_fn(source) -> Optional[Callable[[dict, Any], tf.Tensor]]:
+  """(decoded example, keyed payload) -> the image's encoded bytes, for the sources whose
+  records hold them (the payloads of rethink_st.data's sources); None for other sources."""
+  from rethink_st.data import sources  # pylint: disable=g-import-not-at-top
+  if isinstance(source, sources.TFRecordSource):     # payload: the serialized tf.Example
+    spec = {'image/encoded': tf.io.FixedLenFeature((), tf.string, '')}
+    return lambda ex, payload: tf.io.parse_single_example(payload, spec)['image/encoded']
+  if isinstance(source, sources.TFDSSource):         # payload: TFDS record, image not decoded
+    return lambda ex, raw: raw['image'] if raw['image'].dtype == tf.string else None
+  if isinstance(source, sources.ImageFolderSource):  # payload: the path; '_ok' = decodable
+    return lambda ex, path: tf.cond(ex['_ok'], lambda: tf.io.read_file(path),
+                                    lambda: tf.constant(b''))
+  if isinstance(source, sources.CocoJsonSource):     # payload: {'index', 'path'}
+    return lambda ex, payload: tf.io.read_file(payload['path'])
+  return None
+
+
+def _source_examples(source, num_shards: int, shard_index: int) -> tf.data.Dataset:
+  """source.dataset(num_shards, shard_index) whose examples also hold ENCODED bytes.
+
+  The source's own `dataset()` runs unchanged (same subset, shard, order and unreadable-file
+  handling); only its per-record `_decode` is wrapped, for the time `dataset()` takes to
+  build its map, to also return the record's encoded image.
+  """
+  get_bytes = _encoded_bytes_fn(source)
+  if get_bytes is None:
+    return source.dataset(num_shards=num_shards, shard_index=shard_index)
+  decode = source._decode  # pylint: disable=protected-access
+
+  def decode_keeping_bytes(source_id, payload):
+    example = dict(decode(source_id, payload))
+    encoded = get_bytes(example, payload)
+    if encoded is not None:
+      example[ENCODED] = encoded
+    return example
+
+  had_own = '_decode' in vars(source)
+  source._decode = decode_keeping_bytes  # pylint: disable=protected-access
+  try:
+    return source.dataset(num_shards=num_shards, shard_index=shard_index)
+  finally:
+    if had_own:
+      source._decode = decode  # pylint: disable=protected-access
+    else:
+      del source._decode  # pylint: disable=protected-access
+
+
+def _bytes_to_write(example) -> tf.Tensor:
+  """The source's bytes when they are JPEG or PNG (what Model Garden's decoder reads back to
+  the same pixels); otherwise (GIF, BMP, a source without bytes) the decoded image as PNG."""
+  image = example[F.IMAGE]
+  encode = lambda: tf.io.encode_png(image, compression=_PNG_COMPRESSION)
+  if ENCODED not in example:
+    return encode()
+  encoded = example[ENCODED]
+  is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), b'\xff\xd8\xff')
+  is_png = tf.equal(tf.strings.substr(encoded, 0, 8), b'\x89PNG\r\n\x1a\n')
+  return tf.cond(is_jpeg | is_png, lambda: encoded, encode)
+
+
+def inference_dataset(source, image_size, batch_size: int, *, num_shards: int = 1,
+                      shard_index: int = 0, skip: int = 0) -> tf.data.Dataset:
+  """Batches of exactly `batch_size`: 'input' (model input), 'image_info', and per image
+  SOURCE_ID, ENCODED (bytes to write), SHAPE (original height, width) and VALID.
+
+  The last batch is filled up by repeating its last image, marked VALID=False, so every
+  batch has one static shape (one trace of the predict function, equal replica shares).
+  """
   from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
 
   def prepare(ex):
     image = ex[F.IMAGE]
     model_input, image_info = pipeline.preprocess_for_inference(image, image_size)
-    return {'image': image, 'shape': tf.shape(image)[:2], 'source_id': ex[F.SOURCE_ID],
-            'input': model_input, 'image_info': image_info}
+    return {'input': model_input, 'image_info': image_info, F.SOURCE_ID: ex[F.SOURCE_ID],
+            ENCODED: _bytes_to_write(ex), SHAPE: tf.shape(image)[:2], VALID: True}
 
-  ds = source.dataset(num_shards=num_shards, shard_index=shard_index)
+  def fill(batch):
+    n = tf.shape(batch[VALID])[0]
+    index = tf.minimum(tf.range(batch_size), n - 1)
+    out = {k: tf.gather(v, index) for k, v in batch.items()}
+    out[VALID] = tf.range(batch_size) < n
+    return {k: tf.ensure_shape(v, [batch_size] + v.shape[1:].as_list())
+            for k, v in out.items()}
+
+  ds = _source_examples(source, num_shards, shard_index)
   if skip:
     ds = ds.skip(skip)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size).map(fill, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
 
+
+# --- labelers ----------------------------------------------------------------------------
 
 class _DetectionLabeler:
   """Teacher detections -> kept boxes per image (original-image normalized coordinates)."""
@@ -62,7 +161,6 @@ class _DetectionLabeler:
 
   def __init__(self, model, score_threshold: float):
     self.model, self.score_threshold = model, score_threshold
-    self.anchor_boxes = None
 
   def predict(self, batch):
     from official.vision.ops import anchor  # pylint: disable=g-import-not-at-top
@@ -77,24 +175,23 @@ class _DetectionLabeler:
     out = self.model(batch['input'], image_shape=batch['image_info'][:, 1, :],
                      anchor_boxes=boxes, training=False)
     scale = batch['image_info'][:, 2:3, :]   # [B, 1, 2] y/x scale model-input / original
-    det = out['detection_boxes'] / tf.tile(scale, [1, 1, 2])
-    return {'boxes': det, 'scores': out['detection_scores'],
+    det = tf.cast(out['detection_boxes'], tf.float32) / tf.tile(scale, [1, 1, 2])
+    return {'boxes': det, 'scores': tf.cast(out['detection_scores'], tf.float32),
             'classes': out['detection_classes'], 'num': out['num_detections']}
 
   def to_example(self, pred, i, shape):
+    """(labels for the tf.Example, all detections for the COCO JSON) of image i."""
     h, w = int(shape[0]), int(shape[1])
     n = int(pred['num'][i])
-    scores = np.asarray(pred['scores'][i][:n], np.float32)
+    scores = np.asarray(pred['scores'][i, :n], np.float32)
+    all_boxes = np.clip(np.asarray(pred['boxes'][i, :n], np.float32) /
+                        np.array([h, w, h, w], np.float32), 0.0, 1.0)
+    all_classes = np.asarray(pred['classes'][i, :n]).astype(np.int64)
     keep = scores >= self.score_threshold
-    boxes = np.asarray(pred['boxes'][i][:n], np.float32)[keep]
-    boxes = np.clip(boxes / np.array([h, w, h, w], np.float32), 0.0, 1.0)
-    classes = np.asarray(pred['classes'][i][:n]).astype(np.int64)[keep]
+    boxes, classes = all_boxes[keep], all_classes[keep]
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * h * w
     example = {F.BOXES: boxes, F.CLASSES: classes, F.SCORES: scores[keep],
                F.IS_CROWD: np.zeros(len(classes), np.int64), F.AREA: area.astype(np.float32)}
-    all_boxes = np.clip(np.asarray(pred['boxes'][i][:n], np.float32) /
-                        np.array([h, w, h, w], np.float32), 0.0, 1.0)
-    all_classes = np.asarray(pred['classes'][i][:n]).astype(np.int64)
     return example, {F.BOXES: all_boxes, F.CLASSES: all_classes, F.SCORES: scores}
 
 
@@ -107,21 +204,67 @@ class _SegmentationLabeler:
     self.mask_threshold, self.size_divisor = mask_threshold, size_divisor
 
   def predict(self, batch):
+    """'mask' uint8 [B, H_max, W_max]: image i's pseudo mask in its top-left H_i x W_i."""
     from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
     probs = segmentation.predict_probabilities(self.model, batch['input'], scales=self.scales,
                                                flip=self.flip, size_divisor=self.size_divisor)
-    return {'probs': probs, 'image_info': batch['image_info']}
-
-  def to_example(self, pred, i, shape):
-    from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
-    h, w = int(shape[0]), int(shape[1])
-    probs = segmentation.restore_original_size(pred['probs'][i:i + 1],
-                                               pred['image_info'][i:i + 1], output_size=(h, w))
+    image_info = batch['image_info']
+    out_size = tf.reduce_max(tf.cast(image_info[:, 0, :], tf.int32), axis=0)
+    probs = segmentation.restore_original_size(probs, image_info, output_size=out_size)
     mask = segmentation.probabilities_to_pseudo_mask(
         probs, threshold=self.mask_threshold, ignore_label=F.IGNORE_LABEL)
-    mask = np.asarray(mask).reshape(h, w).astype(np.uint8)
-    return {F.SEMANTIC_MASK: mask[..., None]}, None
+    return {'mask': mask}
 
+  def to_example(self, pred, i, shape):
+    h, w = int(shape[0]), int(shape[1])
+    return {F.SEMANTIC_MASK: pred['mask'][i, :h, :w, None]}, None
+
+
+def build_labeler(task, model, *, score_threshold: float = 0.5,
+                  scales: Sequence[float] = (1.0,), flip: bool = False,
+                  mask_threshold: float = 0.5):
+  if isinstance(task, tasks_lib.DetectionTask):
+    return _DetectionLabeler(model, score_threshold)
+  if isinstance(task, tasks_lib.SegmentationTask):
+    return _SegmentationLabeler(model, scales, flip, mask_threshold, task.size_divisor)
+  raise UserError(f'run_pseudo_label.task must be a DetectionTask or SegmentationTask, '
+                  f'not {type(task).__name__}')
+
+
+def _concat(parts):
+  """Concatenates per-replica arrays on axis 0, zero-padding the other axes when the
+  replicas' shapes differ (segmentation masks are as large as each replica's largest image)."""
+  parts = [np.asarray(p) for p in parts]
+  if len(parts) == 1:
+    return parts[0]
+  if len({p.shape[1:] for p in parts}) > 1:
+    top = np.max([p.shape for p in parts], axis=0)
+    parts = [np.pad(p, [(0, 0)] + [(0, t - s) for s, t in zip(p.shape[1:], top[1:])])
+             for p in parts]
+  return np.concatenate(parts, 0)
+
+
+def make_predict_fn(strategy: tf.distribute.Strategy, labeler) -> Callable[[Any], Dict]:
+  """A function: distributed inference batch -> this host's predictions as numpy arrays.
+  Only the model inputs go to the replicas; source ids and bytes stay on the host."""
+
+  @tf.function
+  def predict(batch):
+    return strategy.run(labeler.predict, args=({'input': batch['input'],
+                                                 'image_info': batch['image_info']},))
+
+  def call(dist_batch):
+    return tf.nest.map_structure(
+        lambda x: _concat(strategy.experimental_local_results(x)), predict(dist_batch))
+  return call
+
+
+def host_values(strategy: tf.distribute.Strategy, dist_batch) -> Dict[str, np.ndarray]:
+  """This host's per-image metadata (source ids, bytes, shapes, valid) of a batch."""
+  return {k: _concat(strategy.experimental_local_results(dist_batch[k])) for k in _META_KEYS}
+
+
+# --- the run -----------------------------------------------------------------------------
 
 @gin.configurable(denylist=['output_dir'])
 def run_pseudo_label(output_dir: str,
@@ -143,6 +286,7 @@ def run_pseudo_label(output_dir: str,
 
   Returns the merged stats once every host is done (else this host's counters).
   expected_images: the source's size, for the ETA when the source cannot tell.
+  merge_coco: also write the merged pseudo_coco.json (the chunks' COCO files always exist).
   """
   if not output_dir:
     raise UserError('--output_dir is required')
@@ -152,7 +296,13 @@ def run_pseudo_label(output_dir: str,
     raise UserError('run_pseudo_label.score_threshold/mask_threshold must be in [0, 1]')
   if chunk_size <= 0 or batch_size <= 0:
     raise UserError('run_pseudo_label.chunk_size and batch_size must be positive')
-  run_lib.resolve_init_checkpoint(teacher_checkpoint)
+  if not teacher_checkpoint:
+    raise UserError('run_pseudo_label.teacher_checkpoint is not set')
+  try:
+    run_lib.resolve_init_checkpoint(teacher_checkpoint)
+  except UserError as e:
+    raise UserError(str(e).replace('init_checkpoint=', 'run_pseudo_label.teacher_checkpoint=',
+                                   1)) from None
   try:
     next(iter(unlabeled_source.dataset(num_shards=num_shards, shard_index=shard_index).take(1)))
   except StopIteration:
@@ -164,14 +314,9 @@ def run_pseudo_label(output_dir: str,
   strategy_lib.check_global_batch_size(batch_size, strategy, 'run_pseudo_label.batch_size')
   with strategy.scope():
     model = task.build_model()
+  labeler = build_labeler(task, model, score_threshold=score_threshold, scales=scales,
+                          flip=flip, mask_threshold=mask_threshold)
   path = _restore_teacher(model, teacher_checkpoint)
-  if isinstance(task, tasks_lib.DetectionTask):
-    labeler = _DetectionLabeler(model, score_threshold)
-  elif isinstance(task, tasks_lib.SegmentationTask):
-    labeler = _SegmentationLabeler(model, scales, flip, mask_threshold, task.size_divisor)
-  else:
-    raise UserError(f'run_pseudo_label.task must be a DetectionTask or SegmentationTask, '
-                    f'not {type(task).__name__}')
   num_object_classes = task.num_classes - 1
   shards.write_meta(output_dir, {
       'kind': labeler.kind, 'num_classes': num_object_classes, 'num_shards': num_shards,
@@ -185,94 +330,65 @@ def run_pseudo_label(output_dir: str,
   if start_chunk:
     print(f'[pseudo_label] host {shard_index}: {start_chunk} chunk(s) already complete, '
           f'resuming at image {skip}', flush=True)
-  ds = _inference_dataset(unlabeled_source, task.image_size, batch_size, num_shards,
-                          shard_index, skip)
-  dist_ds = strategy.experimental_distribute_dataset(ds)
-
-  @tf.function
-  def predict(batch):
-    return strategy.run(labeler.predict, args=({'input': batch['input'],
-                                                 'image_info': batch['image_info']},))
-
-  def local(tree):
-    return tf.nest.map_structure(
-        lambda x: np.concatenate([np.asarray(p) for p in
-                                  strategy.experimental_local_results(x)], 0), tree)
+  ds = inference_dataset(unlabeled_source, task.image_size, batch_size,
+                         num_shards=num_shards, shard_index=shard_index, skip=skip)
+  predict = make_predict_fn(strategy, labeler)
 
   total = expected_images or getattr(unlabeled_source, 'num_examples', None)
   if total:
     total = -(-int(total) // num_shards)  # this host's share
   progress = _Progress(total, skip)
-  chunk, writer, counters, coco = start_chunk, None, None, None
-  in_chunk = 0
-  for dist_batch in dist_ds:
-    pred = local(predict(dist_batch))
-    batch = local(dist_batch)
-    for i in range(int(batch['shape'].shape[0])):
+  categories = [{'id': c, 'name': str(c)} for c in range(1, num_object_classes + 1)]
+  chunk, writer, counters = start_chunk, None, None
+  for dist_batch in strategy.experimental_distribute_dataset(ds):
+    pred = predict(dist_batch)
+    meta = host_values(strategy, dist_batch)
+    valid = np.flatnonzero(meta[VALID])
+    for i in valid:
       if writer is None:
-        writer = shards.ChunkWriter(shards.chunk_prefix(output_dir, shard_index, num_shards,
-                                                        chunk))
+        writer = shards.ChunkWriter(
+            shards.chunk_prefix(output_dir, shard_index, num_shards, chunk),
+            coco_categories=categories if labeler.kind == 'detection' else None)
         counters = shards.Counters(num_object_classes, labeler.kind)
-        coco = _new_coco(num_object_classes) if labeler.kind == 'detection' else None
-      shape = batch['shape'][i]
-      image = batch['image'][i][:shape[0], :shape[1]]
-      source_id = batch['source_id'][i]
+      shape, source_id = meta[SHAPE][i], meta[F.SOURCE_ID][i]
       labels, all_detections = labeler.to_example(pred, i, shape)
-      example = {F.SOURCE_ID: source_id, F.IMAGE: image, **labels}
-      writer.write(tfexample.encode_example(example))
+      example = {F.SOURCE_ID: source_id, F.HEIGHT: shape[0], F.WIDTH: shape[1], **labels}
+      writer.write(tfexample.encode_example(example, encoded_image=meta[ENCODED][i]))
       if labeler.kind == 'detection':
         counters.add_detection(labels[F.CLASSES], all_detections[F.SCORES])
-        _add_coco(coco, source_id, shape, all_detections)
+        writer.add_coco_image(source_id, int(shape[0]), int(shape[1]),
+                              all_detections[F.BOXES], all_detections[F.CLASSES],
+                              all_detections[F.SCORES])
       else:
         counters.add_segmentation(labels[F.SEMANTIC_MASK][..., 0], F.IGNORE_LABEL)
-      in_chunk += 1
-      if in_chunk == chunk_size:
-        writer.close(coco, counters.to_dict())
-        writer, chunk, in_chunk = None, chunk + 1, 0
-    progress.update(int(batch['shape'].shape[0]))
+      if counters.images == chunk_size:
+        writer.close(None, counters.to_dict())
+        writer, chunk = None, chunk + 1
+    progress.update(len(valid))
   if writer is not None:
-    writer.close(coco, counters.to_dict())
+    writer.close(None, counters.to_dict())
   skipped = int(getattr(unlabeled_source, 'skipped', 0) or 0)
   shards.mark_host_done(output_dir, shard_index, num_shards,
                         {'images': progress.done, 'unreadable_skipped': skipped})
-  print(f'[pseudo_label] host {shard_index}/{num_shards} done: {progress.done} images, '
-        f'{skipped} unreadable skipped', flush=True)
+  print(f'[pseudo_label] host {shard_index}/{num_shards} done: {progress.done} images '
+        f'({progress.rate():.1f} img/s), {skipped} unreadable skipped', flush=True)
   if shards.all_hosts_done(output_dir, num_shards):
-    done_infos = []
+    unreadable = 0
     for i in range(num_shards):
       with tf.io.gfile.GFile(os.path.join(
           output_dir, f'host-{i:05d}-of-{num_shards:05d}.done')) as f:
-        done_infos.append(json.load(f))
-    stats = shards.merge_outputs(output_dir, {
-        'unreadable_skipped': sum(d['unreadable_skipped'] for d in done_infos)})
-    if not merge_coco and tf.io.gfile.exists(os.path.join(output_dir, 'pseudo_coco.json')):
-      tf.io.gfile.remove(os.path.join(output_dir, 'pseudo_coco.json'))
+        unreadable += json.load(f)['unreadable_skipped']
+    stats = shards.merge_outputs(output_dir, {'unreadable_skipped': unreadable},
+                                 merge_coco=merge_coco)
     print(f'[pseudo_label] all hosts done: {json.dumps(_summary(stats))}', flush=True)
     return stats
-  return counters.to_dict() if counters else {}
+  return shards.host_stats(output_dir, shard_index, num_shards)
 
 
 def _summary(stats):
   keys = ('images', 'boxes', 'boxes_per_image', 'images_without_labels', 'ignored_fraction',
           'unreadable_skipped')
   return {k: stats[k] for k in keys if k in stats}
-
-
-def _new_coco(num_classes):
-  return {'images': [], 'annotations': [],
-          'categories': [{'id': c, 'name': str(c)} for c in range(1, num_classes + 1)]}
-
-
-def _add_coco(coco, source_id, shape, labels):
-  sid = source_id.decode('utf8') if isinstance(source_id, bytes) else str(source_id)
-  image_id = int(sid) if sid.isdigit() else sid
-  h, w = int(shape[0]), int(shape[1])
-  coco['images'].append({'id': image_id, 'file_name': sid, 'height': h, 'width': w})
-  for box, cls, score in zip(labels[F.BOXES], labels[F.CLASSES], labels[F.SCORES]):
-    y0, x0, y1, x1 = (float(v) for v in box * np.array([h, w, h, w]))
-    coco['annotations'].append({'image_id': image_id, 'category_id': int(cls),
-                                'bbox': [x0, y0, x1 - x0, y1 - y0], 'score': float(score),
-                                'area': (x1 - x0) * (y1 - y0), 'iscrowd': 0})
 
 
 class _Progress:
@@ -282,13 +398,16 @@ class _Progress:
     self.total, self.done, self.start = total, already, time.time()
     self.already, self.last = already, 0.0
 
+  def rate(self) -> float:
+    return (self.done - self.already) / max(time.time() - self.start, 1e-9)
+
   def update(self, n: int) -> None:
     self.done += n
     now = time.time()
     if now - self.last < 10 and (self.total is None or self.done < self.total):
       return
     self.last = now
-    rate = (self.done - self.already) / max(now - self.start, 1e-9)
+    rate = self.rate()
     if self.total:
       eta = max(self.total - self.done, 0) / max(rate, 1e-9)
       eta_s = f'{int(eta // 60)}m{int(eta % 60):02d}s'

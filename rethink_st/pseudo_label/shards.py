@@ -80,19 +80,81 @@ def read_meta(out_dir: str) -> Dict[str, Any]:
     return json.load(f)
 
 
-class ChunkWriter:
-  """Writes one chunk under temporary names; `close()` renames it into place."""
+def coco_image_id(source_id) -> Any:
+  """COCO image id of a source_id: the number for a decimal id, else the string itself."""
+  sid = source_id.decode('utf8') if isinstance(source_id, bytes) else str(source_id)
+  return int(sid) if sid.isdigit() else sid
 
-  def __init__(self, prefix: str):
+
+class ChunkWriter:
+  """Writes one chunk under temporary names; `close()` renames it into place.
+
+  With `coco_categories`, `add_coco_image` streams the chunk's COCO JSON to disk as images
+  arrive (images and annotations go to two temporary files, joined at close), so memory
+  does not grow with the number of images or detections in a chunk.
+  """
+
+  def __init__(self, prefix: str, coco_categories: Optional[List[Dict[str, Any]]] = None):
     self.prefix = prefix
     self._writer = tf.io.TFRecordWriter(prefix + '.tfrecord.tmp')
+    self._categories = coco_categories
+    self._images = self._annotations = None
+    if coco_categories is not None:
+      self._images = tf.io.gfile.GFile(prefix + '.coco.json.tmp', 'w')
+      self._annotations = tf.io.gfile.GFile(prefix + '.coco_annotations.tmp', 'w')
+      self._images.write('{"images": [')
+      self._num_images = self._num_annotations = 0
 
   def write(self, serialized: bytes) -> None:
     self._writer.write(serialized)
 
+  def add_coco_image(self, source_id, height: int, width: int, boxes: np.ndarray,
+                     classes: np.ndarray, scores: np.ndarray) -> None:
+    """One image and its detections (normalized [ymin, xmin, ymax, xmax] boxes, class ids,
+    scores) in COCO form: pixel [x, y, w, h] boxes with their scores."""
+    image_id = coco_image_id(source_id)
+    sid = source_id.decode('utf8') if isinstance(source_id, bytes) else str(source_id)
+    sep = ', ' if self._num_images else ''
+    self._images.write(sep + json.dumps({'id': image_id, 'file_name': sid, 'height': height,
+                                         'width': width}))
+    self._num_images += 1
+    if not len(scores):
+      return
+    b = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([height, width, height, width],
+                                                                 np.float64)
+    x, y = b[:, 1], b[:, 0]
+    w, h = b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]
+    anns = [{'image_id': image_id, 'category_id': c, 'bbox': [x0, y0, w0, h0], 'score': s,
+             'area': w0 * h0, 'iscrowd': 0}
+            for c, x0, y0, w0, h0, s in zip(np.asarray(classes).tolist(), x.tolist(),
+                                            y.tolist(), w.tolist(), h.tolist(),
+                                            np.asarray(scores, np.float64).tolist())]
+    sep = ', ' if self._num_annotations else ''
+    self._annotations.write(sep + json.dumps(anns)[1:-1])
+    self._num_annotations += len(anns)
+
+  def _finish_coco(self) -> None:
+    self._annotations.close()
+    self._images.write('], "annotations": [')
+    with tf.io.gfile.GFile(self.prefix + '.coco_annotations.tmp', 'r') as f:
+      while True:
+        block = f.read(1 << 20)
+        if not block:
+          break
+        self._images.write(block)
+    self._images.write('], "categories": ' + json.dumps(self._categories) + '}')
+    self._images.close()
+    tf.io.gfile.remove(self.prefix + '.coco_annotations.tmp')
+    tf.io.gfile.rename(self.prefix + '.coco.json.tmp', self.prefix + '.coco.json',
+                       overwrite=True)
+
   def close(self, coco: Optional[Dict[str, Any]], stats: Dict[str, Any]) -> None:
+    """Completes the chunk: its COCO JSON (streamed, or `coco` given whole), its stats, and
+    last the .tfrecord rename that marks it complete."""
     self._writer.close()
-    if coco is not None:
+    if self._images is not None:
+      self._finish_coco()
+    elif coco is not None:
       _atomic_write_text(self.prefix + '.coco.json', json.dumps(coco))
     _atomic_write_text(self.prefix + '.stats.json', json.dumps(stats))
     tf.io.gfile.rename(self.prefix + '.tfrecord.tmp', self.prefix + '.tfrecord', overwrite=True)
@@ -100,6 +162,11 @@ class ChunkWriter:
   def abort(self) -> None:
     self._writer.close()
     tf.io.gfile.remove(self.prefix + '.tfrecord.tmp')
+    for f, suffix in ((self._images, '.coco.json.tmp'),
+                      (self._annotations, '.coco_annotations.tmp')):
+      if f is not None:
+        f.close()
+        tf.io.gfile.remove(self.prefix + suffix)
 
 
 class Counters:
@@ -176,27 +243,66 @@ def all_hosts_done(out_dir: str, num_shards: int) -> bool:
              for i in range(num_shards))
 
 
-def merge_outputs(out_dir: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """stats.json from all chunks' counters, pseudo_coco.json from all chunks' boxes."""
-  stats_parts = []
-  for path in sorted(tf.io.gfile.glob(os.path.join(out_dir, 'pseudo-*.stats.json'))):
-    with tf.io.gfile.GFile(path) as f:
-      stats_parts.append(json.load(f))
-  stats = merge_stats(stats_parts)
-  stats['chunks'] = len(stats_parts)
+def _complete_prefixes(out_dir: str, shard_index: Optional[int] = None,
+                       num_shards: Optional[int] = None) -> List[str]:
+  """Prefixes of the complete chunks (those whose .tfrecord exists), sorted."""
+  host = '*' if shard_index is None else f'{shard_index:05d}-of-{num_shards:05d}'
+  paths = tf.io.gfile.glob(os.path.join(out_dir, f'pseudo-{host}-*.tfrecord'))
+  return sorted(p[:-len('.tfrecord')] for p in paths)
+
+
+def _read_json(path: str) -> Any:
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def host_stats(out_dir: str, shard_index: int, num_shards: int) -> Dict[str, Any]:
+  """Merged counters of one host's complete chunks."""
+  return merge_stats(_read_json(p + '.stats.json')
+                     for p in _complete_prefixes(out_dir, shard_index, num_shards))
+
+
+def _merge_coco(out_dir: str, prefixes: List[str]) -> None:
+  """pseudo_coco.json from the chunks' COCO files, streamed: one chunk in memory at a time
+  (two passes: images, then annotations numbered 1, 2, ...)."""
+  paths = [p + '.coco.json' for p in prefixes if tf.io.gfile.exists(p + '.coco.json')]
+  if not paths:
+    return
+  target = os.path.join(out_dir, 'pseudo_coco.json')
+  categories = []
+  with tf.io.gfile.GFile(target + '.tmp', 'w') as out:
+    out.write('{"images": [')
+    first = True
+    for path in paths:
+      part = _read_json(path)
+      categories = part.get('categories', categories)
+      if part['images']:
+        out.write(('' if first else ', ') + json.dumps(part['images'])[1:-1])
+        first = False
+    out.write('], "annotations": [')
+    next_id, first = 1, True
+    for path in paths:
+      anns = _read_json(path)['annotations']
+      for ann in anns:
+        ann['id'] = next_id
+        next_id += 1
+      if anns:
+        out.write(('' if first else ', ') + json.dumps(anns)[1:-1])
+        first = False
+    out.write('], "categories": ' + json.dumps(categories) + '}')
+  tf.io.gfile.rename(target + '.tmp', target, overwrite=True)
+
+
+def merge_outputs(out_dir: str, extra: Optional[Dict[str, Any]] = None,
+                  merge_coco: bool = True) -> Dict[str, Any]:
+  """stats.json from all complete chunks' counters, pseudo_coco.json (if merge_coco) from
+  their boxes. Memory holds one chunk's file at a time."""
+  prefixes = _complete_prefixes(out_dir)
+  stats = merge_stats(_read_json(p + '.stats.json') for p in prefixes)
+  stats['chunks'] = len(prefixes)
   stats.update(extra or {})
-  coco_paths = sorted(tf.io.gfile.glob(os.path.join(out_dir, 'pseudo-*.coco.json')))
-  if coco_paths:
-    merged = {'images': [], 'annotations': [], 'categories': []}
-    for path in coco_paths:
-      with tf.io.gfile.GFile(path) as f:
-        part = json.load(f)
-      merged['images'] += part['images']
-      merged['categories'] = part['categories']
-      for ann in part['annotations']:
-        ann['id'] = len(merged['annotations']) + 1
-        merged['annotations'].append(ann)
-    _atomic_write_text(os.path.join(out_dir, 'pseudo_coco.json'), json.dumps(merged))
+  if merge_coco:
+    _merge_coco(out_dir, prefixes)
   _atomic_write_text(os.path.join(out_dir, 'stats.json'), json.dumps(stats, indent=1))
   return stats
 

@@ -1,0 +1,412 @@
+"""run_pseudo_label end to end on tiny untrained models and the tiny digit scenes: output the
+student reads, boxes/masks equal to running the model by hand, COCO JSON, stats, host
+sharding, resume after a kill, unreadable images, and the one-line errors."""
+import io
+import json
+import os
+
+from PIL import Image
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf, tf_keras
+from pycocotools.coco import COCO
+
+from rethink_st import cli
+from rethink_st import config_io
+from rethink_st.data import features as F
+from rethink_st.data import pipeline
+from rethink_st.data import sources
+from rethink_st.errors import UserError
+from rethink_st.evaluation import segmentation
+from rethink_st.pseudo_label import run as pl_run
+from rethink_st.pseudo_label import shards
+from rethink_st.pseudo_label import source as pl_source
+from rethink_st.training import student
+from rethink_st.training import tasks
+
+import test_training
+
+DEMO_GIN = os.path.join(test_training.REPO, 'gin_configs', 'digits', 'demo.gin')
+SEG_GIN = os.path.join(test_training.REPO, 'gin_configs', 'digits', 'model_segmentation.gin')
+SIZE = (128, 128)    # model input; the tiny scenes are 64 x 64, so boxes are scaled by 2
+NUM_IMAGES = 32      # the tiny unlabeled split
+BATCH, CHUNK = 6, 10  # 32 images: a partial last batch (2) and chunks of 10, 10, 10, 2
+
+
+def _parse(files, bindings):
+  gin.clear_config()
+  cli.register_configurables()
+  config_io.parse_gin(files, bindings)
+
+
+def _det_bindings(data_dir):
+  return test_training.tiny_bindings(data_dir) + [
+      f"unlabeled/rethink_st.data.sources.digit_scenes_source.data_dir = '{data_dir}'",
+      # an untrained head scores ~0.01 (the focal-loss prior): keep its top boxes anyway
+      'rethink_st.modeling.detection.build_retinanet.pre_nms_score_threshold = 0.0',
+      'rethink_st.modeling.detection.build_retinanet.max_num_detections = 10',
+      f'rethink_st.pseudo_label.run.run_pseudo_label.batch_size = {BATCH}',
+      f'rethink_st.pseudo_label.run.run_pseudo_label.chunk_size = {CHUNK}',
+  ]
+
+
+@pytest.fixture
+def det_config(digit_scenes_dir):
+  """demo.gin (task and unlabeled source from gin) shrunk to a tiny ResNet-10 RetinaNet."""
+  _parse([DEMO_GIN], _det_bindings(digit_scenes_dir))
+  yield digit_scenes_dir
+  gin.clear_config()
+
+
+def _source_images(data_dir):
+  """source_id -> decoded image of the tiny unlabeled split, as the source yields them."""
+  src = sources.tfrecord_source(f'{data_dir}/unlabeled.tfrecord-*')
+  return {ex[F.SOURCE_ID].numpy(): ex[F.IMAGE].numpy() for ex in src.dataset()}
+
+
+def _read(out_dir):
+  """source_id -> decoded example (numpy) of every record of a pseudo-label folder."""
+  src = sources.tfrecord_source(shards.tfrecord_pattern(out_dir))
+  got = {}
+  for ex in src.dataset():
+    sid = ex[F.SOURCE_ID].numpy()
+    assert sid not in got, f'{sid} written twice'
+    got[sid] = {k: v.numpy() for k, v in ex.items()}
+  return got
+
+
+def _hand_detections(model, image):
+  """The model run by hand on one image: (boxes normalized to the original image, classes,
+  scores), with the model's own anchors."""
+  inputs, info = pipeline.preprocess_for_inference(tf.constant(image), SIZE)
+  out = model(inputs[None], image_shape=info[None, 1], training=False)
+  n = int(out['num_detections'][0])
+  h, w = image.shape[:2]
+  scale = np.tile(info[2].numpy(), 2)
+  boxes = out['detection_boxes'][0, :n].numpy() / scale / np.array([h, w, h, w])
+  return (np.clip(boxes, 0, 1), out['detection_classes'][0, :n].numpy(),
+          out['detection_scores'][0, :n].numpy())
+
+
+@pytest.fixture(scope='module')
+def teacher(digit_scenes_dir, tmp_path_factory):
+  """A tiny untrained RetinaNet saved as a checkpoint: (model, checkpoint folder, threshold).
+  The threshold lies in a gap between the first image's detection scores, so that image has
+  both kept and dropped boxes (and no score sits on the threshold)."""
+  _parse([DEMO_GIN], _det_bindings(digit_scenes_dir))
+  tf_keras.utils.set_random_seed(0)
+  model = tasks.DetectionTask().build_model()
+  folder = str(tmp_path_factory.mktemp('teacher'))
+  tf.train.Checkpoint(model=model).save(os.path.join(folder, 'ckpt'))
+  gin.clear_config()
+  first = sorted(_source_images(digit_scenes_dir).items())[0][1]
+  scores = np.sort(_hand_detections(model, first)[2])
+  k = 2 + int(np.argmax(np.diff(scores[2:-2])))  # the widest gap away from the ends
+  return model, folder, float(scores[k] + scores[k + 1]) / 2
+
+
+@pytest.fixture(scope='module')
+def labeled(teacher, digit_scenes_dir, tmp_path_factory):
+  """The tiny unlabeled split labeled once through demo.gin: (out_dir, stats, threshold)."""
+  _, folder, threshold = teacher
+  _parse([DEMO_GIN], _det_bindings(digit_scenes_dir))
+  out = str(tmp_path_factory.mktemp('pseudo'))
+  try:
+    stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder,
+                                    score_threshold=threshold)
+  finally:
+    gin.clear_config()
+  return out, stats, threshold
+
+
+def test_detection_records_hold_every_image_and_the_models_kept_boxes(
+    labeled, teacher, digit_scenes_dir):
+  out, stats, threshold = labeled
+  model = teacher[0]
+  images = _source_images(digit_scenes_dir)
+  got = _read(out)
+  assert sorted(got) == sorted(images)  # every image exactly once
+  for sid, ex in got.items():
+    np.testing.assert_array_equal(ex[F.IMAGE], images[sid])  # the same pixels
+    assert np.all(ex[F.SCORES] >= threshold)
+    assert np.all((ex[F.BOXES] >= 0) & (ex[F.BOXES] <= 1))
+    assert np.all((ex[F.CLASSES] >= 1) & (ex[F.CLASSES] <= 10))
+  for sid in sorted(images)[:3]:  # kept boxes = the model run by hand, in original coords
+    boxes, classes, scores = _hand_detections(model, images[sid])
+    keep = scores >= threshold
+    np.testing.assert_allclose(got[sid][F.BOXES], boxes[keep], atol=1e-4)
+    np.testing.assert_array_equal(got[sid][F.CLASSES], classes[keep])
+    np.testing.assert_allclose(got[sid][F.SCORES], scores[keep], atol=1e-5)
+  first = got[sorted(images)[0]]
+  assert 0 < len(first[F.CLASSES]) < 10  # some boxes kept, some dropped
+  # the source's JPEG bytes are written as they are, not re-encoded
+  record = next(iter(tf.data.TFRecordDataset(shards.list_tfrecords(out)[0])))
+  feature = tf.train.Example.FromString(record.numpy()).features.feature
+  assert feature['image/encoded'].bytes_list.value[0][:3] == b'\xff\xd8\xff'
+  assert feature['image/format'].bytes_list.value[0] == b'jpeg'
+
+
+def test_chunks_stats_and_coco_json_add_up(labeled):
+  out, stats, threshold = labeled
+  got = _read(out)
+  assert len(shards.list_tfrecords(out)) == 4  # 10 + 10 + 10 + 2
+  assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+  with open(os.path.join(out, 'stats.json')) as f:
+    assert json.load(f) == stats
+  kept = sum(len(ex[F.CLASSES]) for ex in got.values())
+  assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4
+  assert stats['boxes'] == kept == sum(stats['per_class'])
+  assert stats['boxes_per_image'] == pytest.approx(kept / NUM_IMAGES)
+  assert stats['images_without_labels'] == sum(len(ex[F.CLASSES]) == 0 for ex in got.values())
+  assert sum(stats['boxes_per_image_hist']) == NUM_IMAGES
+  assert stats['unreadable_skipped'] == 0
+  per_class = np.bincount(np.concatenate([ex[F.CLASSES] for ex in got.values()]),
+                          minlength=11)
+  assert stats['per_class'] == per_class.tolist()
+
+  coco = COCO(os.path.join(out, 'pseudo_coco.json'))
+  assert sorted(coco.getImgIds()) == sorted(int(s) for s in got)
+  anns = coco.loadAnns(coco.getAnnIds())
+  assert sum(stats['score_hist']) == len(anns)  # every detection, with its score
+  assert sorted(a['id'] for a in anns) == list(range(1, len(anns) + 1))
+  assert len(anns) > kept  # also those below the threshold
+  for sid, ex in got.items():
+    img = coco.loadImgs(int(sid))[0]
+    assert (img['height'], img['width']) == ex[F.IMAGE].shape[:2]
+    mine = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=int(sid)))
+            if a['score'] >= threshold]
+    assert len(mine) == len(ex[F.CLASSES])
+    order = np.argsort([-a['score'] for a in mine])
+    h, w = img['height'], img['width']
+    for a, box, cls in zip([mine[i] for i in order], ex[F.BOXES], ex[F.CLASSES]):
+      x, y, bw, bh = a['bbox']
+      np.testing.assert_allclose([y / h, x / w, (y + bh) / h, (x + bw) / w], box, atol=1e-5)
+      assert a['category_id'] == cls
+
+
+def test_the_student_pipeline_reads_the_output(labeled, teacher):
+  out = labeled[0]
+  source = pl_source.pseudo_label_source(out)
+  assert source.num_classes == 10 and source.has_scores
+  images, labels = next(iter(pipeline.build_input(
+      source, task='detection', global_batch_size=4, is_training=True, output_size=SIZE)))
+  assert images.shape == (4, 128, 128, 3) and 'cls_targets' in labels
+  task = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=11, image_size=SIZE)
+  student._check_label_space(task, source)  # same label space: no error
+
+
+def test_two_hosts_label_every_image_once_and_background_is_written(det_config, teacher,
+                                                                    tmp_path):
+  out = str(tmp_path / 'pseudo')
+  folder = teacher[1]
+  # score_threshold 1.0 keeps no box: every image is written as background
+  first = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, num_shards=2, shard_index=1,
+                                  score_threshold=1.0)
+  assert not os.path.exists(os.path.join(out, 'stats.json'))  # host 0 is not done yet
+  with pytest.raises(UserError, match='labeling is not finished'):
+    pl_source.pseudo_label_source(out)
+  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, num_shards=2,
+                                  shard_index=0, score_threshold=1.0)
+  host = [sorted(_read_host(out, i)) for i in range(2)]
+  assert first['images'] == len(host[1]) and 0 < len(host[1]) < NUM_IMAGES
+  assert not set(host[0]) & set(host[1])
+  assert sorted(host[0] + host[1]) == sorted(_source_images(det_config))
+  assert stats['images'] == NUM_IMAGES and stats['boxes'] == 0
+  assert stats['images_without_labels'] == NUM_IMAGES
+  got = _read(out)
+  assert all(len(ex[F.CLASSES]) == 0 and ex[F.BOXES].shape == (0, 4) for ex in got.values())
+
+
+def _read_host(out, shard_index):
+  pattern = os.path.join(out, f'pseudo-{shard_index:05d}-of-00002-*.tfrecord')
+  return [ex[F.SOURCE_ID].numpy() for ex in sources.tfrecord_source(pattern).dataset()]
+
+
+class Killed(Exception):
+  pass
+
+
+def test_resume_after_a_kill_labels_each_image_once(det_config, teacher, tmp_path,
+                                                    monkeypatch, capsys):
+  out = str(tmp_path / 'pseudo')
+  folder = teacher[1]
+  write = shards.ChunkWriter.write
+  calls = []
+
+  def dying_write(self, serialized):
+    calls.append(1)
+    if len(calls) == CHUNK + 5:  # in the middle of chunk 1
+      raise Killed()
+    write(self, serialized)
+
+  monkeypatch.setattr(shards.ChunkWriter, 'write', dying_write)
+  with pytest.raises(Killed):
+    pl_run.run_pseudo_label(out, teacher_checkpoint=folder)
+  monkeypatch.undo()
+  chunk0 = shards.chunk_prefix(out, 0, 1, 0) + '.tfrecord'
+  assert shards.complete_chunks(out, 0, 1) == [0]
+  assert os.path.exists(shards.chunk_prefix(out, 0, 1, 1) + '.tfrecord.tmp')
+  assert not os.path.exists(os.path.join(out, 'stats.json'))
+  before = os.stat(chunk0).st_mtime_ns
+  capsys.readouterr()
+
+  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder)
+  assert 'resuming at image 10' in capsys.readouterr().out
+  assert os.stat(chunk0).st_mtime_ns == before  # the complete chunk is untouched
+  assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4
+  assert sorted(_read(out)) == sorted(_source_images(det_config))
+  assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+  # a different setting in the same folder is refused
+  with pytest.raises(UserError, match='made with score_threshold=0.5, not 0.7'):
+    pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.7)
+
+
+def _png(image):
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format='PNG')
+  return out.getvalue()
+
+
+def _gif(image):
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format='GIF')
+  return out.getvalue()
+
+
+def test_image_folder_unreadable_images_are_skipped_and_counted(det_config, teacher,
+                                                                tmp_path):
+  images = list(_source_images(det_config).values())[:3]
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  (folder / 'a.png').write_bytes(_png(images[0]))
+  (folder / 'b.jpg').write_bytes(tf.io.encode_jpeg(images[1]).numpy())
+  (folder / 'c.gif').write_bytes(_gif(images[2]))  # not JPEG/PNG: written as PNG
+  (folder / 'broken.jpg').write_bytes(b'not an image')
+  (folder / 'empty.png').write_bytes(b'')
+  source = sources.image_folder_source(str(folder))
+  out = str(tmp_path / 'pseudo')
+  stats = pl_run.run_pseudo_label(out, unlabeled_source=source, teacher_checkpoint=teacher[1])
+  assert stats['images'] == 3 and stats['unreadable_skipped'] == 2
+  with open(os.path.join(out, 'stats.json')) as f:
+    assert json.load(f)['unreadable_skipped'] == 2
+  got = _read(out)
+  want = {ex[F.SOURCE_ID].numpy(): ex[F.IMAGE].numpy() for ex in source.dataset()}
+  assert sorted(got) == [b'a.png', b'b.jpg', b'c.gif']
+  for sid, ex in got.items():
+    np.testing.assert_array_equal(ex[F.IMAGE], want[sid])
+  records = [tf.train.Example.FromString(r.numpy()).features.feature
+             for r in tf.data.TFRecordDataset(shards.list_tfrecords(out))]
+  formats = {f['image/source_id'].bytes_list.value[0]: f['image/format'].bytes_list.value[0]
+             for f in records}
+  assert formats == {b'a.png': b'png', b'b.jpg': b'jpeg', b'c.gif': b'png'}
+  coco = COCO(os.path.join(out, 'pseudo_coco.json'))  # string image ids
+  assert sorted(coco.getImgIds()) == ['a.png', 'b.jpg', 'c.gif']
+
+
+def test_segmentation_masks_are_original_size_and_thresholded(tmp_path):
+  _parse([SEG_GIN], [
+      "rethink_st.modeling.segmentation.build_segmentation_model.backbone = 'resnet-10'",
+      'rethink_st.modeling.segmentation.build_segmentation_model.decoder_num_filters = 16',
+      'rethink_st.modeling.segmentation.build_segmentation_model.head_num_convs = 1',
+      'rethink_st.modeling.segmentation.build_segmentation_model.head_num_filters = 16',
+  ])
+  try:
+    task = tasks.SegmentationTask(model_fn=gin.get_configurable(
+        'rethink_st.modeling.segmentation.build_segmentation_model'), num_classes=11,
+        image_size=SIZE, size_divisor=128)
+    tf_keras.utils.set_random_seed(0)
+    model = task.build_model()
+    ckpt = tf.train.Checkpoint(model=model).save(str(tmp_path / 'teacher' / 'ckpt'))
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    shapes = [(64, 64), (40, 96), (100, 30), (128, 128), (20, 20)]  # batch 4 + a partial one
+    for k, (h, w) in enumerate(shapes):
+      (folder / f'{k}.png').write_bytes(_png(rng.integers(0, 255, (h, w, 3), np.uint8)))
+    source = sources.image_folder_source(str(folder))
+    scales, flip = (0.5, 1.0), True
+
+    def hand_probs(image):
+      inputs, info = pipeline.preprocess_for_inference(tf.constant(image), SIZE)
+      probs = segmentation.predict_probabilities(model, inputs[None], scales=scales,
+                                                 flip=flip, size_divisor=128)
+      return segmentation.restore_original_size(probs, info[None]).numpy()[0]
+
+    images = {ex[F.SOURCE_ID].numpy(): ex[F.IMAGE].numpy() for ex in source.dataset()}
+    probs = {sid: hand_probs(image) for sid, image in images.items()}
+    threshold = float(np.median(probs[b'0.png'].max(-1)))  # half the pixels of image 0 ignored
+    out = str(tmp_path / 'pseudo')
+    stats = pl_run.run_pseudo_label(out, task=task, unlabeled_source=source,
+                                    teacher_checkpoint=ckpt, batch_size=4, scales=scales,
+                                    flip=flip, mask_threshold=threshold)
+  finally:
+    gin.clear_config()
+  got = _read(out)
+  assert sorted(got) == sorted(images)
+  ignored = pixels = 0
+  for sid, ex in got.items():
+    mask = ex[F.SEMANTIC_MASK][..., 0]
+    assert mask.shape == images[sid].shape[:2]
+    p = probs[sid]
+    want = np.where(p.max(-1) >= threshold, p.argmax(-1), 255)
+    # equal except where the top probability is within float noise of the threshold or a tie
+    close = (np.abs(p.max(-1) - threshold) < 1e-5) | (np.sort(p, -1)[..., -2] > p.max(-1) - 1e-5)
+    assert np.mean((mask != want) & ~close) == 0, sid
+    ignored += int((mask == 255).sum())
+    pixels += mask.size
+  mask0 = got[b'0.png'][F.SEMANTIC_MASK]
+  assert 0.3 < np.mean(mask0 == 255) < 0.7
+  assert stats['kind'] == 'segmentation' and stats['images'] == 5
+  assert stats['pixels'] == pixels and stats['ignored_pixels'] == ignored
+  assert stats['ignored_fraction'] == pytest.approx(ignored / pixels)
+  assert not os.path.exists(os.path.join(out, 'pseudo_coco.json'))
+  # the segmentation input pipeline reads the pseudo masks
+  images_, labels = next(iter(pipeline.build_input(
+      pl_source.pseudo_label_source(out), task='segmentation', global_batch_size=2,
+      is_training=True, output_size=SIZE)))
+  assert images_.shape == (2, 128, 128, 3) and labels['masks'].shape == (2, 128, 128, 1)
+
+
+# --- bad input: one line each, before the long work --------------------------------------
+
+def test_missing_teacher_checkpoint(det_config, tmp_path):
+  with pytest.raises(UserError, match=r'run_pseudo_label.teacher_checkpoint=.*nope: no such '
+                                      r'checkpoint') as e:
+    pl_run.run_pseudo_label(str(tmp_path / 'out'), teacher_checkpoint=str(tmp_path / 'nope'))
+  assert 'no such checkpoint' in str(e.value).splitlines()[0]
+  with pytest.raises(UserError, match='folder holds no checkpoint'):
+    pl_run.run_pseudo_label(str(tmp_path / 'out'), teacher_checkpoint=str(tmp_path))
+
+
+def test_checkpoint_of_another_model(det_config, tmp_path):
+  gin.bind_parameter('rethink_st.modeling.detection.build_retinanet.decoder_num_filters', 16)
+  other = tasks.DetectionTask().build_model()
+  path = tf.train.Checkpoint(model=other).save(str(tmp_path / 'other' / 'ckpt'))
+  gin.bind_parameter('rethink_st.modeling.detection.build_retinanet.decoder_num_filters', 32)
+  with pytest.raises(UserError, match=r'run_pseudo_label.teacher_checkpoint=.* holds a '
+                                      r'checkpoint of a different model') as e:
+    pl_run.run_pseudo_label(str(tmp_path / 'out'), teacher_checkpoint=path)
+  assert 'different model' in str(e.value).splitlines()[0]
+
+
+def test_empty_unlabeled_source(det_config, teacher, tmp_path):
+  empty = sources.tfrecord_source(f'{det_config}/unlabeled.tfrecord-*', fraction=1e-6)
+  with pytest.raises(UserError, match=r'unlabeled_source .* no images'):
+    pl_run.run_pseudo_label(str(tmp_path / 'out'), unlabeled_source=empty,
+                            teacher_checkpoint=teacher[1])
+  assert not os.path.exists(str(tmp_path / 'out' / 'meta.json'))
+
+
+def test_pseudo_labels_of_another_label_space_stop_the_student(labeled):
+  source = pl_source.pseudo_label_source(labeled[0])
+  six = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=7, image_size=SIZE)
+  with pytest.raises(UserError, match='has 10 classes but the task has 6'):
+    student._check_label_space(six, source)
+
+
+def test_not_a_pseudo_label_folder(tmp_path):
+  with pytest.raises(UserError, match='no such folder'):
+    pl_source.pseudo_label_source(str(tmp_path / 'missing'))
+  with pytest.raises(UserError, match='not a pseudo-label folder'):
+    pl_source.pseudo_label_source(str(tmp_path))
