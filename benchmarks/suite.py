@@ -98,6 +98,13 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
 
 
 def _read_json(path: str) -> Optional[dict]:
+  """Local paths with the standard library; gs:// (the full scale) with tf.io.gfile."""
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -214,7 +221,8 @@ def _mean_std(values: Sequence[float]):
 
 
 def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: str) -> dict:
-  """The results JSON of one table from the finished cells' suite_done.json files.
+  """The results JSON of one table from the finished cells' suite_done.json files (or, for
+  cells run outside the suite, their eval_metrics.json / results.json).
   AP in points (x100, the paper's unit); gains over the baseline row are taken per seed
   (same seed: same labeled subset and init) and then averaged; std is the sample std."""
   table = tables_lib.TABLES[table_name]
@@ -226,9 +234,14 @@ def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: 
         continue
       per_seed = {}
       for seed in seeds:
-        done = _read_json(os.path.join(cell_dir(out_dir, scale, name, seed), DONE))
+        directory = cell_dir(out_dir, scale, name, seed)
+        done = _read_json(os.path.join(directory, DONE))
         if done:
           per_seed[str(seed)] = {**done['metrics'], 'seconds': done['seconds']}
+        else:   # run outside the suite (e.g. a cluster job from --dry_run's command)
+          metrics = read_metrics(name, directory)
+          if metrics:
+            per_seed[str(seed)] = metrics
       cells[name] = {'seeds': per_seed,
                      'command': shlex.join(cell_command(name, scale, 0, out_dir)[1:])}
   return build_results(table_name, scale, seeds, cells)
@@ -477,6 +490,8 @@ def main(argv=None) -> int:
   flags.DEFINE_multi_string('only', [], 'run only this cell (repeatable)')
   flags.DEFINE_integer('max_cells', None, 'start at most this many runs')
   flags.DEFINE_bool('report_only', False, 'make the tables from finished cells, run nothing')
+  flags.DEFINE_string('report_dir', None, 'where the tables go (default: --out_dir; needed '
+                      'when --out_dir is on GCS)')
   flags.DEFINE_multi_string('gin_file', [], 'extra gin file for every cell (e.g. tpu.gin)')
   flags.DEFINE_multi_string('gin_param', [], 'extra gin binding for every cell')
   flags.DEFINE_bool('estimate', False, 'print steps / images (and hours at '
@@ -487,9 +502,14 @@ def main(argv=None) -> int:
   try:
     seeds = parse_seeds(fl.seeds)
     names = resolve_tables(fl.table)
-    if fl.out_dir.startswith('gs://') and not fl.dry_run:
-      raise SuiteError('--out_dir on GCS: run the suite with a local --out_dir on the '
-                       'coordinator, or --dry_run to get the commands (benchmarks/README.md)')
+    remote = '://' in fl.out_dir
+    if remote and not (fl.dry_run or fl.report_only or fl.estimate):
+      raise SuiteError(f'--out_dir={fl.out_dir}: the runner needs a local --out_dir; for GCS '
+                       'use --dry_run (commands for your cluster) and --report_only '
+                       '(benchmarks/README.md)')
+    report_dir = fl.report_dir or fl.out_dir
+    if '://' in report_dir and fl.report_only:
+      raise SuiteError('--report_dir: tables are written locally; pass a local --report_dir')
     if fl.estimate:
       rows = estimate(names, fl.scale, fl.images_per_sec)
       print('| cell | steps | batch | images | hours |\n| --- | ---: | ---: | ---: | ---: |')
@@ -508,7 +528,7 @@ def main(argv=None) -> int:
     if fl.dry_run:
       return 0
     for name in names:
-      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir), fl.out_dir)
+      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir), report_dir)
       print(f'[suite] {name}: {paths["md"]}')
       with open(paths['md']) as f:
         print(f.read())
