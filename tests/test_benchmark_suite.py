@@ -138,8 +138,8 @@ def test_run_cells_order_resume_failures_and_limits(tmp_path):
                                          suite.FAILED))
   # --only runs just that cell (its dependencies are done)
   runner3 = FakeRunner()
-  suite.run_cells(['table2'], 'digits', [0], out, runner=runner3, only=['s4_f20_rand_init_continued'],
-                  echo=log.append)
+  suite.run_cells(['table2'], 'digits', [0], out, runner=runner3,
+                  only=['s4_f20_rand_init_continued'], echo=log.append)
   assert [n for n, _ in runner3.calls] == ['s4_f20_rand_init_continued']
 
 
