@@ -297,17 +297,23 @@ def _entry(results: dict, row: str, col: str) -> Optional[dict]:
   return None
 
 
-def _gain_text(e: Optional[dict]) -> str:
+def _digits(scale: str) -> int:
+  """Decimals of AP points: the paper's 1 at full scale; 2 for the small digit-scale APs."""
+  return 1 if scale == 'full' else 2
+
+
+def _gain_text(e: Optional[dict], nd: int = 1) -> str:
   if not e or e.get('gain_mean') is None:
     return 'n/a'
-  std = '' if e.get('gain_std') is None else f' ± {e["gain_std"]:.1f}'
-  return f'{e["gain_mean"]:+.1f}{std} (n={len(e["gain_values"])})'
+  std = '' if e.get('gain_std') is None else f' ± {e["gain_std"]:.{nd}f}'
+  return f'{e["gain_mean"]:+.{nd}f}{std} (n={len(e["gain_values"])})'
 
 
 def check_claims(table: tables_lib.Table, results: dict) -> List[dict]:
   """Each of the table's claims on the means: holds True / False / None (not measured)."""
   out = []
   cols = results['columns']
+  nd = _digits(results['scale'])
   for claim in table.claims:
     kind, row = claim[0], claim[1]
     if kind == 'gain_shrinks':
@@ -315,18 +321,18 @@ def check_claims(table: tables_lib.Table, results: dict) -> List[dict]:
       text = f'{row}: gain over {table.baseline} shrinks from {claim[2]} to {claim[3]}'
       ok = (None if not a or not b or a.get('gain_mean') is None or b.get('gain_mean') is None
             else a['gain_mean'] > b['gain_mean'])
-      detail = f'{claim[2]}: {_gain_text(a)}; {claim[3]}: {_gain_text(b)}'
+      detail = f'{claim[2]}: {_gain_text(a, nd)}; {claim[3]}: {_gain_text(b, nd)}'
     elif kind == 'gain_positive_everywhere':
       entries = [_entry(results, row, c) for c in cols]
       gains = [e.get('gain_mean') if e else None for e in entries]
       text = f'{row}: gain over {table.baseline} > 0 in every column ({", ".join(cols)})'
       ok = None if any(g is None for g in gains) else all(g > 0 for g in gains)
-      detail = '; '.join(f'{c}: {_gain_text(e)}' for c, e in zip(cols, entries))
+      detail = '; '.join(f'{c}: {_gain_text(e, nd)}' for c, e in zip(cols, entries))
     elif kind == 'at_least_baseline':
       e = _entry(results, row, claim[2])
       text = f'{row} >= {table.baseline} at {claim[2]}'
       ok = None if not e or e.get('gain_mean') is None else e['gain_mean'] >= 0
-      detail = f'{claim[2]}: {_gain_text(e)}'
+      detail = f'{claim[2]}: {_gain_text(e, nd)}'
     else:
       raise ValueError(f'unknown claim kind {kind!r}')
     out.append({'claim': text, 'holds': ok, 'detail': detail})
@@ -345,6 +351,7 @@ def format_markdown(results: dict) -> str:
                f'n = runs finished); in brackets the gain over {results["baseline"]}, taken '
                f'per seed.\n')
   cols = results['columns']
+  nd = _digits(results['scale'])
   lines.append('| | ' + ' | '.join(cols) + ' |')
   lines.append('| --- ' * (len(cols) + 1) + '|')
   for row in results['rows']:
@@ -354,10 +361,10 @@ def format_markdown(results: dict) -> str:
       if not e or e['mean'] is None:
         cells.append('not run')
         continue
-      text = f'{e["mean"]:.1f}' + ('' if e['std'] is None else f' ± {e["std"]:.1f}')
+      text = f'{e["mean"]:.{nd}f}' + ('' if e['std'] is None else f' ± {e["std"]:.{nd}f}')
       if e.get('gain_mean') is not None:
-        text += f' ({e["gain_mean"]:+.1f}' + (
-            '' if e['gain_std'] is None else f' ± {e["gain_std"]:.1f}') + ')'
+        text += f' ({e["gain_mean"]:+.{nd}f}' + (
+            '' if e['gain_std'] is None else f' ± {e["gain_std"]:.{nd}f}') + ')'
       text += f' n={len(e["values"])}'
       cells.append(text)
     lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
@@ -379,7 +386,7 @@ def format_markdown(results: dict) -> str:
   for e in results['grid']:
     bits = []
     if e.get('teacher_mean') is not None:
-      bits.append(f'teacher {e["teacher_mean"]:.1f}')
+      bits.append(f'teacher AP {e["teacher_mean"]:.{nd}f}')
     if e.get('pseudo_boxes_per_image') is not None:
       bits.append(f'{e["pseudo_boxes_per_image"]:.2f} pseudo boxes/image')
     if e.get('minutes') is not None:

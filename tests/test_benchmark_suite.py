@@ -178,7 +178,7 @@ def test_results_markdown_claims_and_plot(tmp_path):
   assert claims == {'ImageNet Init': True, 'Rand Init + self-training': True}
   md = suite.format_markdown(res)
   assert md.startswith('**TEST DATA ONLY')
-  assert '| ImageNet Init | 26.0 ± 1.0 (+5.0 ± 0.0) n=3 | 22.0 ± 1.0 (+1.0 ± 0.0) n=3 |' in md
+  assert '| ImageNet Init | 26.00 ± 1.00 (+5.00 ± 0.00) n=3 | 22.00 ± 1.00 (+1.00 ± 0.00) n=3 |' in md
   assert '-1.0 (Sec. 4.1' in md and '**holds**' in md
   assert '| Rand Init + same steps supervised (control) |  |' not in md  # no paper number
   paths = suite.write_report(res, str(tmp_path))
