@@ -52,6 +52,8 @@ def run_binary(run_fn: Callable[..., object], *, gin_files: Sequence[str],
   def start():
     register_configurables()
     config_io.parse_gin(gin_files, gin_params)
+    from rethink_st.training import strategy  # pylint: disable=g-import-not-at-top
+    strategy.build_strategy()  # before any op: collectives and TPUs are set up at start-up
     if model_dir and save_config:
       config_io.save_config(model_dir)
     return run_fn(model_dir, **kwargs)

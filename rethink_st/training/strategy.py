@@ -9,6 +9,7 @@ from official.common import distribute_utils
 from rethink_st.errors import UserError
 
 _KINDS = ('default', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
+_CACHE = {}
 
 
 @gin.configurable
@@ -21,7 +22,13 @@ def build_strategy(kind: str = 'default',
   default: tf.distribute's default (one device, no replicas); one_device: the first GPU if
   any, else CPU; mirrored: all local GPUs (or the CPU); multi_worker_mirrored: all workers in
   TF_CONFIG; tpu: the TPU at `tpu_address` ('' or 'local' for a TPU VM).
+
+  MultiWorkerMirrored and TPU strategies must exist before TensorFlow runs any op, so the
+  binaries call this right after parsing gin; later calls return the same strategy.
   """
+  key = (kind, num_gpus, tpu_address, all_reduce_alg)
+  if key in _CACHE:  # a process makes its strategy once (collectives, TPU init)
+    return _CACHE[key]
   if kind not in _KINDS:
     raise UserError(f'build_strategy.kind={kind!r} is not one of {", ".join(_KINDS)}')
   if kind == 'tpu' and tpu_address is None:
@@ -36,6 +43,7 @@ def build_strategy(kind: str = 'default',
       num_gpus=num_gpus, tpu_address=tpu_address, all_reduce_alg=all_reduce_alg)
   logging.info('strategy: %s with %d replica(s)', type(strategy).__name__,
                strategy.num_replicas_in_sync)
+  _CACHE[key] = strategy
   return strategy
 
 

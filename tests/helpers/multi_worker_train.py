@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from rethink_st import cli, config_io
-from rethink_st.training import run, trainer as trainer_lib
+from rethink_st.training import run, strategy, trainer as trainer_lib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import test_training  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -36,4 +36,5 @@ if __name__ == '__main__':
       "rethink_st.training.strategy.build_strategy.kind = 'multi_worker_mirrored'",
       'rethink_st.training.tasks.DetectionTask.eval_source = None',
   ])
+  strategy.build_strategy()  # as cli.run_binary does: before any TensorFlow op
   run.run_train(model_dir, trainer_cls=ReportingTrainer)
