@@ -8,7 +8,8 @@ size; a pixel gets the argmax class when its probability >= `mask_threshold`, el
 Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline reads (kept
 boxes only), a COCO JSON of ALL the teacher's detections with their scores (so precision and
 recall can be read at any threshold afterwards), and stats JSON. Memory stays flat: each batch is
-written and dropped; only fixed-size counters are kept.
+written and dropped (a chunk's COCO JSON is streamed to disk, and merged chunk by chunk);
+only fixed-size counters are kept.
 
 Speed: the per-image work outside the model is kept to a few small numpy operations.
   - The image is written as the source's own encoded bytes (JPEG or PNG, exactly what the
@@ -18,9 +19,13 @@ Speed: the per-image work outside the model is kept to a few small numpy operati
   - Every batch has the same static size (the last one is padded and the padding dropped),
     so the predict function is traced once.
   - Segmentation masks are mapped back to the original size and thresholded in the graph.
+  - Writing (tf.Examples, COCO JSON, counters) runs in a thread, overlapped with the next
+    batch's inference.
 """
 import json
 import os
+import queue
+import threading
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -139,8 +144,12 @@ def inference_dataset(source, image_size, batch_size: int, *, num_shards: int = 
 
   def fill(batch):
     n = tf.shape(batch[VALID])[0]
-    index = tf.minimum(tf.range(batch_size), n - 1)
-    out = {k: tf.gather(v, index) for k, v in batch.items()}
+
+    def repeat_last():
+      index = tf.minimum(tf.range(batch_size), n - 1)
+      return {k: tf.gather(v, index) for k, v in batch.items()}
+
+    out = tf.cond(n < batch_size, repeat_last, lambda: dict(batch))
     out[VALID] = tf.range(batch_size) < n
     return {k: tf.ensure_shape(v, [batch_size] + v.shape[1:].as_list())
             for k, v in out.items()}
@@ -338,35 +347,19 @@ def run_pseudo_label(output_dir: str,
   if total:
     total = -(-int(total) // num_shards)  # this host's share
   progress = _Progress(total, skip)
-  categories = [{'id': c, 'name': str(c)} for c in range(1, num_object_classes + 1)]
-  chunk, writer, counters = start_chunk, None, None
-  for dist_batch in strategy.experimental_distribute_dataset(ds):
-    pred = predict(dist_batch)
-    meta = host_values(strategy, dist_batch)
-    valid = np.flatnonzero(meta[VALID])
-    for i in valid:
-      if writer is None:
-        writer = shards.ChunkWriter(
-            shards.chunk_prefix(output_dir, shard_index, num_shards, chunk),
-            coco_categories=categories if labeler.kind == 'detection' else None)
-        counters = shards.Counters(num_object_classes, labeler.kind)
-      shape, source_id = meta[SHAPE][i], meta[F.SOURCE_ID][i]
-      labels, all_detections = labeler.to_example(pred, i, shape)
-      example = {F.SOURCE_ID: source_id, F.HEIGHT: shape[0], F.WIDTH: shape[1], **labels}
-      writer.write(tfexample.encode_example(example, encoded_image=meta[ENCODED][i]))
-      if labeler.kind == 'detection':
-        counters.add_detection(labels[F.CLASSES], all_detections[F.SCORES])
-        writer.add_coco_image(source_id, int(shape[0]), int(shape[1]),
-                              all_detections[F.BOXES], all_detections[F.CLASSES],
-                              all_detections[F.SCORES])
-      else:
-        counters.add_segmentation(labels[F.SEMANTIC_MASK][..., 0], F.IGNORE_LABEL)
-      if counters.images == chunk_size:
-        writer.close(None, counters.to_dict())
-        writer, chunk = None, chunk + 1
-    progress.update(len(valid))
-  if writer is not None:
-    writer.close(None, counters.to_dict())
+  sink = _ChunkSink(output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
+                    num_object_classes, progress)
+  # Writing runs in a thread, overlapped with the next batch's inference (TensorFlow releases
+  # the GIL); at most `_QUEUE_DEPTH` batches wait, so memory stays bounded.
+  writer = _Background(sink.add_batch, depth=_QUEUE_DEPTH)
+  try:
+    for dist_batch in strategy.experimental_distribute_dataset(ds):
+      writer.put(predict(dist_batch), host_values(strategy, dist_batch))
+  except BaseException:
+    writer.close(raise_error=False)
+    raise
+  writer.close()
+  sink.finish()
   skipped = int(getattr(unlabeled_source, 'skipped', 0) or 0)
   shards.mark_host_done(output_dir, shard_index, num_shards,
                         {'images': progress.done, 'unreadable_skipped': skipped})
@@ -383,6 +376,93 @@ def run_pseudo_label(output_dir: str,
     print(f'[pseudo_label] all hosts done: {json.dumps(_summary(stats))}', flush=True)
     return stats
   return shards.host_stats(output_dir, shard_index, num_shards)
+
+
+_QUEUE_DEPTH = 2
+
+
+class _ChunkSink:
+  """Turns predicted batches into chunk files: tf.Examples, COCO JSON (detection) and
+  counters; a chunk is closed (renamed into place) when it holds `chunk_size` images."""
+
+  def __init__(self, output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
+               num_object_classes, progress):
+    self.output_dir, self.shard_index, self.num_shards = output_dir, shard_index, num_shards
+    self.chunk, self.chunk_size, self.labeler = start_chunk, chunk_size, labeler
+    self.num_object_classes, self.progress = num_object_classes, progress
+    self.categories = [{'id': c, 'name': str(c)} for c in range(1, num_object_classes + 1)]
+    self.writer = self.counters = None
+
+  def add_batch(self, pred, meta) -> None:
+    detection = self.labeler.kind == 'detection'
+    valid = np.flatnonzero(meta[VALID])
+    for i in valid:
+      if self.writer is None:
+        self.writer = shards.ChunkWriter(
+            shards.chunk_prefix(self.output_dir, self.shard_index, self.num_shards,
+                                self.chunk),
+            coco_categories=self.categories if detection else None)
+        self.counters = shards.Counters(self.num_object_classes, self.labeler.kind)
+      shape, source_id = meta[SHAPE][i], meta[F.SOURCE_ID][i]
+      labels, all_detections = self.labeler.to_example(pred, i, shape)
+      example = {F.SOURCE_ID: source_id, F.HEIGHT: shape[0], F.WIDTH: shape[1], **labels}
+      self.writer.write(tfexample.encode_example(example, encoded_image=meta[ENCODED][i]))
+      if detection:
+        self.counters.add_detection(labels[F.CLASSES], all_detections[F.SCORES])
+        self.writer.add_coco_image(source_id, int(shape[0]), int(shape[1]),
+                                   all_detections[F.BOXES], all_detections[F.CLASSES],
+                                   all_detections[F.SCORES])
+      else:
+        self.counters.add_segmentation(labels[F.SEMANTIC_MASK][..., 0], F.IGNORE_LABEL)
+      if self.counters.images == self.chunk_size:
+        self.writer.close(None, self.counters.to_dict())
+        self.writer, self.chunk = None, self.chunk + 1
+    self.progress.update(len(valid))
+
+  def finish(self) -> None:
+    """Closes the last (partial) chunk."""
+    if self.writer is not None:
+      self.writer.close(None, self.counters.to_dict())
+      self.writer = None
+
+
+class _Background:
+  """Calls fn(*item) for each put item, in order, in one thread. An error there is raised
+  in the caller at the next put() or at close()."""
+
+  def __init__(self, fn, depth: int):
+    self._fn, self._error = fn, None
+    self._queue = queue.Queue(maxsize=depth)
+    self._thread = threading.Thread(target=self._run, name='pseudo_label_writer', daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    while True:
+      item = self._queue.get()
+      if item is None:
+        return
+      if self._error is None:  # after an error, only drain the queue
+        try:
+          self._fn(*item)
+        except BaseException as e:  # pylint: disable=broad-except
+          self._error = e
+
+  def _raise(self):
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
+
+  def put(self, *item) -> None:
+    self._raise()
+    self._queue.put(item)
+
+  def close(self, raise_error: bool = True) -> None:
+    """Waits for the queued items; raises the thread's error, if any (and asked to)."""
+    if self._thread.is_alive():
+      self._queue.put(None)
+      self._thread.join()
+    if raise_error:
+      self._raise()
 
 
 def _summary(stats):
