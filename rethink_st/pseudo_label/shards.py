@@ -139,12 +139,7 @@ class ChunkWriter:
   def _finish_coco(self) -> None:
     self._annotations.close()
     self._images.write('], "annotations": [')
-    with tf.io.gfile.GFile(self.prefix + '.coco_annotations.tmp', 'r') as f:
-      while True:
-        block = f.read(1 << 20)
-        if not block:
-          break
-        self._images.write(block)
+    _append_file(self._images, self.prefix + '.coco_annotations.tmp')
     self._images.write('], "categories": ' + json.dumps(self._categories) + '}')
     self._images.close()
     tf.io.gfile.remove(self.prefix + '.coco_annotations.tmp')
@@ -265,34 +260,47 @@ def host_stats(out_dir: str, shard_index: int, num_shards: int) -> Dict[str, Any
                      for p in _complete_prefixes(out_dir, shard_index, num_shards))
 
 
+def _append_file(out, path: str) -> None:
+  with tf.io.gfile.GFile(path, 'r') as f:
+    while True:
+      block = f.read(1 << 20)
+      if not block:
+        return
+      out.write(block)
+
+
 def _merge_coco(out_dir: str, prefixes: List[str]) -> None:
-  """pseudo_coco.json from the chunks' COCO files, streamed: one chunk in memory at a time
-  (two passes: images, then annotations numbered 1, 2, ...)."""
+  """pseudo_coco.json from the chunks' COCO files, streamed: each chunk is read once and
+  dropped (its images go to the output, its annotations, numbered 1, 2, ... across chunks,
+  to a temporary file appended at the end)."""
   paths = [p + '.coco.json' for p in prefixes if tf.io.gfile.exists(p + '.coco.json')]
   if not paths:
     return
   target = os.path.join(out_dir, 'pseudo_coco.json')
   categories = []
-  with tf.io.gfile.GFile(target + '.tmp', 'w') as out:
+  next_id = 1
+  any_image = False
+  out = tf.io.gfile.GFile(target + '.tmp', 'w')
+  with tf.io.gfile.GFile(target + '.annotations.tmp', 'w') as ann_out:
     out.write('{"images": [')
-    first = True
     for path in paths:
       part = _read_json(path)
       categories = part.get('categories', categories)
       if part['images']:
-        out.write(('' if first else ', ') + json.dumps(part['images'])[1:-1])
-        first = False
-    out.write('], "annotations": [')
-    next_id, first = 1, True
-    for path in paths:
-      anns = _read_json(path)['annotations']
-      for ann in anns:
-        ann['id'] = next_id
-        next_id += 1
+        out.write((', ' if any_image else '') + json.dumps(part['images'])[1:-1])
+        any_image = True
+      anns = part['annotations']
       if anns:
-        out.write(('' if first else ', ') + json.dumps(anns)[1:-1])
-        first = False
-    out.write('], "categories": ' + json.dumps(categories) + '}')
+        for ann in anns:
+          ann['id'] = next_id
+          next_id += 1
+        ann_out.write((', ' if next_id - len(anns) > 1 else '') + json.dumps(anns)[1:-1])
+      del part, anns
+  out.write('], "annotations": [')
+  _append_file(out, target + '.annotations.tmp')
+  out.write('], "categories": ' + json.dumps(categories) + '}')
+  out.close()
+  tf.io.gfile.remove(target + '.annotations.tmp')
   tf.io.gfile.rename(target + '.tmp', target, overwrite=True)
 
 
