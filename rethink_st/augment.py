@@ -26,8 +26,8 @@ geometric op moves the masks exactly as it moves the image:
     preprocessing are the tight boxes of the moved masks (exact); without them (and in
     eval preprocessing, which only resizes) Model Garden's box functions move them.
 
-Instance masks and the semantic mask travel packed in one uint8 tensor [H, W, K] (one
-channel per instance, then `(semantic + 1) mod 256` so 0 is both "outside" and ignore).
+Instance masks and the semantic mask travel packed in one uint8 tensor [H, W, N + 1] (one
+channel per instance, then `(semantic + 1) mod 256`, so 0 is both "outside" and ignore).
 
 `Augment` is the configurable used by the input pipelines; `MaskAwareAutoAugment`,
 `MaskAwareRandAugment` and `apply_op` are the pieces, usable on their own.
@@ -183,7 +183,8 @@ def boxes_from_masks(masks: tf.Tensor) -> tf.Tensor:
 
 
 class MaskLayout:
-  """Which masks a packed [H, W, K] uint8 tensor holds: K = N instances (+ 1 semantic)."""
+  """Which masks a packed [H, W, N + 1] uint8 tensor holds: N instance channels, then the
+  semantic channel (or, without a semantic mask, an empty one, so there always is one)."""
 
   def __init__(self, instance: bool, semantic: bool):
     self.instance = bool(instance)
@@ -194,7 +195,7 @@ class MaskLayout:
     return self.instance or self.semantic
 
   def pack(self, instance_masks=None, semantic_mask=None) -> Optional[tf.Tensor]:
-    """[N, H, W] 0/1 masks and/or [H, W, 1] semantic mask -> [H, W, K] uint8."""
+    """[N, H, W] 0/1 masks and/or [H, W, 1] semantic mask -> [H, W, N + 1] uint8."""
     parts = []
     if self.instance:
       m = tf.convert_to_tensor(instance_masks)
@@ -208,12 +209,14 @@ class MaskLayout:
       if s.shape.rank != 3:
         s = tf.reshape(s, tf.concat([tf.shape(s)[:2], [1]], 0))
       parts.append(s + 1)   # uint8 wraps: IGNORE_LABEL 255 -> 0, the fill value
+    elif parts:             # a last channel even with no instances (ops need >= 1 channel)
+      parts.append(tf.zeros(tf.concat([tf.shape(parts[0])[:2], [1]], 0), tf.uint8))
     if not parts:
       return None
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
   def instance_part(self, packed: tf.Tensor) -> tf.Tensor:
-    return packed[..., :-1] if self.semantic else packed
+    return packed[..., :-1]
 
   def unpack(self, packed: tf.Tensor) -> Tuple[Optional[tf.Tensor], Optional[tf.Tensor]]:
     """-> (instance masks float32 [N, H, W] or None, semantic mask uint8 [H, W, 1] or None)."""

@@ -327,9 +327,11 @@ def test_no_instances_and_no_masks(example):
   for key in (F.BOXES, F.INSTANCE_MASKS, F.CLASSES, F.IS_CROWD, F.AREA, F.SCORES):
     empty[key] = example[key][:0]
   plain = {k: v for k, v in example.items() if k not in (F.INSTANCE_MASKS, F.SEMANTIC_MASK)}
-  for policy in ('s2', 's4'):
-    _, fn = augment_fn(policy)
+  for policy in ('s2', 's4'):   # eager (graph mode with no instances: test_pipeline.py)
+    fn = A.Augment(policy, output_size=(64, 80), **CONSTS)
     out = fn(empty)
+    assert out[F.BOXES].shape == (0, 4) and out[F.INSTANCE_MASKS].shape == (0, 64, 80)
+    out = fn({k: v for k, v in empty.items() if k != F.SEMANTIC_MASK})   # [H, W, 0] masks
     assert out[F.BOXES].shape == (0, 4) and out[F.INSTANCE_MASKS].shape == (0, 64, 80)
     out = fn(plain)
     assert F.INSTANCE_MASKS not in out and F.SEMANTIC_MASK not in out
