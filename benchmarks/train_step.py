@@ -14,12 +14,14 @@ convs/filters, norm, anchors, image size, classes, flip + scale jitter, learning
 momentum, weight decay), so a --gin_param changes both sides alike; the parameter counts of
 the two models are compared before timing.
 
-Timing: both loops are Orbit Controllers writing a summary after every loop of
---steps_per_loop steps; a run's rate is images between the summaries at step
---warmup_steps and at step --steps divided by the wall time between them (tracing, the first
-checkpoint and tf.data start-up fall in the warm-up). "CPU" rates divide by the process's
-CPU seconds over the same window instead (robust to other users of a shared machine). The
-sides alternate (ours first, then MG first, ...) for --repeats rounds; the medians count.
+Timing: both sides run in one process, in two threads that take turns one Orbit loop
+(--steps_per_loop steps) at a time, so both see the same load of a shared machine; each side
+records the wall and process-CPU seconds of the windows it holds. A round's rate per side is
+the images of its loops after --warmup_steps (tracing, the first checkpoint and tf.data
+start-up fall in the warm-up) over their wall seconds; "CPU" rates divide by CPU seconds
+instead. --repeats rounds, the side that starts alternating; the medians count. Before
+training, the two input pipelines are also timed alone (--input_batches), to tell input cost
+from step cost.
 Writes <output_dir>/train_step.json and train_step.md.
 
   python benchmarks/train_step.py                       # ~5 minutes on 2 CPU cores
@@ -52,16 +54,17 @@ import tensorflow as tf, tf_keras  # pylint: disable=g-import-not-at-top,wrong-i
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_GIN = os.path.join(REPO, 'gin_configs', 'digits', 'teacher.gin')
 RESULTS_DIR = os.path.join(REPO, 'benchmarks', 'results')
-TAG = 'steps_per_second'   # written by orbit.Controller after every train loop
 
 flags.DEFINE_integer('steps', 60, 'Training steps per run (each side, each repeat).')
 flags.DEFINE_integer('batch_size', 16, 'Global batch size (images per step), both sides.')
-flags.DEFINE_integer('repeats', 2, 'Rounds; each round runs both sides, order alternating.')
-flags.DEFINE_integer('steps_per_loop', 10, 'Steps per Orbit loop (one summary each).')
+flags.DEFINE_integer('repeats', 2, 'Rounds; each runs both sides, taking turns.')
+flags.DEFINE_integer('steps_per_loop', 10, 'Steps per Orbit loop (one turn each).')
 flags.DEFINE_integer('warmup_steps', 20, 'Steps not timed at the start of each run '
                      '(a multiple of --steps_per_loop).')
 flags.DEFINE_string('data_dir', None, 'Digit-scenes directory (default: made/found by '
                     'rethink_st.data.digit_scenes.ensure_digit_scenes()).')
+flags.DEFINE_integer('input_batches', 60, 'Batches per round when timing the two input '
+                     'pipelines alone (no model) before training; 0 skips it.')
 flags.DEFINE_string('output_dir', RESULTS_DIR, 'Where train_step.json/.md go.')
 flags.DEFINE_multi_string('gin_file', [TEACHER_GIN], 'Gin files of our side.')
 flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings of our side (Model Garden '
@@ -226,86 +229,97 @@ def model_garden_config(s: Dict[str, Any], data_dir: str, steps: int, batch_size
 
 
 # ---- timing -------------------------------------------------------------------------------
-class CpuClock:
-  """Samples (wall time, process CPU time) in a thread, to read CPU seconds between two
-  wall-clock instants (the summaries' timestamps)."""
+class TurnTaking:
+  """Two training threads take turns, one Orbit loop at a time, so both sides run under the
+  same machine load (a shared machine's load changes from minute to minute).
 
-  def __init__(self, interval: float = 0.1):
-    self.interval = interval
-    self.samples = []
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, daemon=True)
+  A side holds the turn from its start until the end of its first loop, then hands it over
+  at the end of every loop (`handover`) and waits to get it back; `finish` hands it over for
+  good. While a side holds the turn the other is blocked, so the process's CPU time over the
+  side's window is the side's. Window k of a side ends with its step (k + 1) * steps_per_loop
+  and holds that loop's body plus the previous loop's summaries, actions and checkpoint.
+  """
 
-  def _sample(self):
-    self.samples.append((time.time(), time.process_time()))
+  def __init__(self, first: str, second: str):
+    self.sides = (first, second)
+    self.turn = first
+    self.done = set()
+    self.windows = {first: [], second: []}
+    self._cond = threading.Condition()
+    self._start = {}
 
-  def _run(self):
-    while not self._stop.wait(self.interval):
-      self._sample()
+  def _other(self, side):
+    return self.sides[1] if side == self.sides[0] else self.sides[0]
 
-  def __enter__(self):
-    self._sample()
-    self._thread.start()
-    return self
+  def acquire(self, side: str) -> None:
+    with self._cond:
+      self._cond.wait_for(lambda: self.turn == side)
+      self._start[side] = (time.time(), time.process_time())
 
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()
-    self._sample()
+  def _pass_turn(self, side: str, record: bool) -> None:
+    with self._cond:
+      if record:
+        wall0, cpu0 = self._start[side]
+        self.windows[side].append({'wall': time.time() - wall0,
+                                   'cpu': time.process_time() - cpu0})
+      other = self._other(side)
+      if other not in self.done:
+        self.turn = other
+      self._cond.notify_all()
 
-  def cpu_at(self, wall: float) -> float:
-    walls, cpus = zip(*self.samples)
-    return float(np.interp(wall, walls, cpus))
+  def handover(self, side: str) -> None:
+    """End of a loop: record the window, let the other side run one loop, resume."""
+    self._pass_turn(side, record=True)
+    self.acquire(side)
 
-
-def read_loop_summaries(summary_dir: str) -> Dict[int, Dict[str, float]]:
-  """{global step: {'wall_time', 'steps_per_second'}} from Orbit's per-loop train summaries."""
-  out = {}
-  for name in sorted(tf.io.gfile.listdir(summary_dir)):
-    if 'tfevents' not in name:
-      continue
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(summary_dir, name)):
-      for value in event.summary.value:
-        if value.tag == TAG:
-          number = (float(tf.make_ndarray(value.tensor)) if value.HasField('tensor')
-                    else float(value.simple_value))
-          out[int(event.step)] = {'wall_time': float(event.wall_time),
-                                  'steps_per_second': number}
-  return out
+  def finish(self, side: str) -> None:
+    """The side's run returned (or failed): the other side runs alone from here on."""
+    with self._cond:
+      self.done.add(side)
+    self._pass_turn(side, record=False)
 
 
-def steady_rate(loops: Dict[int, Dict[str, float]], clock: Optional[CpuClock], start: int,
-                end: int, batch_size: int, where: str) -> Dict[str, Any]:
-  """Images/s (wall and CPU) between the loop summaries at steps `start` and `end`."""
-  for step in (start, end):
-    if step not in loops:
-      raise RuntimeError(f'{where}: no {TAG!r} summary at step {step} '
-                         f'(have steps {sorted(loops)})')
-  t0, t1 = loops[start]['wall_time'], loops[end]['wall_time']
-  images = (end - start) * batch_size
-  result = {'timed_steps': end - start, 'wall_seconds': t1 - t0,
-            'img_per_sec': images / max(t1 - t0, 1e-9),
-            'loop_steps_per_second': [loops[k]['steps_per_second'] for k in sorted(loops)]}
-  if clock is not None:
-    cpu = clock.cpu_at(t1) - clock.cpu_at(t0)
-    result['cpu_seconds'] = cpu
-    result['img_per_cpu_sec'] = images / max(cpu, 1e-9)
-  return result
+def window_rate(windows: List[Dict[str, float]], first_timed: int, batch_size: int,
+                steps_per_loop: int, where: str) -> Dict[str, Any]:
+  """Images/s (wall) and images per CPU-second over windows[first_timed:]."""
+  timed = windows[first_timed:]
+  if not timed:
+    raise RuntimeError(f'{where}: {len(windows)} loops recorded, none after the warm-up '
+                       f'({first_timed} loops)')
+  images = len(timed) * steps_per_loop * batch_size
+  wall = sum(w['wall'] for w in timed)
+  cpu = sum(w['cpu'] for w in timed)
+  return {'timed_steps': len(timed) * steps_per_loop, 'wall_seconds': wall,
+          'cpu_seconds': cpu, 'img_per_sec': images / max(wall, 1e-9),
+          'img_per_cpu_sec': images / max(cpu, 1e-9),
+          'loop_img_per_sec': [steps_per_loop * batch_size / max(w['wall'], 1e-9)
+                               for w in windows],
+          'warmup_seconds': sum(w['wall'] for w in windows[:first_timed])}
 
 
 # ---- the two sides ------------------------------------------------------------------------
-def run_ours(model_dir: str, gin_files: Sequence[str], bindings: Sequence[str]) -> float:
-  """run_train under the given gin config; returns wall seconds of the whole call."""
-  from rethink_st.training import run  # pylint: disable=g-import-not-at-top
+def run_ours(model_dir: str, gin_files: Sequence[str], bindings: Sequence[str],
+             turns: TurnTaking) -> None:
+  """run_train under the given gin config; the trainer hands the turn over after each loop."""
+  # pylint: disable=g-import-not-at-top
+  from rethink_st.training import run
+  from rethink_st.training import trainer as trainer_lib
+  # pylint: enable=g-import-not-at-top
+
+  class TurnTakingTrainer(trainer_lib.Trainer):
+
+    def train_loop_end(self):
+      logs = super().train_loop_end()
+      turns.handover('ours')
+      return logs
+
   parse_our_config(gin_files, bindings)
   config_io.save_config(model_dir)
-  t0 = time.time()
-  run.run_train(model_dir)
-  return time.time() - t0
+  run.run_train(model_dir, trainer_cls=TurnTakingTrainer)
 
 
-def run_model_garden(model_dir: str, params) -> float:
-  """train_lib.run_experiment(mode='train'); returns wall seconds of the whole call."""
+def run_model_garden(model_dir: str, params, turns: TurnTaking) -> None:
+  """train_lib.run_experiment(mode='train'); a train action hands the turn over."""
   # pylint: disable=g-import-not-at-top
   from official.core import task_factory
   from official.core import train_lib
@@ -313,12 +327,11 @@ def run_model_garden(model_dir: str, params) -> float:
   # pylint: enable=g-import-not-at-top
   tf_keras.mixed_precision.set_global_policy('float32')
   strategy = tf.distribute.get_strategy()
-  t0 = time.time()
   with strategy.scope():
     task = task_factory.get_task(params.task, logging_dir=model_dir)
   train_lib.run_experiment(distribution_strategy=strategy, task=task, mode='train',
-                           params=params, model_dir=model_dir)
-  return time.time() - t0
+                           params=params, model_dir=model_dir,
+                           train_actions=[lambda output: turns.handover('model_garden')])
 
 
 def count_params(gin_files, bindings, mg_params) -> Dict[str, int]:
@@ -338,11 +351,78 @@ def count_params(gin_files, bindings, mg_params) -> Dict[str, int]:
   return counts
 
 
+def input_rates(gin_files, bindings, mg_params, batch_size: int, batches: int,
+                rounds: int) -> Dict[str, Any]:
+  """The two training input pipelines alone (no model): images/s and images per CPU-second
+  over `batches` batches after 5 warm-up batches, `rounds` times interleaved; medians."""
+  # pylint: disable=g-import-not-at-top
+  from official.vision.tasks import retinanet as mg_retinanet
+  from rethink_st.training import tasks
+  # pylint: enable=g-import-not-at-top
+  parse_our_config(gin_files, bindings)
+  builders = {
+      'ours': lambda: tasks.DetectionTask().build_dataset('train', batch_size),
+      'model_garden': lambda: mg_retinanet.RetinaNetTask(mg_params.task).build_inputs(
+          mg_params.task.train_data),
+  }
+  rates = {side: [] for side in builders}
+  for _ in range(rounds):
+    for side, build in builders.items():
+      iterator = iter(build())
+      for _ in range(5):
+        next(iterator)
+      wall0, cpu0 = time.time(), time.process_time()
+      for _ in range(batches):
+        next(iterator)
+      wall, cpu = time.time() - wall0, time.process_time() - cpu0
+      rates[side].append((batches * batch_size / wall, batches * batch_size / cpu))
+      del iterator
+  out = {}
+  for side, values in rates.items():
+    out[side] = {'img_per_sec': statistics.median(v[0] for v in values),
+                 'img_per_cpu_sec': statistics.median(v[1] for v in values)}
+  for key in ('img_per_sec', 'img_per_cpu_sec'):
+    out.setdefault('ratio', {})[key] = out['ours'][key] / out['model_garden'][key]
+  out['batches'] = batches
+  out['rounds'] = rounds
+  return out
+
+
+def run_round(first: str, work_dir: str, gin_files, bindings, mg_params) -> TurnTaking:
+  """Both sides in two threads taking turns loop by loop, `first` starting."""
+  turns = TurnTaking(first, 'model_garden' if first == 'ours' else 'ours')
+  errors = {}
+
+  def target(side):
+    try:
+      turns.acquire(side)
+      model_dir = os.path.join(work_dir, side)
+      if side == 'ours':
+        run_ours(model_dir, gin_files, bindings, turns)
+      else:
+        run_model_garden(model_dir, mg_params, turns)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors[side] = e
+    finally:
+      turns.finish(side)
+
+  threads = [threading.Thread(target=target, args=(side,), name=f'train_step_{side}')
+             for side in turns.sides]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  for side, e in errors.items():
+    raise RuntimeError(f'{side} side failed: {type(e).__name__}: {e}') from e
+  return turns
+
+
 def benchmark(data_dir: str, *, steps: int, batch_size: int, repeats: int,
               steps_per_loop: int, warmup_steps: int, gin_files: Sequence[str] = (TEACHER_GIN,),
-              gin_params: Sequence[str] = (), work_dir: Optional[str] = None
-             ) -> Dict[str, Any]:
-  """Runs both sides `repeats` times (alternating order) and returns the result record."""
+              gin_params: Sequence[str] = (), work_dir: Optional[str] = None,
+              input_batches: int = 60) -> Dict[str, Any]:
+  """Runs `repeats` rounds (the side that starts alternates) and returns the result record;
+  with input_batches > 0 also times the two input pipelines alone first."""
   check_schedule(steps, warmup_steps, steps_per_loop, repeats, batch_size)
   bindings = our_bindings(data_dir, steps, batch_size, steps_per_loop) + list(gin_params)
   parse_our_config(gin_files, bindings)
@@ -352,29 +432,33 @@ def benchmark(data_dir: str, *, steps: int, batch_size: int, repeats: int,
   if params['ours'] != params['model_garden']:
     raise RuntimeError(f'the two models differ: {params}')
 
+  inputs = None
+  if input_batches > 0:
+    print('[train_step] input pipelines alone', flush=True)
+    inputs = input_rates(gin_files, bindings, mg_params, batch_size, input_batches, repeats)
+
   runs = []
   own_tmp = work_dir is None
   work_dir = work_dir or tempfile.mkdtemp(prefix='train_step_bench_')
   try:
     for r in range(repeats):
-      order = ('ours', 'model_garden') if r % 2 == 0 else ('model_garden', 'ours')
-      for side in order:
-        model_dir = os.path.join(work_dir, f'{side}_{r}')
-        tf_keras.backend.clear_session()
-        print(f'[train_step] repeat {r + 1}/{repeats}: {side}', flush=True)
-        with CpuClock() as clock:
-          if side == 'ours':
-            total = run_ours(model_dir, gin_files, bindings)
-          else:
-            total = run_model_garden(model_dir, mg_params)
-        loops = read_loop_summaries(os.path.join(model_dir, 'train'))
-        rate = steady_rate(loops, clock, warmup_steps, steps, batch_size,
-                           f'{side} repeat {r}')
-        rate.update(side=side, repeat=r, total_seconds=total)
-        print(f'[train_step] {side}: {rate["img_per_sec"]:.2f} img/s '
-              f'({rate["img_per_cpu_sec"]:.2f} img/CPU-s), run {total:.0f} s', flush=True)
+      first = 'ours' if r % 2 == 0 else 'model_garden'
+      print(f'[train_step] round {r + 1}/{repeats} ({first} starts)', flush=True)
+      tf_keras.backend.clear_session()
+      round_dir = os.path.join(work_dir, f'round_{r}')
+      turns = run_round(first, round_dir, gin_files, bindings, mg_params)
+      for side in ('ours', 'model_garden'):
+        loops = len(turns.windows[side])
+        if loops != steps // steps_per_loop:
+          raise RuntimeError(f'{side}: {loops} loops recorded, expected '
+                             f'{steps // steps_per_loop}')
+        rate = window_rate(turns.windows[side], warmup_steps // steps_per_loop, batch_size,
+                           steps_per_loop, side)
+        rate.update(side=side, repeat=r, first=first)
+        print(f'[train_step] {side}: {rate["img_per_sec"]:.2f} img/s, '
+              f'{rate["img_per_cpu_sec"]:.2f} img/CPU-s', flush=True)
         runs.append(rate)
-        shutil.rmtree(model_dir, ignore_errors=True)
+      shutil.rmtree(round_dir, ignore_errors=True)
   finally:
     gin.clear_config()
     if own_tmp:
@@ -382,11 +466,11 @@ def benchmark(data_dir: str, *, steps: int, batch_size: int, repeats: int,
   return summarize(runs, settings=settings, params=params, data_dir=data_dir, steps=steps,
                    batch_size=batch_size, repeats=repeats, steps_per_loop=steps_per_loop,
                    warmup_steps=warmup_steps, gin_files=list(gin_files),
-                   gin_params=list(gin_params))
+                   gin_params=list(gin_params), input_only=inputs)
 
 
-def summarize(runs: List[Dict[str, Any]], **setup) -> Dict[str, Any]:
-  """Medians per side and the ratio ours / Model Garden (of medians and of paired runs)."""
+def summarize(runs: List[Dict[str, Any]], input_only=None, **setup) -> Dict[str, Any]:
+  """Medians per side and the ratio ours / Model Garden (of medians and per round)."""
   def side(name, key):
     return [r[key] for r in runs if r['side'] == name and key in r]
   medians = {}
@@ -404,6 +488,7 @@ def summarize(runs: List[Dict[str, Any]], **setup) -> Dict[str, Any]:
                   'load_average': list(os.getloadavg())},
       'runs': runs,
       'median': medians,
+      'input_only': input_only,
   }
 
 
@@ -423,10 +508,11 @@ def markdown(result: Dict[str, Any]) -> str:
       f"TFRecords. Ours: `rethink_st.training.run.run_train` (gin: "
       f"{', '.join(os.path.relpath(f, REPO) for f in st['gin_files'])}). Model Garden: "
       "`official.core.train_lib.run_experiment(mode='train')` with `RetinaNetTask`. "
-      f"Each run trains {st['steps']} steps in loops of {st['steps_per_loop']}; timed from step "
+      f"Both sides train {st['steps']} steps in one process, taking turns every "
+      f"{st['steps_per_loop']}-step loop (same machine load for both); timed from step "
       f"{st['warmup_steps']} to {st['steps']} (tracing, first checkpoint and input start-up "
-      f"excluded); {st['repeats']} rounds, sides alternating; medians. \"CPU\" is images per "
-      "CPU-second of the process (robust to other users of the shared machine). "
+      f"excluded); {st['repeats']} rounds, the side that starts alternating; medians. "
+      "\"CPU\" is images per CPU-second of the process while the side holds its turn. "
       f"Machine: {result['machine']['cpus']} CPUs, load average at the end "
       f"{result['machine']['load_average'][0]:.1f}. Written by `benchmarks/train_step.py`.",
       '',
@@ -439,12 +525,17 @@ def markdown(result: Dict[str, Any]) -> str:
       m = med[key]
       lines.append(f"| {label} | {m['ours']:.2f} | {m['model_garden']:.2f} | "
                    f"{m['ratio']:.3f} | {', '.join(f'{x:.3f}' for x in m['paired_ratios'])} |")
-  lines += ['', '| round | side | img/s | img/CPU-s | timed s | whole run s |',
+  inp = result.get('input_only')
+  if inp:
+    for key, label in names.items():
+      lines.append(f"| input pipeline alone, {label} | {inp['ours'][key]:.0f} | "
+                   f"{inp['model_garden'][key]:.0f} | {inp['ratio'][key]:.3f} | |")
+  lines += ['', '| round | side | img/s | img/CPU-s | timed s | warm-up s (build, trace) |',
             '| ---: | --- | ---: | ---: | ---: | ---: |']
   for r in result['runs']:
     lines.append(f"| {r['repeat'] + 1} | {r['side']} | {r['img_per_sec']:.2f} | "
-                 f"{r.get('img_per_cpu_sec', float('nan')):.2f} | {r['wall_seconds']:.1f} | "
-                 f"{r['total_seconds']:.1f} |")
+                 f"{r['img_per_cpu_sec']:.2f} | {r['wall_seconds']:.1f} | "
+                 f"{r['warmup_seconds']:.1f} |")
   return '\n'.join(lines) + '\n'
 
 
@@ -465,7 +556,7 @@ def main(argv):
     result = benchmark(data_dir, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
                        repeats=FLAGS.repeats, steps_per_loop=FLAGS.steps_per_loop,
                        warmup_steps=FLAGS.warmup_steps, gin_files=FLAGS.gin_file,
-                       gin_params=FLAGS.gin_param)
+                       gin_params=FLAGS.gin_param, input_batches=FLAGS.input_batches)
     write_results(result, FLAGS.output_dir)
     print(markdown(result), flush=True)
   config_io.call_with_user_errors(run)
