@@ -10,6 +10,7 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf, tf_keras
+import tensorflow_datasets as tfds
 from pycocotools.coco import COCO
 
 from rethink_st import cli
@@ -242,7 +243,7 @@ def test_resume_after_a_kill_labels_each_image_once(det_config, teacher, tmp_pat
 
   monkeypatch.setattr(shards.ChunkWriter, 'write', dying_write)
   with pytest.raises(Killed):
-    pl_run.run_pseudo_label(out, teacher_checkpoint=folder)
+    pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.5)
   monkeypatch.undo()
   chunk0 = shards.chunk_prefix(out, 0, 1, 0) + '.tfrecord'
   assert shards.complete_chunks(out, 0, 1) == [0]
@@ -251,7 +252,7 @@ def test_resume_after_a_kill_labels_each_image_once(det_config, teacher, tmp_pat
   before = os.stat(chunk0).st_mtime_ns
   capsys.readouterr()
 
-  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder)
+  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.5)
   assert 'resuming at image 10' in capsys.readouterr().out
   assert os.stat(chunk0).st_mtime_ns == before  # the complete chunk is untouched
   assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4
@@ -366,6 +367,101 @@ def test_segmentation_masks_are_original_size_and_thresholded(tmp_path):
       pl_source.pseudo_label_source(out), task='segmentation', global_batch_size=2,
       is_training=True, output_size=SIZE)))
   assert images_.shape == (2, 128, 128, 3) and labels['masks'].shape == (2, 128, 128, 1)
+
+
+class PseudoLabelTinyUnlabeled(tfds.core.GeneratorBasedBuilder):
+  """4 unlabeled images (3 RGB, stored by TFDS as PNG) for the bytes pass-through test."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'objects': tfds.features.Sequence({'bbox': tfds.features.BBoxFeature(),
+                                           'label': tfds.features.ClassLabel(num_classes=2)}),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.default_rng(1)
+    for i in range(4):
+      yield i, {'image': rng.integers(0, 255, (10 + i, 12, 3), np.uint8),
+                'objects': {'bbox': [], 'label': []}}
+
+
+class _NoBytesSource(sources.Source):
+  """A source of another kind: decoded images only (its bytes cannot be had)."""
+
+  def __init__(self, images):
+    super().__init__('no_bytes_source')
+    self.images = images
+
+  def validate(self):
+    pass
+
+  def _keyed_dataset(self, *, shuffle, seed, input_context):
+    return tf.data.Dataset.from_tensor_slices([str(i) for i in range(len(self.images))])
+
+  def _decode(self, source_id):
+    image = tf.constant(np.stack(self.images))[tf.strings.to_number(source_id, tf.int32)]
+    return {F.SOURCE_ID: source_id, F.IMAGE: image}
+
+  def dataset(self, **kwargs):
+    return self._keyed_dataset(shuffle=False, seed=0, input_context=None).map(self._decode)
+
+
+def test_written_bytes_decode_to_the_images_the_teacher_saw(digit_scenes_dir, tmp_path):
+  """Each source kind: the bytes inference_dataset passes on are the source's own JPEG/PNG
+  (or a PNG of the decoded image), and Model Garden's decoder reads them back to exactly
+  the pixels the teacher was given; batches are full-size with the padding marked."""
+  from official.vision.dataloaders import tf_example_decoder  # pylint: disable=g-import-not-at-top
+  tfds_dir = str(tmp_path / 'tfds')
+  PseudoLabelTinyUnlabeled(data_dir=tfds_dir).download_and_prepare()
+  rng = np.random.default_rng(2)
+  images = [rng.integers(0, 255, (9, 7, 3), np.uint8), rng.integers(0, 255, (5, 6, 3), np.uint8)]
+  (tmp_path / 'coco').mkdir()
+  (tmp_path / 'coco' / '1.png').write_bytes(_png(images[0]))
+  (tmp_path / 'coco' / '2.jpg').write_bytes(tf.io.encode_jpeg(images[1]).numpy())
+  (tmp_path / 'coco.json').write_text(json.dumps({
+      'images': [{'id': 1, 'file_name': '1.png', 'height': 9, 'width': 7},
+                 {'id': 2, 'file_name': '2.jpg', 'height': 5, 'width': 6}],
+      'annotations': [], 'categories': [{'id': 1, 'name': 'x'}]}))
+  png_scenes = tmp_path / 'png_scenes'
+  from rethink_st.data import digit_scenes  # pylint: disable=g-import-not-at-top
+  digit_scenes.make_digit_scenes(str(png_scenes), num_train=0, num_unlabeled=3, num_val=0,
+                                 num_iconic_train=0, num_iconic_val=0, image_size=32,
+                                 shards=1, image_format='png')
+  cases = [
+      (sources.tfds_source('pseudo_label_tiny_unlabeled', data_dir=tfds_dir), b'\x89PNG'),
+      (sources.coco_json_source(str(tmp_path / 'coco.json'), str(tmp_path / 'coco')), None),
+      (sources.tfrecord_source(f'{digit_scenes_dir}/unlabeled.tfrecord-*'), b'\xff\xd8\xff'),
+      (sources.tfrecord_source(f'{png_scenes}/unlabeled.tfrecord-*'), b'\x89PNG'),
+      (_NoBytesSource(images[:1] * 3), b'\x89PNG'),
+  ]
+  decode = tf_example_decoder.TfExampleDecoder()._decode_image  # pylint: disable=protected-access
+  for source, magic in cases:
+    want = {ex[F.SOURCE_ID].numpy(): ex[F.IMAGE].numpy() for ex in source.dataset()}
+    seen = {}
+    for batch in pl_run.inference_dataset(source, SIZE, 3):
+      assert batch['input'].shape == (3, 128, 128, 3), source.name
+      for sid, encoded, shape, valid in zip(*(batch[k].numpy() for k in (
+          F.SOURCE_ID, pl_run.ENCODED, pl_run.SHAPE, pl_run.VALID))):
+        if not valid:
+          continue
+        assert magic is None or encoded.startswith(magic), source.name
+        image = decode({'image/encoded': encoded}).numpy()
+        np.testing.assert_array_equal(image, want[sid], err_msg=source.name)
+        assert tuple(shape) == image.shape[:2]
+        seen[sid] = seen.get(sid, 0) + 1
+    assert seen == {sid: 1 for sid in want}, source.name
+  # a source file's JPEG/PNG bytes are passed on as they are
+  coco = sources.coco_json_source(str(tmp_path / 'coco.json'), str(tmp_path / 'coco'))
+  got = {sid: enc for b in pl_run.inference_dataset(coco, SIZE, 2)
+         for sid, enc in zip(b[F.SOURCE_ID].numpy(), b[pl_run.ENCODED].numpy())}
+  assert got == {b'1': (tmp_path / 'coco' / '1.png').read_bytes(),
+                 b'2': (tmp_path / 'coco' / '2.jpg').read_bytes()}
 
 
 # --- bad input: one line each, before the long work --------------------------------------
