@@ -109,21 +109,27 @@ def teacher(digit_scenes_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def labeled(teacher, digit_scenes_dir, tmp_path_factory):
-  """The tiny unlabeled split labeled once through demo.gin: (out_dir, stats, threshold)."""
+  """The tiny unlabeled split labeled through demo.gin by 2 hosts (--num_shards=2), host 1
+  first: (out_dir, stats, threshold, host 1's return value)."""
   _, folder, threshold = teacher
   _parse([DEMO_GIN], _det_bindings(digit_scenes_dir))
   out = str(tmp_path_factory.mktemp('pseudo'))
   try:
-    stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder,
-                                    score_threshold=threshold)
+    first = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=threshold,
+                                    num_shards=2, shard_index=1)
+    assert not os.path.exists(os.path.join(out, 'stats.json'))  # host 0 is not done yet
+    with pytest.raises(UserError, match='labeling is not finished'):
+      pl_source.pseudo_label_source(out)
+    stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=threshold,
+                                    num_shards=2, shard_index=0)
   finally:
     gin.clear_config()
-  return out, stats, threshold
+  return out, stats, threshold, first
 
 
 def test_detection_records_hold_every_image_and_the_models_kept_boxes(
     labeled, teacher, digit_scenes_dir):
-  out, stats, threshold = labeled
+  out, stats, threshold, _ = labeled
   model = teacher[0]
   images = _source_images(digit_scenes_dir)
   got = _read(out)
@@ -148,15 +154,30 @@ def test_detection_records_hold_every_image_and_the_models_kept_boxes(
   assert feature['image/format'].bytes_list.value[0] == b'jpeg'
 
 
+def test_two_hosts_label_every_image_once(labeled, digit_scenes_dir):
+  out, stats, _, first = labeled
+  host = [sorted(_read_host(out, i)) for i in range(2)]
+  assert first['images'] == len(host[1]) and 0 < len(host[1]) < NUM_IMAGES
+  assert not set(host[0]) & set(host[1])
+  assert sorted(host[0] + host[1]) == sorted(_source_images(digit_scenes_dir))
+  chunks = sum(-(-len(h) // CHUNK) for h in host)
+  assert len(shards.list_tfrecords(out)) == stats['chunks'] == chunks
+  assert stats['images'] == NUM_IMAGES
+
+
+def _read_host(out, shard_index):
+  pattern = os.path.join(out, f'pseudo-{shard_index:05d}-of-00002-*.tfrecord')
+  return [ex[F.SOURCE_ID].numpy() for ex in sources.tfrecord_source(pattern).dataset()]
+
+
 def test_chunks_stats_and_coco_json_add_up(labeled):
-  out, stats, threshold = labeled
+  out, stats, threshold, _ = labeled
   got = _read(out)
-  assert len(shards.list_tfrecords(out)) == 4  # 10 + 10 + 10 + 2
   assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
   with open(os.path.join(out, 'stats.json')) as f:
     assert json.load(f) == stats
   kept = sum(len(ex[F.CLASSES]) for ex in got.values())
-  assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4
+  assert stats['images'] == NUM_IMAGES
   assert stats['boxes'] == kept == sum(stats['per_class'])
   assert stats['boxes_per_image'] == pytest.approx(kept / NUM_IMAGES)
   assert stats['images_without_labels'] == sum(len(ex[F.CLASSES]) == 0 for ex in got.values())
@@ -197,33 +218,6 @@ def test_the_student_pipeline_reads_the_output(labeled, teacher):
   student._check_label_space(task, source)  # same label space: no error
 
 
-def test_two_hosts_label_every_image_once_and_background_is_written(det_config, teacher,
-                                                                    tmp_path):
-  out = str(tmp_path / 'pseudo')
-  folder = teacher[1]
-  # score_threshold 1.0 keeps no box: every image is written as background
-  first = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, num_shards=2, shard_index=1,
-                                  score_threshold=1.0)
-  assert not os.path.exists(os.path.join(out, 'stats.json'))  # host 0 is not done yet
-  with pytest.raises(UserError, match='labeling is not finished'):
-    pl_source.pseudo_label_source(out)
-  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, num_shards=2,
-                                  shard_index=0, score_threshold=1.0)
-  host = [sorted(_read_host(out, i)) for i in range(2)]
-  assert first['images'] == len(host[1]) and 0 < len(host[1]) < NUM_IMAGES
-  assert not set(host[0]) & set(host[1])
-  assert sorted(host[0] + host[1]) == sorted(_source_images(det_config))
-  assert stats['images'] == NUM_IMAGES and stats['boxes'] == 0
-  assert stats['images_without_labels'] == NUM_IMAGES
-  got = _read(out)
-  assert all(len(ex[F.CLASSES]) == 0 and ex[F.BOXES].shape == (0, 4) for ex in got.values())
-
-
-def _read_host(out, shard_index):
-  pattern = os.path.join(out, f'pseudo-{shard_index:05d}-of-00002-*.tfrecord')
-  return [ex[F.SOURCE_ID].numpy() for ex in sources.tfrecord_source(pattern).dataset()]
-
-
 class Killed(Exception):
   pass
 
@@ -243,7 +237,7 @@ def test_resume_after_a_kill_labels_each_image_once(det_config, teacher, tmp_pat
 
   monkeypatch.setattr(shards.ChunkWriter, 'write', dying_write)
   with pytest.raises(Killed):
-    pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.5)
+    pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=1.0)
   monkeypatch.undo()
   chunk0 = shards.chunk_prefix(out, 0, 1, 0) + '.tfrecord'
   assert shards.complete_chunks(out, 0, 1) == [0]
@@ -252,14 +246,18 @@ def test_resume_after_a_kill_labels_each_image_once(det_config, teacher, tmp_pat
   before = os.stat(chunk0).st_mtime_ns
   capsys.readouterr()
 
-  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.5)
+  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=1.0)
   assert 'resuming at image 10' in capsys.readouterr().out
   assert os.stat(chunk0).st_mtime_ns == before  # the complete chunk is untouched
-  assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4
-  assert sorted(_read(out)) == sorted(_source_images(det_config))
+  assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4  # 10 + 10 + 10 + 2
+  got = _read(out)
+  assert sorted(got) == sorted(_source_images(det_config))
   assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+  # score_threshold 1.0 keeps no box: every image is still written, as background
+  assert stats['boxes'] == 0 and stats['images_without_labels'] == NUM_IMAGES
+  assert all(len(ex[F.CLASSES]) == 0 and ex[F.BOXES].shape == (0, 4) for ex in got.values())
   # a different setting in the same folder is refused
-  with pytest.raises(UserError, match='made with score_threshold=0.5, not 0.7'):
+  with pytest.raises(UserError, match='made with score_threshold=1.0, not 0.7'):
     pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.7)
 
 
