@@ -16,7 +16,8 @@ the two models are compared before timing.
 
 Timing: both sides run in one process, in two threads that take turns one Orbit loop
 (--steps_per_loop steps) at a time, so both see the same load of a shared machine; each side
-records the wall and process-CPU seconds of the windows it holds. A round's rate per side is
+records the wall and process-CPU seconds of the windows it holds (the waiting side's tf.data
+may refill its few prefetched batches meanwhile: well under 1% of a loop's work). A round's rate per side is
 the images of its loops after --warmup_steps (tracing, the first checkpoint and tf.data
 start-up fall in the warm-up) over their wall seconds; "CPU" rates divide by CPU seconds
 instead. --repeats rounds, the side that starts alternating; the medians count. Before
@@ -24,7 +25,7 @@ training, the two input pipelines are also timed alone (--input_batches), to tel
 from step cost.
 Writes <output_dir>/train_step.json and train_step.md.
 
-  python benchmarks/train_step.py                       # ~5 minutes on 2 CPU cores
+  python benchmarks/train_step.py                       # 5-8 minutes on 2 busy CPU cores
   python benchmarks/train_step.py --steps=200 --repeats=3
 """
 import inspect
