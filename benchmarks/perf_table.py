@@ -9,12 +9,15 @@ The benchmarks (each writes benchmarks/results/<name>.json and .md):
                   Model Garden's parsers                     (benchmarks/input_pipeline.py)
   train_step      teacher training images/s vs Model Garden's RetinaNetTask
                                                              (benchmarks/train_step.py)
-  pseudo_label    pseudo-labeling images/s vs Model Garden    (benchmarks/pseudo_label.py)
+  pseudo_label    run_pseudo_label end to end vs Model Garden's RetinaNet predicting on
+                  batches already in memory                  (benchmarks/pseudo_label.py)
 
 Rows come from each JSON's paired measurements: a `median` dict of {ours, model_garden}
-numbers, or a `runs` list whose entries differ by `implementation` (or `side`) and agree on
-the rest of their configuration. Writes benchmarks/results/perf_table.md (and .json).
+numbers, a `runs` list whose entries differ by `implementation` (or `side`) and agree on
+the rest of their configuration, or pseudo_label.py's `timing.rounds` (median over rounds).
+Tagged results (<name>_<tag>.json, e.g. input_pipeline_640.json) are rows of their own. Writes benchmarks/results/perf_table.md (and .json).
 """
+import glob
 import json
 import os
 import subprocess
@@ -39,11 +42,34 @@ def _label(config: Dict[str, Any]) -> str:
   return ' '.join(f'{v}' for v in config.values()) or '-'
 
 
+def _median(values: Sequence[float]) -> float:
+  values = sorted(values)
+  n = len(values)
+  return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def _pseudo_label_rows(name: str, timing: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """benchmarks/pseudo_label.py: run_pseudo_label end to end ('rates') vs the bare Model
+  Garden RetinaNet predicting on batches already in memory ('bare_model'); each is
+  [wall img/s, CPU img/s] per round."""
+  rounds = [r for r in timing.get('rounds', ()) if 'rates' in r and 'bare_model' in r]
+  rows = []
+  for i, measure in enumerate(('images_per_sec', 'images_per_cpu_sec')):
+    if rounds:
+      rows.append({'benchmark': name,
+                   'configuration': 'run_pseudo_label vs MG model.predict on in-memory batches',
+                   'measure': measure, OURS: _median([r['rates'][i] for r in rounds]),
+                   MG: _median([r['bare_model'][i] for r in rounds])})
+  return rows
+
+
 def rows_from_result(name: str, result: Dict[str, Any]) -> List[Dict[str, Any]]:
   """Paired (ours, Model Garden) rows of one benchmark's JSON."""
   rows = []
+  if isinstance(result.get('timing'), dict):
+    rows = _pseudo_label_rows(name, result['timing'])
   median = result.get('median')
-  if isinstance(median, dict):
+  if not rows and isinstance(median, dict):
     for measure, pair in median.items():
       if isinstance(pair, dict) and _number(pair.get(OURS)) and _number(pair.get(MG)):
         rows.append({'benchmark': name, 'configuration': pair.get('configuration', '-'),
@@ -103,18 +129,21 @@ def run_benchmark(name: str, python: str = sys.executable) -> int:
 
 
 def collect(names: Sequence[str], results_dir: str = RESULTS):
+  """Rows of <name>.json and its tagged variants <name>_<tag>.json (e.g. input_pipeline_640)."""
   rows, missing = [], []
   for name in names:
-    path = os.path.join(results_dir, f'{name}.json')
-    if not os.path.exists(path):
-      missing.append(name)
-      continue
-    with open(path) as f:
-      try:
-        result = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from None
-    found = rows_from_result(name, result)
+    paths = [os.path.join(results_dir, f'{name}.json')] + sorted(
+        glob.glob(os.path.join(results_dir, f'{name}_*.json')))
+    found = []
+    for path in paths:
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        try:
+          result = json.load(f)
+        except json.JSONDecodeError as e:
+          raise ValueError(f'{path}: not valid JSON ({e})') from None
+      found.extend(rows_from_result(os.path.basename(path)[:-len('.json')], result))
     if not found:
       missing.append(name)
     rows.extend(found)

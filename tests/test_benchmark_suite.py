@@ -236,3 +236,21 @@ def test_perf_table_pairs_ours_with_model_garden(tmp_path):
   (tmp_path / 'pseudo_label.json').write_text('{oops')
   with pytest.raises(ValueError, match='pseudo_label.json: not valid JSON'):
     perf_table.collect(['pseudo_label'], str(tmp_path))
+
+
+def test_perf_table_reads_pseudo_label_timing_and_tagged_results(tmp_path):
+  """TEST DATA ONLY: fabricated pseudo_label.py-style timing and a tagged input_pipeline."""
+  import perf_table  # pylint: disable=g-import-not-at-top
+  rounds = [{'bare_model': [10.0, 20.0], 'rates': [9.0, 18.0]},
+            {'bare_model': [12.0, 20.0], 'rates': [6.0, 19.0]},
+            {'bare_model': [11.0, 40.0], 'rates': [10.0, 17.0]}]
+  (tmp_path / 'pseudo_label.json').write_text(json.dumps({'timing': {'rounds': rounds}}))
+  (tmp_path / 'input_pipeline_640.json').write_text(json.dumps({'runs': [
+      {'task': 'detection', 'implementation': 'ours', 'images_per_sec': 3.0},
+      {'task': 'detection', 'implementation': 'model_garden', 'images_per_sec': 4.0}]}))
+  rows, missing = perf_table.collect(['pseudo_label', 'input_pipeline'], str(tmp_path))
+  assert not missing
+  got = {(r['benchmark'], r['measure']): (r['ours'], r['model_garden']) for r in rows}
+  assert got[('pseudo_label', 'images_per_sec')] == (9.0, 11.0)        # medians
+  assert got[('pseudo_label', 'images_per_cpu_sec')] == (18.0, 20.0)
+  assert got[('input_pipeline_640', 'images_per_sec')] == (3.0, 4.0)
