@@ -261,6 +261,26 @@ def test_resume_after_a_kill_labels_each_image_once(det_config, teacher, tmp_pat
     pl_run.run_pseudo_label(out, teacher_checkpoint=folder, score_threshold=0.7)
 
 
+def test_background_writer_stops_at_its_first_error():
+  """After a failed write nothing more is written (a later batch must not complete a chunk
+  that misses images); the error reaches the caller once."""
+  done = []
+
+  def write(x):
+    if x == 2:
+      raise Killed()
+    done.append(x)
+
+  writer = pl_run._Background(write, depth=2)  # pylint: disable=protected-access
+  with pytest.raises(Killed):
+    for x in range(20):
+      writer.put(x)
+    writer.close()
+  writer.close(raise_error=False)
+  writer.close()  # raised once only
+  assert done == [0, 1]
+
+
 def _png(image):
   out = io.BytesIO()
   Image.fromarray(image).save(out, format='PNG')

@@ -449,7 +449,7 @@ class _Background:
   in the caller at the next put() or at close()."""
 
   def __init__(self, fn, depth: int):
-    self._fn, self._error = fn, None
+    self._fn, self._error, self._raised = fn, None, False
     self._queue = queue.Queue(maxsize=depth)
     self._thread = threading.Thread(target=self._run, name='pseudo_label_writer', daemon=True)
     self._thread.start()
@@ -459,16 +459,16 @@ class _Background:
       item = self._queue.get()
       if item is None:
         return
-      if self._error is None:  # after an error, only drain the queue
+      if self._error is None:  # after an error, only drain the queue: nothing more is written
         try:
           self._fn(*item)
         except BaseException as e:  # pylint: disable=broad-except
           self._error = e
 
   def _raise(self):
-    if self._error is not None:
-      error, self._error = self._error, None
-      raise error
+    if self._error is not None and not self._raised:
+      self._raised = True
+      raise self._error
 
   def put(self, *item) -> None:
     self._raise()
