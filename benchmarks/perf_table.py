@@ -15,7 +15,8 @@ The benchmarks (each writes benchmarks/results/<name>.json and .md):
 Rows come from each JSON's paired measurements: a `median` dict of {ours, model_garden}
 numbers, a `runs` list whose entries differ by `implementation` (or `side`) and agree on
 the rest of their configuration, or pseudo_label.py's `timing.rounds` (median over rounds).
-Tagged results (<name>_<tag>.json, e.g. input_pipeline_640.json) are rows of their own. Writes benchmarks/results/perf_table.md (and .json).
+Tagged results (<name>_<tag>.json, e.g. input_pipeline_640.json) are rows of their own.
+Writes benchmarks/results/perf_table.md (and .json).
 """
 import glob
 import json
