@@ -19,10 +19,12 @@ work done, robust to other users' load) are reported.
 Memory: `run_pseudo_label` over 1,000 and 10,000 images (copies of the unlabeled scenes with
 new source ids), each in a fresh subprocess; resident memory is sampled every 0.2 s.
 
-  python benchmarks/pseudo_label.py --teacher_checkpoint=runs/demo/teacher
-  (a trained teacher: an untrained one detects almost nothing, which makes NMS and the
-   COCO JSON unrealistically cheap; train one with
-   python bin/train_teacher.py --gin_file=gin_configs/digits/teacher.gin --model_dir=runs/teacher)
+  python benchmarks/pseudo_label.py                 # the demo's teacher, runs/demo/teacher
+  python benchmarks/pseudo_label.py --teacher_checkpoint=runs/teacher
+
+A trained teacher is needed: an untrained one detects almost nothing, which makes NMS and
+the COCO JSON unrealistically cheap. `bash scripts/demo.sh` leaves one in runs/demo/teacher;
+or python bin/train_teacher.py --gin_file=gin_configs/digits/teacher.gin --model_dir=runs/teacher
 
 Writes benchmarks/results/pseudo_label.json and pseudo_label.md.
 """
@@ -57,7 +59,9 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-orde
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUN = 'rethink_st.pseudo_label.run.run_pseudo_label'
 
-flags.DEFINE_string('teacher_checkpoint', None, 'Trained teacher checkpoint (or its folder).')
+flags.DEFINE_string('teacher_checkpoint', os.path.join(REPO, 'runs', 'demo', 'teacher'),
+                    'Trained teacher checkpoint (or its folder); default: the demo\'s '
+                    '(bash scripts/demo.sh).')
 flags.DEFINE_multi_string('gin_file', [os.path.join(REPO, 'gin_configs', 'digits', 'demo.gin')],
                           'Gin config(s) binding run_pseudo_label.task and batch_size.')
 flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings.')
@@ -342,8 +346,11 @@ def markdown(results) -> str:
 
 def main(argv):
   del argv
-  if not FLAGS.teacher_checkpoint:
-    raise UserError('--teacher_checkpoint is required (a trained teacher; see the docstring)')
+  if not tf.io.gfile.exists(FLAGS.teacher_checkpoint) and not tf.io.gfile.exists(
+      FLAGS.teacher_checkpoint + '.index'):
+    raise UserError(f'--teacher_checkpoint={FLAGS.teacher_checkpoint}: no such checkpoint; '
+                    'train a teacher first (bash scripts/demo.sh, or bin/train_teacher.py '
+                    '--gin_file=gin_configs/digits/teacher.gin --model_dir=runs/teacher)')
   parse_config()
   if FLAGS.memory_child:
     memory_child(FLAGS.memory_child, FLAGS.work_dir)
