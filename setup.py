@@ -24,5 +24,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['rethink_st', 'rethink_st.*']),
     python_requires='>=3.11,<3.12',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': ['pytest==9.2.0']},
+    extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0']},
 )

@@ -1,6 +1,6 @@
 """Pseudo-labels an unlabeled source with a teacher checkpoint (detection or segmentation).
 
-  python bin/pseudo_label.py --gin_file=gin_configs/digits/pseudo_label.gin \
+  python bin/pseudo_label.py --gin_file=gin_configs/digits/demo.gin \
       --gin_param="run_pseudo_label.teacher_checkpoint='runs/teacher'" \
       --output_dir=runs/pseudo --num_shards=4 --shard_index=0
 
