@@ -21,3 +21,12 @@ def digit_scenes_dir(tmp_path_factory):
   from rethink_st.data import digit_scenes  # pylint: disable=g-import-not-at-top
   return digit_scenes.make_digit_scenes(str(tmp_path_factory.mktemp('digit_scenes')),
                                         **TINY_DIGIT_SCENES)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Every test starts from an empty gin config: bindings one test parses (a digits gin file
+  binds anchor_size = 2, say) must not change what another test on the same worker builds."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield

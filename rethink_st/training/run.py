@@ -46,7 +46,8 @@ def resolve_init_checkpoint(init_checkpoint: Optional[str]) -> Optional[str]:
   if not init_checkpoint:
     return None
   if str(init_checkpoint).startswith('REQUIRED'):
-    raise UserError(f'a required checkpoint binding is not set: {init_checkpoint}')
+    raise UserError(f'init_checkpoint is a required checkpoint binding and is not set: '
+                    f'{init_checkpoint}')
   if tf.io.gfile.isdir(init_checkpoint):
     latest = tf.train.latest_checkpoint(init_checkpoint)
     if latest is None:
