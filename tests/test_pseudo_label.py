@@ -420,14 +420,13 @@ class _NoBytesSource(sources.Source):
     pass
 
   def _keyed_dataset(self, *, shuffle, seed, input_context):
-    return tf.data.Dataset.from_tensor_slices([str(i) for i in range(len(self.images))])
+    ids = tf.data.Dataset.from_tensor_slices([str(i) for i in range(len(self.images))])
+    return ids.map(lambda source_id: (source_id, source_id))
 
-  def _decode(self, source_id):
-    image = tf.constant(np.stack(self.images))[tf.strings.to_number(source_id, tf.int32)]
-    return {F.SOURCE_ID: source_id, F.IMAGE: image}
-
-  def dataset(self, **kwargs):
-    return self._keyed_dataset(shuffle=False, seed=0, input_context=None).map(self._decode)
+  def _decode(self, source_id, payload):
+    image = tf.constant(np.stack(self.images))[tf.strings.to_number(payload, tf.int32)]
+    shape = tf.shape(image, out_type=tf.int64)
+    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1]}
 
 
 def test_written_bytes_decode_to_the_images_the_teacher_saw(digit_scenes_dir, tmp_path):
@@ -461,6 +460,7 @@ def test_written_bytes_decode_to_the_images_the_teacher_saw(digit_scenes_dir, tm
   decode = tf_example_decoder.TfExampleDecoder()._decode_image  # pylint: disable=protected-access
   for source, magic in cases:
     want = {ex[F.SOURCE_ID].numpy(): ex[F.IMAGE].numpy() for ex in source.dataset()}
+    assert set(next(iter(source.dataset(images_only=True)))) == set(F.IMAGE_ONLY_KEYS)
     seen = {}
     for batch in pl_run.inference_dataset(source, SIZE, 3):
       assert batch['input'].shape == (3, 128, 128, 3), source.name

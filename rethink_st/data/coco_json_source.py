@@ -174,12 +174,20 @@ class CocoJsonSource(source_base.Source):
       masks = np.zeros([0, height, width], np.uint8)
     return classes, is_crowd, area, boxes, masks, semantic
 
+  def _read_image(self, payload):
+    encoded = tf.io.read_file(payload['path'])
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return encoded, image, tf.shape(image, out_type=tf.int64)
+
+  def _decode_image(self, source_id, payload):
+    encoded, image, shape = self._read_image(payload)
+    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
+            F.ENCODED_IMAGE: encoded}
+
   def _decode(self, source_id, payload):
     index = payload['index']
-    image = tf.io.decode_image(tf.io.read_file(payload['path']), channels=3,
-                               expand_animations=False)
-    image.set_shape([None, None, 3])
-    shape = tf.shape(image, out_type=tf.int64)
+    _, image, shape = self._read_image(payload)
     classes, is_crowd, area, boxes, masks, semantic = tf.numpy_function(
         self._annotations, [index],
         [tf.int64, tf.bool, tf.float32, tf.float32, tf.uint8, tf.uint8], stateful=False)

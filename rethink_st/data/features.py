@@ -39,6 +39,10 @@ LABEL = 'groundtruth_label'
 SCORES = 'groundtruth_scores'
 
 DETECTION_KEYS = (SOURCE_ID, IMAGE, HEIGHT, WIDTH, CLASSES, IS_CROWD, AREA, BOXES)
+# Source.dataset(images_only=True): the image's bytes as the source stores them (b'' if it
+# stores none), beside SOURCE_ID, IMAGE, HEIGHT, WIDTH and nothing else.
+ENCODED_IMAGE = 'encoded_image'
+IMAGE_ONLY_KEYS = (SOURCE_ID, IMAGE, HEIGHT, WIDTH, ENCODED_IMAGE)
 
 # tf.Example feature keys beyond Model Garden's detection ones.
 TFEX_SEMANTIC_MASK = 'image/segmentation/class/encoded'

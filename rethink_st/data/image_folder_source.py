@@ -87,6 +87,12 @@ class ImageFolderSource(source_base.Source):
     return {'_ok': ok, F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0],
             F.WIDTH: shape[1]}
 
+  def _decode_image(self, source_id, path):
+    example = self._decode(source_id, path)
+    example[F.ENCODED_IMAGE] = tf.cond(example['_ok'], lambda: tf.io.read_file(path),
+                                       lambda: tf.constant(b''))
+    return example
+
   def _finish(self, ds):
     ds = ds.filter(lambda ex: ex['_ok'])
     return ds.map(lambda ex: {k: v for k, v in ex.items() if k != '_ok'})

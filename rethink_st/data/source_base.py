@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import tensorflow as tf, tf_keras  # pylint: disable=unused-import
 
+from rethink_st.data import features as F
 from rethink_st.errors import UserError
 
 # The fraction hash lands in [0, _FRACTION_BUCKETS); an example is kept iff its bucket is
@@ -112,13 +113,23 @@ class Source(abc.ABC):
   def _decode(self, source_id: tf.Tensor, payload: Any) -> dict:
     """Turns one keyed record into a decoded example dict (features.py contract)."""
 
+  def _decode_image(self, source_id: tf.Tensor, payload: Any) -> dict:
+    """Like `_decode`, for `dataset(images_only=True)`: F.IMAGE_ONLY_KEYS only. This default
+    decodes everything and drops the labels, with no bytes; sources override it to skip
+    the labels and to pass their stored bytes through."""
+    example = self._decode(source_id, payload)
+    image_only = {k: example[k] for k in F.IMAGE_ONLY_KEYS[:-1]}
+    image_only[F.ENCODED_IMAGE] = tf.constant(b'')
+    return image_only
+
   def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Hook applied after decoding (e.g. dropping unreadable images)."""
     return ds
 
   def dataset(self, *, shuffle: bool = False, seed: int = 0,
               input_context: Optional[tf.distribute.InputContext] = None,
-              num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+              num_shards: int = 1, shard_index: int = 0,
+              images_only: bool = False) -> tf.data.Dataset:
     """Decoded examples, not batched, not repeated.
 
     Args:
@@ -130,6 +141,8 @@ class Source(abc.ABC):
       num_shards, shard_index: split by example for independent hosts (pseudo-labeling):
         shard `shard_index` keeps the examples whose source_id hashes to it, so the shards
         partition the data, the same way on every run.
+      images_only: examples hold only F.IMAGE_ONLY_KEYS: the image, its id and size, and
+        its bytes as stored (for pseudo-labeling, which writes them back unchanged).
     """
     if int(num_shards) < 1 or not 0 <= int(shard_index) < int(num_shards):
       raise UserError(f'{self.name}: need 0 <= shard_index < num_shards, got '
@@ -142,5 +155,6 @@ class Source(abc.ABC):
       ds = ds.filter(lambda source_id, _: in_shard(source_id, num_shards, shard_index))
     if shuffle:
       ds = ds.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    decode = self._decode_image if images_only else self._decode
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return self._finish(ds)

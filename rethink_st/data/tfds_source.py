@@ -152,13 +152,24 @@ class TFDSSource(source_base.Source):
     return ds.map(lambda ex: (source_id(ex), ex), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
 
-  def _decode(self, source_id, raw):
+  def _image(self, raw):
     features = self.builder.info.features
     image = features['image'].decode_example(raw['image'])
     if features['image'].shape[-1] == 1:
       image = tf.image.grayscale_to_rgb(image)
     image.set_shape([None, None, 3])
-    shape = tf.shape(image, out_type=tf.int64)
+    return image, tf.shape(image, out_type=tf.int64)
+
+  def _decode_image(self, source_id, raw):
+    image, shape = self._image(raw)
+    # The record holds the encoded image unless the builder stores decoded pixels.
+    encoded = raw['image'] if raw['image'].dtype == tf.string else tf.constant(b'')
+    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
+            F.ENCODED_IMAGE: encoded}
+
+  def _decode(self, source_id, raw):
+    image, shape = self._image(raw)
+    features = self.builder.info.features
     if self.kind == 'classification':
       return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
               F.LABEL: tf.cast(raw['label'], tf.int64)}

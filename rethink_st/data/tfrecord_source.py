@@ -122,6 +122,17 @@ class TFRecordSource(source_base.Source):
                         lambda: _generated_source_id(parsed[_ENCODED]))
     return source_id, serialized
 
+  def _decode_image(self, source_id, serialized):
+    # The image only, decoded as Model Garden's decoder does (~3x cheaper than `_decode` per
+    # 128 px digit scene).
+    encoded = tf.io.parse_single_example(
+        serialized, {_ENCODED: tf.io.FixedLenFeature((), tf.string, '')})[_ENCODED]
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    shape = tf.shape(image, out_type=tf.int64)
+    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
+            F.ENCODED_IMAGE: encoded}
+
   def _decode(self, source_id, serialized):
     del source_id  # The decoder derives the same id.
     decoded = self._decoder.decode(serialized)

@@ -64,81 +64,14 @@ def _restore_teacher(model, teacher_checkpoint: str) -> str:
   return path
 
 
-# --- input: decoded examples + their encoded bytes -------------------------------------------
-
-def _decode_with_bytes(source) -> Optional[Callable[[tf.Tensor, Any], dict]]:
-  """A replacement for `source._decode(source_id, payload)` whose examples also hold the
-  image's ENCODED bytes, for the sources whose records hold them (rethink_st.data's
-  sources); None for other sources.
-
-  TFRecords: only the image is decoded, with Model Garden's decoder's own image decoding
-  (labels are not needed to label; the full decode costs ~3x more per 128 px image).
-  """
-  from rethink_st.data import sources  # pylint: disable=g-import-not-at-top
-  # pylint: disable=protected-access
-  mg_decoder = getattr(source, '_decoder', None)
-  if isinstance(source, sources.TFRecordSource) and hasattr(mg_decoder, '_decode_image'):
-    spec = {'image/encoded': tf.io.FixedLenFeature((), tf.string, '')}
-
-    def decode_image_only(source_id, serialized):
-      parsed = tf.io.parse_single_example(serialized, spec)
-      image = mg_decoder._decode_image(parsed)
-      shape = tf.shape(image, out_type=tf.int64)
-      return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
-              ENCODED: parsed['image/encoded']}
-    return decode_image_only
-
-  if isinstance(source, sources.TFDSSource):         # payload: TFDS record, image not decoded
-    get_bytes = lambda ex, raw: raw['image'] if raw['image'].dtype == tf.string else None
-  elif isinstance(source, sources.ImageFolderSource):  # payload: the path; '_ok' = decodable
-    get_bytes = lambda ex, path: tf.cond(ex['_ok'], lambda: tf.io.read_file(path),
-                                         lambda: tf.constant(b''))
-  elif isinstance(source, sources.CocoJsonSource):     # payload: {'index', 'path'}
-    get_bytes = lambda ex, payload: tf.io.read_file(payload['path'])
-  else:
-    return None
-  decode = source._decode
-
-  def decode_keeping_bytes(source_id, payload):
-    example = dict(decode(source_id, payload))
-    encoded = get_bytes(example, payload)
-    if encoded is not None:
-      example[ENCODED] = encoded
-    return example
-  return decode_keeping_bytes
-
-
-def _source_examples(source, num_shards: int, shard_index: int) -> tf.data.Dataset:
-  """source.dataset(num_shards, shard_index) whose examples also hold ENCODED bytes.
-
-  The source's own `dataset()` runs unchanged (same subset, shard, order and unreadable-file
-  handling); only its per-record `_decode` is replaced (`_decode_with_bytes`), for the time
-  `dataset()` takes to build its map. The tests check the images equal the source's.
-  """
-  decode = _decode_with_bytes(source)
-  if decode is None:
-    return source.dataset(num_shards=num_shards, shard_index=shard_index)
-  # pylint: disable=protected-access
-  had_own = '_decode' in vars(source)
-  own = source._decode
-  source._decode = decode
-  try:
-    return source.dataset(num_shards=num_shards, shard_index=shard_index)
-  finally:
-    if had_own:
-      source._decode = own
-    else:
-      del source._decode
-
+# --- input: decoded images + their encoded bytes ---------------------------------------------
 
 def _bytes_to_write(example) -> tf.Tensor:
   """The source's bytes when they are JPEG or PNG (what Model Garden's decoder reads back to
   the same pixels); otherwise (GIF, BMP, a source without bytes) the decoded image as PNG."""
   image = example[F.IMAGE]
   encode = lambda: tf.io.encode_png(image, compression=_PNG_COMPRESSION)
-  if ENCODED not in example:
-    return encode()
-  encoded = example[ENCODED]
+  encoded = example[F.ENCODED_IMAGE]          # b'' when the source holds no bytes
   is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), b'\xff\xd8\xff')
   is_png = tf.equal(tf.strings.substr(encoded, 0, 8), b'\x89PNG\r\n\x1a\n')
   return tf.cond(is_jpeg | is_png, lambda: encoded, encode)
@@ -172,7 +105,7 @@ def inference_dataset(source, image_size, batch_size: int, *, num_shards: int = 
     return {k: tf.ensure_shape(v, [batch_size] + v.shape[1:].as_list())
             for k, v in out.items()}
 
-  ds = _source_examples(source, num_shards, shard_index)
+  ds = source.dataset(num_shards=num_shards, shard_index=shard_index, images_only=True)
   if skip:
     ds = ds.skip(skip)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
