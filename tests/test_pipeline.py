@@ -44,11 +44,11 @@ class FakeSource:
   def __repr__(self):
     return f'<FakeSource {self.name}>'
 
-  def dataset(self, *, shuffle=False, seed=0, input_context=None):
+  def dataset(self, *, shuffle=False, seed=0, input_context=None, instance_masks=True):
     self.calls.append(dict(shuffle=shuffle, seed=seed, input_context=input_context))
-    keys = sorted(self.examples[0])
+    keys = sorted(k for k in self.examples[0] if instance_masks or k != F.INSTANCE_MASKS)
     spec = {k: tf.TensorSpec(SPEC_SHAPES.get(k, []), DTYPES[k]) for k in keys}
-    examples = self.examples
+    examples = [{k: e[k] for k in keys} for e in self.examples]
     return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
 
 

@@ -115,6 +115,19 @@ def test_detection_with_masks_semantic_label_scores(tmp_path):
   assert second[F.CLASSES].numpy().tolist() == [1, 2]
 
 
+def test_without_instance_masks_the_rest_is_the_same(tmp_path):
+  path = write_records(tmp_path / 'a.tfrecord', [
+      make_example(1, masks=True, semantic=True, label=4, scores=[0.7]),
+      make_example(2, boxes=((0.0, 0.0, 1.0, 1.0),), classes=(1,))])
+  source = sources.tfrecord_source(path)
+  full = list(source.dataset())
+  lean = list(source.dataset(instance_masks=False))
+  for a, b in zip(full, lean):
+    assert set(a) - set(b) == {F.INSTANCE_MASKS}
+    for key in b:
+      np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
 def test_minimal_records_without_source_id_or_extras(tmp_path):
   path = write_records(tmp_path / 'b.tfrecord',
                        [make_example(i, source_id=False, boxes=(), classes=()) for i in range(3)])

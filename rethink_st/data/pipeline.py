@@ -284,7 +284,8 @@ def build_input(source,
   repeat = is_training if repeat is None else bool(repeat)
 
   if hasattr(source, 'dataset'):
-    kwargs = {'shuffle': bool(is_training and not cache), 'input_context': input_context}
+    kwargs = {'shuffle': bool(is_training and not cache), 'input_context': input_context,
+              'instance_masks': bool(boxes_from_masks)}   # nothing else reads them
     if seed is not None:
       kwargs['seed'] = seed
     ds = source.dataset(**kwargs)

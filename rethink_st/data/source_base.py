@@ -122,6 +122,12 @@ class Source(abc.ABC):
     image_only[F.ENCODED_IMAGE] = tf.constant(b'')
     return image_only
 
+  def _decode_without_masks(self, source_id: tf.Tensor, payload: Any) -> dict:
+    """Like `_decode` without F.INSTANCE_MASKS; sources override it to skip decoding them."""
+    example = self._decode(source_id, payload)
+    example.pop(F.INSTANCE_MASKS, None)
+    return example
+
   def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Hook applied after decoding (e.g. dropping unreadable images)."""
     return ds
@@ -129,7 +135,7 @@ class Source(abc.ABC):
   def dataset(self, *, shuffle: bool = False, seed: int = 0,
               input_context: Optional[tf.distribute.InputContext] = None,
               num_shards: int = 1, shard_index: int = 0,
-              images_only: bool = False) -> tf.data.Dataset:
+              images_only: bool = False, instance_masks: bool = True) -> tf.data.Dataset:
     """Decoded examples, not batched, not repeated.
 
     Args:
@@ -143,6 +149,8 @@ class Source(abc.ABC):
         partition the data, the same way on every run.
       images_only: examples hold only F.IMAGE_ONLY_KEYS: the image, its id and size, and
         its bytes as stored (for pseudo-labeling, which writes them back unchanged).
+      instance_masks: False: examples hold no F.INSTANCE_MASKS (a detector that does not
+        derive boxes from masks never reads them, and decoding them costs CPU).
     """
     if int(num_shards) < 1 or not 0 <= int(shard_index) < int(num_shards):
       raise UserError(f'{self.name}: need 0 <= shard_index < num_shards, got '
@@ -155,6 +163,9 @@ class Source(abc.ABC):
       ds = ds.filter(lambda source_id, _: in_shard(source_id, num_shards, shard_index))
     if shuffle:
       ds = ds.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    decode = self._decode_image if images_only else self._decode
+    if images_only:
+      decode = self._decode_image
+    else:
+      decode = self._decode if instance_masks else self._decode_without_masks
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return self._finish(ds)

@@ -41,6 +41,15 @@ def _split_patterns(file_pattern) -> list:
   return [str(p) for p in file_pattern]
 
 
+def _mg_decoder(include_mask: bool) -> tf_example_decoder.TfExampleDecoder:
+  decoder = tf_example_decoder.TfExampleDecoder(include_mask=include_mask)
+  # Model Garden's decoder falls back to a generated id when image/source_id is empty,
+  # but fails when it is absent; give it a default so both cases decode.
+  keys_to_features = decoder._keys_to_features  # pylint: disable=protected-access
+  keys_to_features[_SOURCE_ID] = tf.io.FixedLenFeature((), tf.string, '')
+  return decoder
+
+
 class TFRecordSource(source_base.Source):
   """Model Garden tf.Example TFRecords matching one or more glob patterns (sorted)."""
 
@@ -75,11 +84,8 @@ class TFRecordSource(source_base.Source):
     self.has_semantic_mask = F.TFEX_SEMANTIC_MASK in feature
     self.has_label = F.TFEX_LABEL in feature
     self.has_scores = F.TFEX_SCORE in feature
-    self._decoder = tf_example_decoder.TfExampleDecoder(include_mask=self.has_masks)
-    # Model Garden's decoder falls back to a generated id when image/source_id is empty,
-    # but fails when it is absent; give it a default so both cases decode.
-    keys_to_features = self._decoder._keys_to_features  # pylint: disable=protected-access
-    keys_to_features[_SOURCE_ID] = tf.io.FixedLenFeature((), tf.string, '')
+    self._decoder = _mg_decoder(include_mask=self.has_masks)
+    self._decoder_without_masks = _mg_decoder(include_mask=False)
 
   def _first_example(self) -> tf.train.Example:
     """The first record of the first non-empty file; UserError if unreadable or all empty."""
@@ -135,9 +141,16 @@ class TFRecordSource(source_base.Source):
 
   def _decode(self, source_id, serialized):
     del source_id  # The decoder derives the same id.
-    decoded = self._decoder.decode(serialized)
+    return self._decode_with(self._decoder, serialized)
+
+  def _decode_without_masks(self, source_id, serialized):
+    del source_id
+    return self._decode_with(self._decoder_without_masks, serialized)
+
+  def _decode_with(self, decoder, serialized):
+    decoded = decoder.decode(serialized)
     example = {k: decoded[k] for k in F.DETECTION_KEYS}
-    if self.has_masks:
+    if F.INSTANCE_MASKS in decoded:
       example[F.INSTANCE_MASKS] = decoded[F.INSTANCE_MASKS]
     extra_spec = {}
     if self.has_semantic_mask:
