@@ -23,7 +23,8 @@ BINARIES = {'pretrain': 'bin/pretrain.py', 'train': 'bin/train_teacher.py',
 
 _EXP = 'gin_configs/digits/experiments/'
 _CELL = _EXP + 'cell.gin'
-_AUG = {s: f'gin_configs/base/augment_{s}.gin' for s in ('s1', 's2', 's3', 's4')}
+# The digit-scale augment files: Model Garden's pixel constants scaled to 128 px scenes.
+_AUG = {s: f'gin_configs/digits/augment_{s}.gin' for s in ('s1', 's2', 's3', 's4')}
 _PRETRAINED = _EXP + 'init_pretrained.gin'
 _SELF = _EXP + 'self_training.gin'
 _CONTINUE = _EXP + 'continue_supervised.gin'
