@@ -323,6 +323,199 @@ def test_image_folder_unreadable_images_are_skipped_and_counted(det_config, teac
   assert sorted(coco.getImgIds()) == ['a.png', 'b.jpg', 'c.gif']
 
 
+def _with_image(record, source_id, encoded):
+  """A copy of a serialized tf.Example with another source_id and image/encoded bytes."""
+  example = tf.train.Example.FromString(record)
+  feature = example.features.feature
+  feature['image/source_id'].bytes_list.value[:] = [source_id]
+  feature['image/encoded'].bytes_list.value[:] = [encoded]
+  return example.SerializeToString()
+
+
+def _stats_of_chunks(out):
+  stats = []
+  for path in shards.list_tfrecords(out):
+    with open(path[:-len('.tfrecord')] + '.stats.json') as f:
+      stats.append(json.load(f))
+  return stats
+
+
+def test_tfrecord_unreadable_images_are_skipped_counted_and_resumed(det_config, teacher,
+                                                                    tmp_path, monkeypatch,
+                                                                    capsys):
+  """A zero-byte image first, a truncated JPEG right after chunk 0's last image, and bytes
+  that are no image last: the 12 good images are labeled once, the 3 bad ones counted in the
+  chunk they fall in (chunk 0: 1; chunk 1: 2), across a kill and a resume too."""
+  files = sorted(tf.io.gfile.glob(f'{det_config}/unlabeled.tfrecord-*'))
+  records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(12)]
+  good_ids = [tf.train.Example.FromString(r).features.feature['image/source_id']
+              .bytes_list.value[0] for r in records]
+  jpeg = tf.train.Example.FromString(records[0]).features.feature[
+      'image/encoded'].bytes_list.value[0]
+  path = str(tmp_path / 'mixed.tfrecord')
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(_with_image(records[0], b'bad-empty', b''))
+    for r in records[:CHUNK]:
+      writer.write(r)
+    writer.write(_with_image(records[0], b'bad-truncated', jpeg[:len(jpeg) // 2]))
+    for r in records[CHUNK:]:
+      writer.write(r)
+    writer.write(_with_image(records[0], b'bad-text', b'not an image at all'))
+  source = sources.tfrecord_source(path)
+  # the source alone: dataset(images_only=True) skips them, unreadable='flag' flags them
+  assert [ex[F.SOURCE_ID].numpy() for ex in source.dataset(images_only=True)] == good_ids
+  flags = [(ex[F.SOURCE_ID].numpy(), bool(ex[F.READABLE]))
+           for ex in source.dataset(images_only=True, unreadable='flag')]
+  assert flags == ([(b'bad-empty', False)] + [(i, True) for i in good_ids[:CHUNK]] +
+                   [(b'bad-truncated', False)] + [(i, True) for i in good_ids[CHUNK:]] +
+                   [(b'bad-text', False)])
+
+  out = str(tmp_path / 'pseudo')
+  write = shards.ChunkWriter.write
+  calls = []
+
+  def dying_write(self, serialized):
+    calls.append(1)
+    if len(calls) == CHUNK + 2:  # in chunk 1, after its first image
+      raise Killed()
+    write(self, serialized)
+
+  monkeypatch.setattr(shards.ChunkWriter, 'write', dying_write)
+  with pytest.raises(Killed):
+    pl_run.run_pseudo_label(out, unlabeled_source=source, teacher_checkpoint=teacher[1])
+  monkeypatch.undo()
+  assert shards.complete_chunks(out, 0, 1) == [0]
+  # unguarded decoding failed on the first image and the run went on guarded
+  assert 'an image at or after image 0 cannot be decoded' in capsys.readouterr().out
+  stats = pl_run.run_pseudo_label(out, unlabeled_source=source, teacher_checkpoint=teacher[1])
+  printed = capsys.readouterr().out
+  assert 'resuming at image 11' in printed  # chunk 0: bad-empty and 10 images
+  assert 'an image at or after image 11 cannot be decoded' in printed
+  assert stats['images'] == 12 and stats['unreadable_skipped'] == 3 and stats['chunks'] == 2
+  assert [c['unreadable_skipped'] for c in _stats_of_chunks(out)] == [1, 2]
+  with open(os.path.join(out, 'stats.json')) as f:
+    assert json.load(f)['unreadable_skipped'] == 3
+  got = _read(out)  # asserts no image is written twice
+  assert sorted(got) == sorted(good_ids)
+  images = _source_images(det_config)
+  for sid, ex in got.items():
+    np.testing.assert_array_equal(ex[F.IMAGE], images[sid])
+  # a rerun of the finished folder labels and counts nothing again
+  assert pl_run.run_pseudo_label(out, unlabeled_source=source,
+                                 teacher_checkpoint=teacher[1]) == stats
+
+
+def test_coco_json_unreadable_images_are_skipped_and_counted(det_config, teacher, tmp_path):
+  images = list(_source_images(det_config).values())[:3]
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  (folder / '1.png').write_bytes(_png(images[0]))
+  (folder / '2.jpg').write_bytes(b'')                    # zero bytes
+  (folder / '3.jpg').write_bytes(tf.io.encode_jpeg(images[1]).numpy())
+  (folder / '4.png').write_bytes(_png(images[2])[:40])   # truncated
+  (folder / '5.png').write_bytes(_png(images[2]))
+  (folder / '6.jpg').write_bytes(b'<html>not an image</html>')
+  (tmp_path / 'coco.json').write_text(json.dumps({
+      'images': [{'id': i, 'file_name': name, 'height': 64, 'width': 64}
+                 for i, name in enumerate(sorted(os.listdir(folder)), 1)],
+      'annotations': [], 'categories': [{'id': 1, 'name': 'digit'}]}))
+  source = sources.coco_json_source(str(tmp_path / 'coco.json'), str(folder))
+  out = str(tmp_path / 'pseudo')
+  stats = pl_run.run_pseudo_label(out, unlabeled_source=source, teacher_checkpoint=teacher[1])
+  assert stats['images'] == 3 and stats['unreadable_skipped'] == 3
+  with open(os.path.join(out, 'stats.json')) as f:
+    assert json.load(f)['unreadable_skipped'] == 3
+  got = _read(out)
+  assert sorted(got) == [b'1', b'3', b'5']
+  np.testing.assert_array_equal(got[b'1'][F.IMAGE], images[0])  # the PNGs' pixels
+  np.testing.assert_array_equal(got[b'5'][F.IMAGE], images[2])
+  coco = COCO(os.path.join(out, 'pseudo_coco.json'))
+  assert sorted(coco.getImgIds()) == [1, 3, 5]
+
+
+class PseudoLabelTinyCorrupt(tfds.core.GeneratorBasedBuilder):
+  """5 unlabeled images stored as bytes: 3 PNGs, one empty and one that is not an image."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'image_id': tf.int64,
+        'objects': tfds.features.Sequence({'bbox': tfds.features.BBoxFeature(),
+                                           'label': tfds.features.ClassLabel(num_classes=2)}),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.default_rng(3)
+    for i in range(5):
+      encoded = {1: b'', 3: b'GIF89a broken'}.get(i)
+      if encoded is None:
+        encoded = _png(rng.integers(0, 255, (6 + i, 5, 3), np.uint8))
+      yield i, {'image': io.BytesIO(encoded), 'image_id': i,
+                'objects': {'bbox': [], 'label': []}}
+
+
+def test_inference_dataset_flags_unreadable_images_of_every_source_kind(tmp_path):
+  """The shared guard, without a model: TFDS, COCO JSON, TFRecords and an image folder with
+  unreadable images among good ones and last. Guarded, every image comes once, in source
+  order: a readable one VALID, an unreadable one not VALID with UNREADABLE 1; the padding has
+  neither; `skip` counts both kinds. Unguarded, the iterator raises."""
+  tfds_dir = str(tmp_path / 'tfds')
+  PseudoLabelTinyCorrupt(data_dir=tfds_dir).download_and_prepare()
+  rng = np.random.default_rng(4)
+  good = _png(rng.integers(0, 255, (7, 9, 3), np.uint8))
+  files = {'a.png': good, 'b.png': b'', 'c.png': good, 'd.png': good[:30], 'e.jpg': b'x'}
+  (tmp_path / 'img').mkdir()
+  for name, data in files.items():
+    (tmp_path / 'img' / name).write_bytes(data)
+  (tmp_path / 'coco.json').write_text(json.dumps({
+      'images': [{'id': i, 'file_name': n, 'height': 7, 'width': 9}
+                 for i, n in enumerate(sorted(files), 1)],
+      'annotations': [], 'categories': [{'id': 1, 'name': 'x'}]}))
+  record = tf.train.Example(features=tf.train.Features(feature={
+      'image/source_id': tf.train.Feature(bytes_list=tf.train.BytesList(value=[b'r'])),
+      'image/encoded': tf.train.Feature(bytes_list=tf.train.BytesList(value=[good]))}))
+  with tf.io.TFRecordWriter(str(tmp_path / 'r.tfrecord')) as writer:
+    for name in sorted(files):
+      writer.write(_with_image(record.SerializeToString(), name.encode(), files[name]))
+  tfds_source = sources.tfds_source('pseudo_label_tiny_corrupt', data_dir=tfds_dir)
+  tfds_order = [(str(int(ex['image_id'])).encode(), int(ex['image_id']) not in (1, 3))
+                for ex in tfds_source.builder.as_dataset(
+                    split='train', decoders={'image': tfds.decode.SkipDecoding()})]
+  by_name = [(name.encode(), name in ('a.png', 'c.png')) for name in sorted(files)]
+  by_id = [(str(i).encode(), ok) for i, (_, ok) in enumerate(by_name, 1)]
+  cases = [
+      (tfds_source, tfds_order),
+      (sources.coco_json_source(str(tmp_path / 'coco.json'), str(tmp_path / 'img')), by_id),
+      (sources.tfrecord_source(str(tmp_path / 'r.tfrecord')), by_name),
+      (sources.image_folder_source(str(tmp_path / 'img')), by_name),
+  ]
+
+  def seen(source, skip=0):
+    out = []
+    for batch in pl_run.inference_dataset(source, SIZE, 2, skip=skip, unreadable='flag'):
+      assert batch['input'].shape == (2, 128, 128, 3)
+      for sid, valid, unreadable in zip(*(batch[k].numpy() for k in (
+          F.SOURCE_ID, pl_run.VALID, pl_run.UNREADABLE))):
+        assert not (valid and unreadable)
+        if valid or unreadable:
+          out.append((sid, bool(valid)))
+    return out
+
+  for source, order in cases:
+    assert 2 <= sum(ok for _, ok in order) < len(order)
+    assert seen(source) == order, source.name
+    assert seen(source, skip=2) == order[2:], source.name
+    readable = [sid for sid, ok in order if ok]
+    assert [ex[F.SOURCE_ID].numpy() for ex in source.dataset(images_only=True)] == readable
+    with pytest.raises(tf.errors.OpError):  # unguarded, as run_pseudo_label starts
+      list(pl_run.inference_dataset(source, SIZE, 2))
+
+
 def test_segmentation_masks_are_original_size_and_thresholded(tmp_path):
   _parse([SEG_GIN], [
       "rethink_st.modeling.segmentation.build_segmentation_model.backbone = 'resnet-10'",

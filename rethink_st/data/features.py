@@ -43,6 +43,10 @@ DETECTION_KEYS = (SOURCE_ID, IMAGE, HEIGHT, WIDTH, CLASSES, IS_CROWD, AREA, BOXE
 # stores none), beside SOURCE_ID, IMAGE, HEIGHT, WIDTH and nothing else.
 ENCODED_IMAGE = 'encoded_image'
 IMAGE_ONLY_KEYS = (SOURCE_ID, IMAGE, HEIGHT, WIDTH, ENCODED_IMAGE)
+# Source.dataset(images_only=True, unreadable='flag') adds this bool: False for an image
+# that could not be read or decoded (its example holds the id, an empty [0, 0, 3] image,
+# height = width = 0 and b'' bytes), so the caller can count it.
+READABLE = 'readable'
 
 # tf.Example feature keys beyond Model Garden's detection ones.
 TFEX_SEMANTIC_MASK = 'image/segmentation/class/encoded'

@@ -4,7 +4,9 @@ The folder is searched recursively for .jpg/.jpeg/.png/.bmp/.gif files (any case
 order; source_id is the path relative to the folder. Examples have only source_id, image,
 height and width. A file that cannot be read or decoded (corrupt, zero bytes, not an image)
 is skipped with a warning and counted: `source.skipped` is the number of distinct files found
-unreadable so far (complete after one full pass), `source.skipped_files` their paths.
+unreadable so far by `dataset()` (complete after one full pass), `source.skipped_files` their
+paths. `dataset(images_only=True)` (pseudo-labeling) decodes in the graph and skips (or flags)
+unreadable files by the guard every source shares (`source_base.guarded_decode`).
 """
 import os
 import threading
@@ -88,10 +90,13 @@ class ImageFolderSource(source_base.Source):
             F.WIDTH: shape[1]}
 
   def _decode_image(self, source_id, path):
-    example = self._decode(source_id, path)
-    example[F.ENCODED_IMAGE] = tf.cond(example['_ok'], lambda: tf.io.read_file(path),
-                                       lambda: tf.constant(b''))
-    return example
+    # Fails on an unreadable file: Source.dataset guards it (source_base.guarded_decode).
+    encoded = tf.io.read_file(path)
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    shape = tf.shape(image, out_type=tf.int64)
+    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
+            F.ENCODED_IMAGE: encoded}
 
   def _finish(self, ds):
     ds = ds.filter(lambda ex: ex['_ok'])

@@ -9,12 +9,22 @@ image, not batched, not repeated. Every source runs the same steps:
       -> shuffle            optional, on the cheap payloads
       -> decode             subclass: `_decode` (image decoding happens only here)
 
+With `images_only=True` (pseudo-labeling's unlabeled pool) the decode step is guarded, for
+every source alike (`guarded_decode` below): an image that cannot be read or decoded
+(corrupt, zero bytes, not an image, a vanished file) is skipped with a warning instead of
+stopping the run (`unreadable='skip'`), or yields an example with F.READABLE False so the
+caller can count it (`'flag'`). Each image is still decoded once, and which images are
+skipped depends only on their bytes, so it is the same on every run. The guard costs about
+0.1-0.2 ms of CPU per image; `unreadable='raise'` decodes without it (pseudo-labeling does
+so until the first unreadable image, then switches to 'flag').
+
 Both subset rules hash the example's `source_id`, never its position, so they do not depend
 on file order, shuffling, the number of hosts or the run: the 20% subset is the same on every
 host and every run, and it is contained in the 50% subset (same hash, lower threshold).
 """
 import abc
-from typing import Any, Optional
+import os
+from typing import Any, Callable, Optional
 
 import tensorflow as tf, tf_keras  # pylint: disable=unused-import
 
@@ -69,6 +79,50 @@ def shard_for_input_context(ds: tf.data.Dataset,
   if input_context is None or input_context.num_input_pipelines <= 1:
     return ds
   return ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+# Images decoded concurrently by `guarded_decode` (each in its own tiny nested dataset).
+_GUARDED_DECODE_CYCLE = max(8, os.cpu_count() or 1)
+
+
+def unreadable_example(source_id) -> dict:
+  """The F.READABLE=False example of an image that could not be read or decoded."""
+  return {F.SOURCE_ID: source_id, F.IMAGE: tf.zeros([0, 0, 3], tf.uint8),
+          F.HEIGHT: tf.constant(0, tf.int64), F.WIDTH: tf.constant(0, tf.int64),
+          F.ENCODED_IMAGE: tf.constant(b''), F.READABLE: tf.constant(False)}
+
+
+def guarded_decode(keyed: tf.data.Dataset, decode: Callable[[Any, Any], dict],
+                   name: str) -> tf.data.Dataset:
+  """`keyed.map(decode)` (to F.IMAGE_ONLY_KEYS + F.READABLE) where an error in `decode` gives
+  `unreadable_example(source_id)` (with a warning) instead of stopping the iteration.
+
+  Each record is decoded in its own one-element dataset with `ignore_errors()`, followed by
+  its unreadable example, `take(1)`: exactly one example per record, in the input order
+  (interleaving one-element datasets with block_length 1 keeps the order), decoded once and
+  in parallel. Only errors of `decode` are caught: one reading the records themselves (a
+  corrupt TFRecord file, say) still stops the run.
+  """
+  def readable(source_id, payload):
+    example = decode(source_id, payload)
+    out = {k: example[k] for k in F.IMAGE_ONLY_KEYS}
+    out[F.HEIGHT] = tf.cast(out[F.HEIGHT], tf.int64)
+    out[F.WIDTH] = tf.cast(out[F.WIDTH], tf.int64)
+    out[F.READABLE] = tf.constant(True)
+    return out
+
+  def unreadable(source_id):
+    tf.print(f'WARNING: {name}: skipping unreadable image (corrupt, empty or not an image): '
+             'source_id =', source_id)
+    return unreadable_example(source_id)
+
+  def one(source_id, payload):
+    decoded = tf.data.Dataset.from_tensors((source_id, payload)).map(readable).ignore_errors()
+    fallback = tf.data.Dataset.from_tensors(source_id).map(unreadable)
+    return decoded.concatenate(fallback).take(1)
+
+  return keyed.interleave(one, cycle_length=_GUARDED_DECODE_CYCLE, block_length=1,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class Source(abc.ABC):
@@ -129,13 +183,15 @@ class Source(abc.ABC):
     return example
 
   def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Hook applied after decoding (e.g. dropping unreadable images)."""
+    """Hook applied after `_decode` (e.g. dropping unreadable images); not after
+    `_decode_image`, which `guarded_decode` guards for every source."""
     return ds
 
   def dataset(self, *, shuffle: bool = False, seed: int = 0,
               input_context: Optional[tf.distribute.InputContext] = None,
               num_shards: int = 1, shard_index: int = 0,
-              images_only: bool = False, instance_masks: bool = True) -> tf.data.Dataset:
+              images_only: bool = False, instance_masks: bool = True,
+              unreadable: str = 'skip', skip: int = 0) -> tf.data.Dataset:
     """Decoded examples, not batched, not repeated.
 
     Args:
@@ -151,7 +207,15 @@ class Source(abc.ABC):
         its bytes as stored (for pseudo-labeling, which writes them back unchanged).
       instance_masks: False: examples hold no F.INSTANCE_MASKS (a detector that does not
         derive boxes from masks never reads them, and decoding them costs CPU).
+      unreadable: with images_only, what an image that cannot be read or decoded gives:
+        'skip' nothing (with a warning); 'flag' an example with F.READABLE False (its id,
+        an empty image, b'' bytes; the others have F.READABLE True); 'raise' an error from
+        the iterator (no guard, a little faster).
+      skip: leave out the first `skip` records (after the subset, shard and shuffle steps)
+        before decoding them: resuming where a run stopped costs no decoding.
     """
+    if unreadable not in ('skip', 'flag', 'raise'):
+      raise ValueError(f"unreadable={unreadable!r}: expected 'skip', 'flag' or 'raise'")
     if int(num_shards) < 1 or not 0 <= int(shard_index) < int(num_shards):
       raise UserError(f'{self.name}: need 0 <= shard_index < num_shards, got '
                       f'shard_index={shard_index!r}, num_shards={num_shards!r}')
@@ -163,9 +227,17 @@ class Source(abc.ABC):
       ds = ds.filter(lambda source_id, _: in_shard(source_id, num_shards, shard_index))
     if shuffle:
       ds = ds.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    if skip:
+      ds = ds.skip(int(skip))
+    if images_only and unreadable == 'raise':
+      return ds.map(self._decode_image, num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
     if images_only:
-      decode = self._decode_image
-    else:
-      decode = self._decode if instance_masks else self._decode_without_masks
+      ds = guarded_decode(ds, self._decode_image, self.name)
+      if unreadable == 'skip':
+        ds = ds.filter(lambda ex: ex[F.READABLE])
+        ds = ds.map(lambda ex: {k: ex[k] for k in F.IMAGE_ONLY_KEYS})
+      return ds
+    decode = self._decode if instance_masks else self._decode_without_masks
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return self._finish(ds)

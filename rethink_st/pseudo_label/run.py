@@ -11,6 +11,18 @@ recall can be read at any threshold afterwards), and stats JSON. Memory stays fl
 written and dropped (a chunk's COCO JSON is streamed to disk, and merged chunk by chunk);
 only fixed-size counters are kept.
 
+Unreadable images (corrupt, zero bytes, not an image, a vanished file) are skipped and
+counted, never a crash, whatever the source. Decoding starts unguarded (no cost); when an
+image fails, the batches from the first image not yet labeled on are rebuilt with
+`Source.dataset(images_only=True, unreadable='flag')` (one guarded decode per image, shared by
+all sources, ~0.1-0.2 ms CPU each) for the rest of the run. A flagged image passes through its
+batch as not VALID and is counted by the chunk being filled (`unreadable_skipped` in its
+stats, summed in stats.json). A chunk thus covers a fixed stretch of the source (its images
+plus its unreadable ones), and a resumed run skips exactly the stretches of the complete
+chunks (without decoding them): which images are skipped depends only on their bytes, so
+every image is labeled once and every skip counted once. An error that is not an image's (a
+corrupt TFRecord file, say) comes back under the guard and still stops the run.
+
 Speed: the per-image work outside the model is kept to a few small numpy operations.
   - The image is written as the source's own encoded bytes (JPEG or PNG, exactly what the
     teacher decoded), not re-encoded: PNG encoding cost more than the model (~15-35 ms per
@@ -23,7 +35,6 @@ Speed: the per-image work outside the model is kept to a few small numpy operati
     batch's inference.
 """
 import json
-import os
 import queue
 import threading
 import time
@@ -44,8 +55,9 @@ from rethink_st.training import tasks as tasks_lib
 # Keys of the inference batches (besides the model's 'input' and 'image_info').
 ENCODED = 'encoded'   # the image bytes written to the output (JPEG or PNG)
 SHAPE = 'shape'       # original (height, width), int32
-VALID = 'valid'       # False on the padding of the last batch
-_META_KEYS = (F.SOURCE_ID, ENCODED, SHAPE, VALID)
+VALID = 'valid'       # False on the padding of the last batch and on unreadable images
+UNREADABLE = 'unreadable'  # 1 for an image the source could not decode (not VALID), int32
+_META_KEYS = (F.SOURCE_ID, ENCODED, SHAPE, VALID, UNREADABLE)
 _PNG_COMPRESSION = 1  # fallback encoding: lossless either way, level 1 is ~4x faster than 6
 
 
@@ -78,20 +90,34 @@ def _bytes_to_write(example) -> tf.Tensor:
 
 
 def inference_dataset(source, image_size, batch_size: int, *, num_shards: int = 1,
-                      shard_index: int = 0, skip: int = 0) -> tf.data.Dataset:
+                      shard_index: int = 0, skip: int = 0,
+                      unreadable: str = 'raise') -> tf.data.Dataset:
   """Batches of exactly `batch_size`: 'input' (model input), 'image_info', and per image
-  SOURCE_ID, ENCODED (bytes to write), SHAPE (original height, width) and VALID.
+  SOURCE_ID, ENCODED (bytes to write), SHAPE (original height, width), VALID and UNREADABLE.
 
-  The last batch is filled up by repeating its last image, marked VALID=False, so every
-  batch has one static shape (one trace of the predict function, equal replica shares).
+  unreadable: 'raise' (decoding unguarded: an image that cannot be decoded makes the
+    iterator raise) or 'flag' (it comes as VALID=False, UNREADABLE=1, with a black 1x1 model
+    input: it takes a batch slot, is counted by the caller and written nowhere).
+  skip: source images (readable or not) left out before decoding, e.g. what complete
+    chunks cover.
+  The last batch is filled up by repeating its last image, marked VALID=False and
+  UNREADABLE=0, so every batch has one static shape (one trace of the predict function,
+  equal replica shares).
   """
   from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
 
   def prepare(ex):
-    image = ex[F.IMAGE]
+    if F.READABLE in ex:
+      readable = ex[F.READABLE]
+      image = tf.cond(readable, lambda: ex[F.IMAGE], lambda: tf.zeros([1, 1, 3], tf.uint8))
+      ex = dict(ex, **{F.IMAGE: image})
+    else:
+      readable, image = tf.constant(True), ex[F.IMAGE]
     model_input, image_info = pipeline.preprocess_for_inference(image, image_size)
     return {'input': model_input, 'image_info': image_info, F.SOURCE_ID: ex[F.SOURCE_ID],
-            ENCODED: _bytes_to_write(ex), SHAPE: tf.shape(image)[:2], VALID: True}
+            ENCODED: _bytes_to_write(ex),
+            SHAPE: tf.shape(image)[:2], VALID: readable,
+            UNREADABLE: tf.cast(tf.logical_not(readable), tf.int32)}
 
   def fill(batch):
     n = tf.shape(batch[VALID])[0]
@@ -101,13 +127,14 @@ def inference_dataset(source, image_size, batch_size: int, *, num_shards: int = 
       return {k: tf.gather(v, index) for k, v in batch.items()}
 
     out = tf.cond(n < batch_size, repeat_last, lambda: dict(batch))
-    out[VALID] = tf.range(batch_size) < n
+    real = tf.range(batch_size) < n
+    out[VALID] = out[VALID] & real
+    out[UNREADABLE] = tf.where(real, out[UNREADABLE], 0)
     return {k: tf.ensure_shape(v, [batch_size] + v.shape[1:].as_list())
             for k, v in out.items()}
 
-  ds = source.dataset(num_shards=num_shards, shard_index=shard_index, images_only=True)
-  if skip:
-    ds = ds.skip(skip)
+  ds = source.dataset(num_shards=num_shards, shard_index=shard_index, images_only=True,
+                      unreadable=unreadable, skip=skip)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size).map(fill, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -263,8 +290,9 @@ def run_pseudo_label(output_dir: str,
   except UserError as e:
     raise UserError(str(e).replace('init_checkpoint=', 'run_pseudo_label.teacher_checkpoint=',
                                    1)) from None
-  try:
-    next(iter(unlabeled_source.dataset(num_shards=num_shards, shard_index=shard_index).take(1)))
+  try:  # any image, readable or not (an unreadable one is counted, not an error)
+    next(iter(unlabeled_source.dataset(num_shards=num_shards, shard_index=shard_index,
+                                       images_only=True, unreadable='flag').take(1)))
   except StopIteration:
     raise UserError(f'run_pseudo_label.unlabeled_source {unlabeled_source.name}: no images '
                     f'(in shard {shard_index} of {num_shards})') from None
@@ -286,12 +314,10 @@ def run_pseudo_label(output_dir: str,
       'source': unlabeled_source.name})
 
   start_chunk = shards.first_incomplete_chunk(output_dir, shard_index, num_shards)
-  skip = start_chunk * chunk_size
+  skip = shards.consumed_images(output_dir, shard_index, num_shards)
   if start_chunk:
     print(f'[pseudo_label] host {shard_index}: {start_chunk} chunk(s) already complete, '
           f'resuming at image {skip}', flush=True)
-  ds = inference_dataset(unlabeled_source, task.image_size, batch_size,
-                         num_shards=num_shards, shard_index=shard_index, skip=skip)
   predict = make_predict_fn(strategy, labeler)
 
   total = expected_images or getattr(unlabeled_source, 'num_examples', None)
@@ -303,33 +329,61 @@ def run_pseudo_label(output_dir: str,
   # Writing runs in a thread, overlapped with the next batch's inference (TensorFlow releases
   # the GIL); at most `_QUEUE_DEPTH` batches wait, so memory stays bounded.
   writer = _Background(sink.add_batch, depth=_QUEUE_DEPTH)
+
+  def make_dataset(start, unreadable):
+    return inference_dataset(unlabeled_source, task.image_size, batch_size,
+                             num_shards=num_shards, shard_index=shard_index, skip=start,
+                             unreadable=unreadable)
+
   try:
-    for dist_batch in strategy.experimental_distribute_dataset(ds):
-      writer.put(predict(dist_batch), host_values(strategy, dist_batch))
+    _label(strategy, predict, writer.put, make_dataset, skip,
+           f'{unlabeled_source.name}, host {shard_index}')
   except BaseException:
     writer.close(raise_error=False)
     raise
   writer.close()
   sink.finish()
-  skipped = int(getattr(unlabeled_source, 'skipped', 0) or 0)
+  host = shards.host_stats(output_dir, shard_index, num_shards)
+  skipped = int(host.get('unreadable_skipped', 0))  # this host's, over all its runs
   shards.mark_host_done(output_dir, shard_index, num_shards,
-                        {'images': progress.done, 'unreadable_skipped': skipped})
-  print(f'[pseudo_label] host {shard_index}/{num_shards} done: {progress.done} images '
-        f'({progress.rate():.1f} img/s), {skipped} unreadable skipped', flush=True)
+                        {'images': host.get('images', 0), 'unreadable_skipped': skipped})
+  print(f'[pseudo_label] host {shard_index}/{num_shards} done: {host.get("images", 0)} '
+        f'images ({progress.rate():.1f} img/s), {skipped} unreadable skipped', flush=True)
   if shards.all_hosts_done(output_dir, num_shards):
-    unreadable = 0
-    for i in range(num_shards):
-      with tf.io.gfile.GFile(os.path.join(
-          output_dir, f'host-{i:05d}-of-{num_shards:05d}.done')) as f:
-        unreadable += json.load(f)['unreadable_skipped']
-    stats = shards.merge_outputs(output_dir, {'unreadable_skipped': unreadable},
-                                 merge_coco=merge_coco)
+    stats = shards.merge_outputs(output_dir, merge_coco=merge_coco)
     print(f'[pseudo_label] all hosts done: {json.dumps(_summary(stats))}', flush=True)
     return stats
-  return shards.host_stats(output_dir, shard_index, num_shards)
+  return host
 
 
 _QUEUE_DEPTH = 2
+
+
+def _label(strategy, predict, put, make_dataset, start: int, name: str) -> None:
+  """Runs every batch of `make_dataset(start, unreadable)` through `predict` and hands it to
+  `put`. Decoding is unguarded ('raise') until an image fails; then the batches are rebuilt
+  from the first image not yet handed on, guarded ('flag'), for the rest of the run. An
+  error under the guard is not an image's: it is raised."""
+  unreadable = 'raise'
+  while True:
+    iterator = iter(strategy.experimental_distribute_dataset(make_dataset(start, unreadable)))
+    while True:
+      try:
+        dist_batch = next(iterator)
+      except StopIteration:
+        return
+      except tf.errors.OpError as e:
+        if unreadable == 'flag':
+          raise
+        first = (str(e).strip().splitlines() or [''])[0][:160]
+        print(f'[pseudo_label] {name}: an image at or after image {start} cannot be decoded '
+              f'({type(e).__name__}: {first}); from there on every image is checked, and '
+              'unreadable ones are skipped and counted', flush=True)
+        unreadable = 'flag'
+        break
+      meta = host_values(strategy, dist_batch)
+      start += int(np.count_nonzero(meta[VALID] | (meta[UNREADABLE] > 0)))
+      put(predict(dist_batch), meta)
 
 
 class _ChunkSink:
@@ -346,14 +400,18 @@ class _ChunkSink:
 
   def add_batch(self, pred, meta) -> None:
     detection = self.labeler.kind == 'detection'
-    valid = np.flatnonzero(meta[VALID])
-    for i in valid:
+    # In source order: an unreadable image is counted in the chunk being filled (or the next
+    # one, opened for it), so each chunk covers a fixed stretch of the source.
+    for i in np.flatnonzero(meta[VALID] | (meta[UNREADABLE] > 0)):
       if self.writer is None:
         self.writer = shards.ChunkWriter(
             shards.chunk_prefix(self.output_dir, self.shard_index, self.num_shards,
                                 self.chunk),
             coco_categories=self.categories if detection else None)
         self.counters = shards.Counters(self.num_object_classes, self.labeler.kind)
+      self.counters.unreadable_skipped += int(meta[UNREADABLE][i])
+      if not meta[VALID][i]:
+        continue
       shape, source_id = meta[SHAPE][i], meta[F.SOURCE_ID][i]
       labels, all_detections = self.labeler.to_example(pred, i, shape)
       example = {F.SOURCE_ID: source_id, F.HEIGHT: shape[0], F.WIDTH: shape[1], **labels}
@@ -368,7 +426,7 @@ class _ChunkSink:
       if self.counters.images == self.chunk_size:
         self.writer.close(None, self.counters.to_dict())
         self.writer, self.chunk = None, self.chunk + 1
-    self.progress.update(len(valid))
+    self.progress.update(int(np.count_nonzero(meta[VALID] | (meta[UNREADABLE] > 0))))
 
   def finish(self) -> None:
     """Closes the last (partial) chunk."""

@@ -9,7 +9,10 @@ source in chunks of `chunk_size` images. Chunk `c` of host `i` is three files:
 
 each written under a `.tmp` name and renamed; the .tfrecord is renamed last, so its presence
 means the chunk is complete. A rerun skips complete chunks, so a killed job resumes with every
-image labeled exactly once. When a host finishes it writes `host-{i:05d}-of-{n:05d}.done`;
+image labeled exactly once. A chunk's counters include `unreadable_skipped`, the source's
+images that could not be decoded among its stretch of the source, so a resumed run skips
+`consumed_images` (images + unreadable_skipped of the complete chunks) source images and
+counts every skip once. When a host finishes it writes `host-{i:05d}-of-{n:05d}.done`;
 whichever host sees all n done merges the counters into stats.json (and the boxes into
 pseudo_coco.json). `meta.json`, written first, records the label space and the settings.
 """
@@ -47,6 +50,15 @@ def first_incomplete_chunk(out_dir: str, shard_index: int, num_shards: int) -> i
       raise UserError(f'{out_dir}: chunk {expected} of host {shard_index} is missing but '
                       f'chunk {got} exists; the folder was edited by hand')
   return len(done)
+
+
+def consumed_images(out_dir: str, shard_index: int, num_shards: int) -> int:
+  """Source images (labeled or skipped as unreadable) the host's complete chunks cover."""
+  total = 0
+  for prefix in _complete_prefixes(out_dir, shard_index, num_shards):
+    stats = _read_json(prefix + '.stats.json')
+    total += int(stats['images']) + int(stats.get('unreadable_skipped', 0))
+  return total
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -181,6 +193,7 @@ class Counters:
     self.score_hist = np.zeros(len(SCORE_BINS) - 1, np.int64)  # all detections, pre-threshold
     self.ignored_pixels = 0
     self.pixels = 0
+    self.unreadable_skipped = 0  # undecodable images in this chunk's stretch of the source
 
   def add_detection(self, kept_classes: np.ndarray, all_scores: np.ndarray) -> None:
     self.images += 1
@@ -203,7 +216,7 @@ class Counters:
   def to_dict(self) -> Dict[str, Any]:
     d = {'kind': self.kind, 'num_classes': self.num_classes, 'images': self.images,
          'images_without_labels': self.images_without_labels,
-         'per_class': self.per_class.tolist()}
+         'per_class': self.per_class.tolist(), 'unreadable_skipped': self.unreadable_skipped}
     if self.kind == 'detection':
       d.update(boxes=self.boxes, boxes_per_image_hist=self.boxes_per_image_hist.tolist(),
                score_hist=self.score_hist.tolist(), score_bins=SCORE_BINS.tolist())
@@ -223,6 +236,7 @@ def merge_stats(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
         merged[k] = (np.asarray(merged.get(k, np.zeros(len(v), np.int64))) + np.asarray(v)).tolist()
       else:
         merged[k] = merged.get(k, 0) + v
+  merged.setdefault('unreadable_skipped', 0)
   images = max(merged.get('images', 0), 1)
   if merged.get('kind') == 'detection':
     merged['boxes_per_image'] = merged.get('boxes', 0) / images
