@@ -120,8 +120,11 @@ class LossNormalizer(tf.Module):
     Call in replica context; `human_loss`/`pseudo_loss`/`pseudo_has_labels` are this replica's.
     The averages move by the mean over replicas, so every replica holds the same values.
     """
-    has_pseudo = tf.cast(pseudo_has_labels, tf.float32)
-    pseudo_loss = pseudo_loss * has_pseudo
+    # A select, not a product: 0 * NaN is NaN, so a batch without pseudo labels whose pseudo
+    # loss is NaN/inf (e.g. a mean over zero boxes) must not reach the total or avg L_p.
+    has_labels = tf.cast(pseudo_has_labels, tf.bool)
+    pseudo_loss = tf.where(has_labels, pseudo_loss, tf.zeros_like(pseudo_loss))
+    has_pseudo = tf.cast(has_labels, tf.float32)
     ctx = tf.distribute.get_replica_context()
     h, p, n_p = tf.stop_gradient(human_loss), tf.stop_gradient(pseudo_loss), has_pseudo
     if ctx is not None and ctx.num_replicas_in_sync > 1:

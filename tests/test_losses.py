@@ -28,13 +28,24 @@ def test_standard_total_is_plain_sum():
   assert np.isclose(out['total_loss'], 1.0 + 0.5 * 4.0)
 
 
-def test_batch_without_pseudo_labels_adds_no_loss_and_no_nan():
-  norm = losses.LossNormalizer(alpha=1.0, decay=0.9997)
-  out = norm(tf.constant(2.0), tf.constant(7.0), tf.constant(False))
-  assert np.isfinite(out['total_loss']) and np.isclose(out['total_loss'], 2.0 / 2.0)
-  assert float(norm.pseudo_count.numpy()) == 0.0
+@pytest.mark.parametrize('mode', ['normalized', 'standard'])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_batch_without_pseudo_labels_adds_no_loss_and_no_nan(mode, bad):
+  # A pseudo part with no boxes can have a NaN/inf loss (e.g. a mean over zero boxes); it
+  # must contribute nothing (0 * NaN would be NaN) and leave avg L_p alone.
+  norm = losses.LossNormalizer(alpha=1.0, decay=0.9, mode=mode)
+  out = norm(tf.constant(2.0), tf.constant(bad), tf.constant(False))
+  expected_total = 2.0 / 2.0 if mode == 'normalized' else 2.0
+  assert float(out['total_loss']) == expected_total
+  assert float(out['pseudo_loss']) == 0.0
+  assert float(norm.pseudo_ema.numpy()) == 0.0 and float(norm.pseudo_count.numpy()) == 0.0
+  assert float(norm.human_count.numpy()) == 1.0 and np.isclose(out['human_loss_avg'], 2.0)
+  # The next batch with pseudo labels starts avg L_p from its own loss, not from the bad one.
   out = norm(tf.constant(2.0), tf.constant(1.0), tf.constant(True))
-  assert float(norm.pseudo_count.numpy()) == 1.0 and np.isfinite(out['total_loss'])
+  assert float(norm.pseudo_count.numpy()) == 1.0
+  assert np.isclose(out['pseudo_loss_avg'], 1.0) and np.isfinite(out['total_loss'])
+  expected_total = (2.0 + 1.0 * (2.0 / 1.0) * 1.0) / 2.0 if mode == 'normalized' else 3.0
+  assert np.isclose(out['total_loss'], expected_total)
 
 
 def test_gradient_does_not_flow_through_averages():
@@ -66,7 +77,11 @@ def test_bad_bindings(kwargs):
 def test_split_batch():
   assert student.split_batch(512, 0.5, 8) == (256, 256)
   assert student.split_batch(16, 0.25, 2) == (12, 4)
-  with pytest.raises(UserError, match='pseudo_fraction'):
+  with pytest.raises(UserError, match='at least one human example each'):
     student.split_batch(8, 0.9, 8)  # 1 human example for 8 replicas
-  with pytest.raises(UserError, match='pseudo_fraction'):
+  with pytest.raises(UserError, match='at least one human example each'):
+    student.split_batch(4, 0.9, 1)  # round(3.6) = 4 pseudo: no human example at all
+  with pytest.raises(UserError, match=r'must be in \[0, 1\)'):
     student.split_batch(8, 1.0, 1)
+  with pytest.raises(UserError, match='leaves no pseudo example'):
+    student.split_batch(8, 0.0, 1)

@@ -2,9 +2,13 @@
 the student's loss averages in its checkpoint, joint training, and the student's bad inputs."""
 import json
 import os
+import types
+
+import numpy as np
 
 import gin
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 from rethink_st import cli
@@ -51,6 +55,20 @@ def test_two_rounds(demo_config, tmp_path, capsys):
   for k in (1, 2):
     stats = json.load(open(os.path.join(root, f'round_{k}', 'pseudo', 'stats.json')))
     assert stats['images'] == 32 and stats['boxes'] == 32 * 5, k
+  # each round wrote its pseudo-label report: the picture grid and, against the unlabeled
+  # scenes' held-back labels (demo.gin's report_reference), precision and recall
+  pictures = []
+  for k, row in ((1, results['rows'][1]), (2, results['rows'][2])):
+    png = os.path.join(root, f'round_{k}', 'pseudo_report', 'pseudo_labels.png')
+    assert row['pseudo_report'] == png and os.path.getsize(png) > 0, k
+    with Image.open(png) as im:
+      assert im.format == 'PNG' and min(im.size) >= 64, (k, im.size)
+    report = json.load(open(os.path.join(root, f'round_{k}', 'pseudo_report', 'report.json')))
+    assert report['reference'] and report['detection']['images_evaluated'] == 32, k
+    assert 0.0 <= row['pseudo_precision'] <= 1.0 and 0.0 <= row['pseudo_recall'] <= 1.0, k
+    pictures.append(png)
+  assert f'pseudo-label pictures: {", ".join(pictures)}' in out
+  png_mtime = os.path.getmtime(pictures[0])
   # round 2 was labeled by round 1's student
   meta = json.load(open(os.path.join(root, 'round_2', 'pseudo', 'meta.json')))
   assert 'round_1/student' in meta['teacher_checkpoint']
@@ -64,19 +82,56 @@ def test_two_rounds(demo_config, tmp_path, capsys):
   again = self_training.run_self_training(root, rounds=2)
   assert 'is finished; skipping' in capsys.readouterr().out
   assert again['rows'][1]['AP'] == results['rows'][1]['AP']
+  assert again['rows'][1]['pseudo_precision'] == results['rows'][1]['pseudo_precision']
+  assert os.path.getmtime(pictures[0]) == png_mtime  # the report was not redrawn
 
 
 def test_student_rejects_a_batch_without_human_examples():
   from rethink_st.training import student  # pylint: disable=g-import-not-at-top
-  with pytest.raises(UserError, match='pseudo_fraction=1.0'):
-    student.StudentTrainer(task=None, model=None, optimizer=None,
-                           strategy=tf.distribute.get_strategy(), global_batch_size=4,
-                           pseudo_source=None, pseudo_fraction=1.0)
+  # 8 * 0.75 = 6 pseudo + 2 human over 4 replicas: two replicas would get no human example.
+  # (The fraction is in [0, 1), so this is the per-replica rule, not the range check.)
+  four_replicas = types.SimpleNamespace(num_replicas_in_sync=4)
+  with pytest.raises(UserError) as e:
+    student.StudentTrainer(task=None, model=None, optimizer=None, strategy=four_replicas,
+                           global_batch_size=8, pseudo_source=None, pseudo_fraction=0.75)
+  # (gin appends the configurable's name on later lines; the CLI prints the first)
+  assert str(e.value).splitlines()[0] == (
+      'StudentTrainer.pseudo_fraction=0.75 with global batch 8 gives 2 human + 6 pseudo '
+      'examples, which do not split over 4 replicas with at least one human example each')
+
+
+def test_bad_ratio_stops_before_the_teacher_trains(demo_config, tmp_path, capsys):
+  # The demo's student batch is 4 here; round(4 * 0.9) = 4 pseudo leaves 0 human examples.
+  gin.bind_parameter('rethink_st.training.student.StudentTrainer.pseudo_fraction', 0.9)
+  root = tmp_path / 'st'
+  with pytest.raises(UserError, match=r'^StudentTrainer\.pseudo_fraction=0\.9 with global '
+                     r'batch 4 gives 0 human \+ 4 pseudo examples'):
+    self_training.run_self_training(str(root))
+  assert 'stage 1: teacher' not in capsys.readouterr().out
+  assert not os.path.exists(root / 'teacher') and not os.path.exists(root / 'round_1')
 
 
 def test_bad_student_init(demo_config, tmp_path):
   with pytest.raises(UserError, match="student_init='imagenet'"):
     self_training.run_self_training(str(tmp_path / 'st'), student_init='imagenet')
+
+
+@pytest.mark.parametrize('weight', [0.2, 1.5])
+def test_joint_total_is_task_loss_plus_weight_times_classification_loss(weight):
+  """total = detection + w * classification, at the loss level (the trainer's step calls
+  JointClassification.combine)."""
+  logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], np.float32)
+  labels = np.array([1, 2])
+  expected_cls = np.mean([-np.log(np.exp(l[y]) / np.exp(l).sum())
+                          for l, y in zip(logits.astype(np.float64), labels)])
+  j = joint.JointClassification(source=types.SimpleNamespace(num_classes=3, name='fake'),
+                                weight=weight)
+  j.head = lambda images, training: tf.constant(logits)
+  task_losses = {'total_loss': tf.constant(0.75), 'cls_loss': tf.constant(0.5)}
+  out = j.combine(task_losses, (tf.zeros([2, 8, 8, 3]), tf.constant(labels)))
+  assert np.isclose(out['classification_loss'], expected_cls, rtol=1e-5)
+  assert np.isclose(out['total_loss'], 0.75 + weight * expected_cls, rtol=1e-5)
+  assert float(out['cls_loss']) == 0.5 and float(task_losses['total_loss']) == 0.75
 
 
 def test_joint_training_adds_classification_loss(demo_config, tmp_path, capsys):

@@ -8,7 +8,7 @@ Bind it on any trainer, teacher or student:
     rethink_st.training.joint.JointClassification.source = @iconic/digit_scenes_source()
     rethink_st.training.joint.JointClassification.weight = 0.2
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import gin
 import tensorflow as tf
@@ -64,3 +64,11 @@ class JointClassification:
     images, labels = inputs
     logits = tf.cast(self.head(images, training=True), tf.float32)
     return losses_lib.classification_losses(logits, labels)['total_loss']
+
+  def combine(self, losses: Dict[str, tf.Tensor], inputs) -> Dict[str, tf.Tensor]:
+    """The task's losses plus `classification_loss` on `inputs` (images, labels), with
+    total_loss = task total + weight * classification loss. Returns a new dict."""
+    out = dict(losses)
+    out['classification_loss'] = self.loss(inputs)
+    out['total_loss'] = losses['total_loss'] + self.weight * out['classification_loss']
+    return out

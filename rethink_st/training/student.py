@@ -16,7 +16,9 @@ from rethink_st.training import trainer as trainer_lib
 
 
 def split_batch(global_batch_size: int, pseudo_fraction: float, num_replicas: int):
-  """(human, pseudo) global batch sizes; each replica gets at least one human example."""
+  """(human, pseudo) global batch sizes; each replica gets at least one human example and
+  the batch at least one pseudo example. A bad ratio is one UserError line naming the
+  binding (`run_self_training` calls this before the teacher trains)."""
   if not 0.0 <= pseudo_fraction < 1.0:
     raise UserError(f'StudentTrainer.pseudo_fraction={pseudo_fraction} must be in [0, 1)')
   pseudo = int(round(global_batch_size * pseudo_fraction))
@@ -26,6 +28,9 @@ def split_batch(global_batch_size: int, pseudo_fraction: float, num_replicas: in
         f'StudentTrainer.pseudo_fraction={pseudo_fraction} with global batch '
         f'{global_batch_size} gives {human} human + {pseudo} pseudo examples, which do not '
         f'split over {num_replicas} replicas with at least one human example each')
+  if pseudo == 0:
+    raise UserError(f'StudentTrainer.pseudo_fraction={pseudo_fraction} leaves no pseudo '
+                    f'example in a batch of {global_batch_size}')
   return human, pseudo
 
 
@@ -44,9 +49,6 @@ class StudentTrainer(trainer_lib.Trainer):
                normalizer: Optional[losses_lib.LossNormalizer] = None, joint=None):
     self.human_batch_size, self.pseudo_batch_size = split_batch(
         global_batch_size, pseudo_fraction, strategy.num_replicas_in_sync)
-    if self.pseudo_batch_size == 0:
-      raise UserError(f'StudentTrainer.pseudo_fraction={pseudo_fraction} leaves no pseudo '
-                      f'example in a batch of {global_batch_size}')
     self.pseudo_source = pseudo_source
     _check_label_space(task, pseudo_source)
     self.normalizer = normalizer or losses_lib.LossNormalizer()

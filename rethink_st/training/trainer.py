@@ -125,9 +125,7 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
           losses = self.compute_losses(inputs)
         else:
           main_inputs, cls_inputs = inputs
-          losses = dict(self.compute_losses(main_inputs))
-          losses['classification_loss'] = self.joint.loss(cls_inputs)
-          losses['total_loss'] += self.joint.weight * losses['classification_loss']
+          losses = self.joint.combine(self.compute_losses(main_inputs), cls_inputs)
         decay = optimization.weight_decay_loss(self.model)
         loss = (losses['total_loss'] + decay) / num_replicas
         if scaled_optimizer:
