@@ -1,6 +1,7 @@
 """Pre-trains a classification backbone (the ImageNet-init stand-in: iconic digits).
 
-  python bin/train_teacher.py --gin_file=gin_configs/digits/pretrain.gin --model_dir=runs/pretrain
+  python bin/pretrain.py --gin_file=gin_configs/digits/experiments/pretrain.gin \\
+      --model_dir=runs/pretrain
 """
 import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags

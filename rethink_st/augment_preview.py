@@ -70,19 +70,68 @@ def show_policy_grid(source_or_examples: Union[Any, Iterable[Dict[str, Any]]], p
   return drawing.save_grid(pictures, path, ncols=n + 1, titles=titles)
 
 
-@gin.configurable(denylist=['output_dir'])
+@gin.configurable(denylist=['output_dir', 'config_dir'])
 def run_show_augment(output_dir: Optional[str], *, source=None,
                      policies: Sequence[str] = ('s1', 's2', 's3', 's4'), n: int = 5,
                      num_examples: int = 3, output_size: Optional[Sequence[int]] = None,
-                     seed: int = 0) -> List[str]:
+                     seed: int = 0, config_dir: Optional[str] = None) -> List[str]:
   """Writes `{output_dir}/augment_{policy}.png` for each policy (see show_policy_grid);
   `source` defaults to the digit scenes' train split. Augment's own gin bindings (e.g.
-  translate_const) apply. Returns the paths."""
+  translate_const) apply to every policy. operative_config.gin goes to `config_dir`
+  (default output_dir). Returns the paths."""
+  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
   if source is None:
     from rethink_st.data import sources  # pylint: disable=g-import-not-at-top
     source = sources.digit_scenes_source('train')
   output_dir = output_dir or os.path.join('runs', 'augment')
   examples = _examples(source, num_examples)
-  return [show_policy_grid(examples, policy, os.path.join(output_dir, f'augment_{policy}.png'),
-                           n, num_examples=num_examples, output_size=output_size, seed=seed)
-          for policy in policies]
+  paths = [show_policy_grid(examples, policy, os.path.join(output_dir, f'augment_{policy}.png'),
+                            n, num_examples=num_examples, output_size=output_size, seed=seed)
+           for policy in policies]
+  config_io.save_operative_config(config_dir or output_dir)
+  return paths
+
+
+# Per policy, the digit-scale file: Model Garden's pixel constants (sized for 640 px images)
+# scaled to the 128 px digit scenes. The base files' constants move S2/S3 content by up to
+# 250 px, which pushes whole 128 px scenes out of frame.
+DIGIT_SCALE_GIN = os.path.join('gin_configs', 'digits', 'augment_{policy}.gin')
+
+
+def digit_scale_gin_file(policy: str) -> str:
+  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
+  return os.path.join(config_io.REPO_ROOT, DIGIT_SCALE_GIN.format(policy=policy))
+
+
+def run_show_augment_digit_scale(output_dir: Optional[str],
+                                 gin_params: Sequence[str] = ()) -> List[str]:
+  """bin/show_augment.py without --gin_file: each policy under its own digit-scale file.
+
+  S1..S4 have different pixel constants, so one gin config cannot hold all four: for each
+  policy (of run_show_augment.policies, if a --gin_param binds it) the gin config is
+  gin_configs/digits/augment_<policy>.gin + `gin_params`, saved to
+  `{output_dir}/<policy>/config.gin` (and operative_config.gin), and run_show_augment draws
+  that policy to `{output_dir}/augment_<policy>.png`. Returns the PNG paths.
+  """
+  from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
+  output_dir = output_dir or os.path.join('runs', 'augment')
+  paths = []
+  for policy in augment_lib.POLICIES:
+    gin.clear_config()
+    cli.register_configurables()
+    config_io.parse_gin([digit_scale_gin_file(policy)], gin_params)
+    try:
+      wanted = [str(p).lower() for p in gin.query_parameter(
+          'rethink_st.augment_preview.run_show_augment.policies')]
+    except ValueError:  # not bound: all of them
+      wanted = list(augment_lib.POLICIES)
+    unknown = [p for p in wanted if p not in augment_lib.POLICIES]
+    if unknown:
+      raise UserError(f'run_show_augment.policies: unknown {", ".join(map(repr, unknown))}; '
+                      f'choose from {", ".join(augment_lib.POLICIES)}')
+    if policy not in wanted:
+      continue
+    config_dir = os.path.join(output_dir, policy)
+    config_io.save_config(config_dir)
+    paths += run_show_augment(output_dir, policies=[policy], config_dir=config_dir)
+  return paths

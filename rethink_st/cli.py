@@ -32,6 +32,7 @@ _CONFIGURABLE_MODULES = (
     'rethink_st.pseudo_label.source',
     'rethink_st.self_training',
     'rethink_st.export',
+    'rethink_st.augment_preview',
 )
 
 
@@ -47,14 +48,16 @@ def register_configurables() -> None:
 
 def run_binary(run_fn: Callable[..., object], *, gin_files: Sequence[str],
                gin_params: Sequence[str], model_dir: Optional[str], save_config: bool = True,
-               **kwargs):
-  """Parses gin, writes model_dir/config.gin, then returns run_fn(model_dir, **kwargs)."""
+               config_dir: Optional[str] = None, **kwargs):
+  """Parses gin, writes config.gin to config_dir (default model_dir), then returns
+  run_fn(model_dir, **kwargs). save_config=False leaves config.gin to run_fn (export writes
+  it into the SavedModel folder, which must be empty when the export starts)."""
   def start():
     register_configurables()
     config_io.parse_gin(gin_files, gin_params)
     from rethink_st.training import strategy  # pylint: disable=g-import-not-at-top
     strategy.build_strategy()  # before any op: collectives and TPUs are set up at start-up
-    if model_dir and save_config:
-      config_io.save_config(model_dir)
+    if save_config and (config_dir or model_dir):
+      config_io.save_config(config_dir or model_dir)
     return run_fn(model_dir, **kwargs)
   return config_io.call_with_user_errors(start)

@@ -1,6 +1,7 @@
 """Gin parsing with one-line errors, and saving config.gin / operative_config.gin (chief only)."""
 import json
 import os
+import tokenize
 from typing import Sequence
 
 import gin
@@ -26,6 +27,8 @@ def worker_index() -> int:
 
 
 def _first_line(e: Exception) -> str:
+  if isinstance(e, tokenize.TokenError):  # an unclosed bracket or quote: no location from gin
+    return f'{e.args[0] if e.args else "cannot tokenize"} (an unclosed bracket or quote?)'
   text = str(e).strip()
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   # gin appends '  In file "x", line n' context: keep the message and where it is.
@@ -36,21 +39,41 @@ def _first_line(e: Exception) -> str:
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# What gin raises for a mistake in a file or binding (an import in a gin file can raise more,
+# e.g. ModuleNotFoundError, an ImportError); tokenize.TokenError is an unclosed bracket.
+_GIN_ERRORS = (ValueError, KeyError, IOError, SyntaxError, TypeError, ImportError,
+               tokenize.TokenError)
+
+
+def _add_search_path(path: str) -> None:
+  # gin appends on every call; a path listed once is searched once.
+  if path not in getattr(gin.config, '_LOCATION_PREFIXES', ()):
+    gin.add_config_file_search_path(path)
+
 
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
-  """Parses --gin_file and --gin_param; a missing file or a bad binding is one UserError line.
+  """Parses --gin_file and --gin_param, files first, in order (as
+  gin.parse_config_files_and_bindings does); a missing file, an unknown or malformed binding
+  is one UserError line that names the --gin_file or --gin_param it came from.
 
   `include 'gin_configs/...'` lines resolve against the repository root from any directory.
   """
-  gin.add_config_file_search_path(REPO_ROOT)
-  for path in gin_files or ():
-    if not tf.io.gfile.exists(path):
+  _add_search_path(REPO_ROOT)
+  gin_files, gin_params = list(gin_files or ()), list(gin_params or ())
+  for path in gin_files:  # a relative path may also be relative to the repository root
+    if not (tf.io.gfile.exists(path) or
+            (not os.path.isabs(path) and tf.io.gfile.exists(os.path.join(REPO_ROOT, path)))):
       raise UserError(f'--gin_file={path}: no such file')
-  try:
-    gin.parse_config_files_and_bindings(list(gin_files or ()), list(gin_params or ()),
-                                        finalize_config=False)
-  except (ValueError, KeyError, IOError, SyntaxError, TypeError, ImportError) as e:
-    raise UserError(f'gin config (--gin_file/--gin_param): {_first_line(e)}') from None
+  for path in gin_files:
+    try:
+      gin.parse_config_file(path)
+    except _GIN_ERRORS as e:
+      raise UserError(f'--gin_file={path}: {_first_line(e)}') from None
+  for param in gin_params:
+    try:
+      gin.parse_config(param)
+    except _GIN_ERRORS as e:
+      raise UserError(f'--gin_param="{param}": {_first_line(e)}') from None
 
 
 def _write(model_dir: str, name: str, text: str) -> str:
@@ -63,14 +86,14 @@ def _write(model_dir: str, name: str, text: str) -> str:
   return path
 
 
-def save_config(model_dir: str) -> str:
+def save_config(model_dir: str, name: str = 'config.gin') -> str:
   """The config as parsed (every file and binding), written at start."""
-  return _write(model_dir, 'config.gin', gin.config_str())
+  return _write(model_dir, name, gin.config_str())
 
 
-def save_operative_config(model_dir: str) -> str:
+def save_operative_config(model_dir: str, name: str = 'operative_config.gin') -> str:
   """The values actually used, written once the model and data are built."""
-  return _write(model_dir, 'operative_config.gin', gin.operative_config_str())
+  return _write(model_dir, name, gin.operative_config_str())
 
 
 def call_with_user_errors(fn, *args, **kwargs):

@@ -16,7 +16,9 @@ kept, padded bottom/right), the model, and the mapping back to the original imag
              over `scales` and flips when asked); masks [B, H, W] int32, their argmax;
              image_info [B, 4, 2].
 
-A copy of the export settings is written to `<export_dir>/assets.extra/rethink_st_export.json`.
+A copy of the export settings is written to `<export_dir>/assets.extra/rethink_st_export.json`;
+run_export (bin/export.py) also writes the gin config there beside saved_model.pb
+(`config.gin`, `operative_config.gin`), by default in `<model_dir>/saved_model`.
 """
 import json
 import os
@@ -208,21 +210,41 @@ def export_saved_model(model: tf_keras.Model,
   return export_dir
 
 
-@gin.configurable(denylist=['export_dir'])
-def run_export(export_dir: str, task=gin.REQUIRED, checkpoint: str = gin.REQUIRED,
-               batch_size: Optional[int] = None, overwrite: bool = False) -> str:
-  """Restores `checkpoint` (a prefix or a folder) into the task's model and exports it."""
+SAVED_MODEL_SUBDIR = 'saved_model'
+
+
+@gin.configurable(denylist=['model_dir'])
+def run_export(model_dir: Optional[str], task=gin.REQUIRED, checkpoint: Optional[str] = None,
+               export_dir: Optional[str] = None, batch_size: Optional[int] = None,
+               overwrite: bool = False) -> str:
+  """Exports a trained run: restores `checkpoint` (a prefix or a folder; default the latest
+  checkpoint in `model_dir`) into the task's model and writes the SavedModel to `export_dir`
+  (default <model_dir>/saved_model), with the gin config beside saved_model.pb:
+  config.gin (as parsed) and operative_config.gin (as used). The run's own files in
+  model_dir are left as they are. Returns export_dir.
+  """
+  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
   from rethink_st.training import run as run_lib  # pylint: disable=g-import-not-at-top
   from rethink_st.training import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-  if not export_dir:
-    raise UserError('--export_dir is required')
-  path = run_lib.resolve_init_checkpoint(checkpoint)
+  if not model_dir and not (checkpoint and export_dir):
+    raise UserError('--model_dir is required (the trained run to export; or bind both '
+                    'run_export.checkpoint and run_export.export_dir)')
+  if checkpoint:
+    path = run_lib.resolve_init_checkpoint(checkpoint)
+  else:
+    if not tf.io.gfile.isdir(model_dir):
+      raise UserError(f'--model_dir={model_dir}: no such folder')
+    path = tf.train.latest_checkpoint(model_dir)
+    if not path:
+      raise UserError(f'--model_dir={model_dir}: holds no checkpoint to export (or bind '
+                      'run_export.checkpoint)')
+  export_dir = export_dir or os.path.join(model_dir, SAVED_MODEL_SUBDIR)
   model = task.build_model()
   status = tf.train.Checkpoint(model=model).read(path)
   try:
     status.expect_partial().assert_existing_objects_matched()
   except AssertionError as e:
-    raise UserError(f'run_export.checkpoint={checkpoint} does not match the model: '
+    raise UserError(f'checkpoint {path} does not match the model: '
                     f'{str(e).splitlines()[0][:160]}') from None
   kind = 'segmentation' if isinstance(task, tasks_lib.SegmentationTask) else 'detection'
   kwargs = {}
@@ -230,5 +252,8 @@ def run_export(export_dir: str, task=gin.REQUIRED, checkpoint: str = gin.REQUIRE
     kwargs = dict(scales=task.eval_scales, flip=task.eval_flip, size_divisor=task.size_divisor)
   out = export_saved_model(model, export_dir, task=kind, input_size=task.image_size,
                            batch_size=batch_size, overwrite=overwrite, **kwargs)
+  # Written after the export: export_saved_model wants an empty (or new) export_dir.
+  config_io.save_config(out)
+  config_io.save_operative_config(out)
   print(f'[export] {path} -> {out}', flush=True)
   return out

@@ -258,6 +258,11 @@ def test_paper_config_builds_model_and_pipeline(path, user_inputs):
     # The run: the paper's batch, steps as the header says, learning rate after warmup.
     assert type(task).__name__ == expected['kind']
     assert task.image_size == expected['size'] and task.num_classes == expected['classes']
+    # bin/evaluate.py and bin/export.py run on the same config: the same task.
+    for binary_fn in ('rethink_st.training.run.run_evaluate', 'rethink_st.export.run_export'):
+      other = gin.get_bindings(binary_fn)['task']
+      assert (type(other), other.image_size, other.num_classes) == (
+          type(task), task.image_size, task.num_classes), binary_fn
     assert run['global_batch_size'] == expected['batch']
     steps = _first_number_after('Steps:', header)
     if steps is not None:

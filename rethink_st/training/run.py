@@ -4,6 +4,7 @@ One function drives every stage: the task and the trainer class (supervised, stu
 come from gin. Checkpoints every N steps keeping K, automatic resume from `model_dir`,
 TensorBoard summaries under model_dir/train and model_dir/eval, a progress line per loop, and
 evaluation at an interval and at the end (results in model_dir/eval_metrics.json).
+run_evaluate (bin/evaluate.py) writes its configs and results under model_dir/eval/.
 """
 import json
 import os
@@ -131,26 +132,30 @@ def run_train(model_dir: str,
       checkpoint_manager=manager, train_actions=[progress],
       summary_dir=os.path.join(model_dir, 'train'),
       eval_summary_dir=os.path.join(model_dir, 'eval'))
+  metrics = None
   if has_eval and eval_every:
-    controller.train_and_evaluate(train_steps=train_steps, eval_steps=eval_steps,
-                                  eval_interval=eval_every)
+    # Evaluates every eval_every steps and once at train_steps (None if nothing was left to
+    # train: a finished run resumed).
+    metrics = controller.train_and_evaluate(train_steps=train_steps, eval_steps=eval_steps,
+                                            eval_interval=eval_every)
   else:
     controller.train(train_steps)
-  metrics = {}
   if has_eval:
-    metrics = controller.evaluate(steps=eval_steps) or {}
+    if metrics is None:
+      metrics = controller.evaluate(steps=eval_steps) or {}
     metrics = {k: float(v) for k, v in metrics.items()}
     write_eval_results(model_dir, metrics, trainer.evaluator, int(optimizer.iterations.numpy()))
   if not config_io.is_chief():
     shutil.rmtree(os.path.join(model_dir, '.workers'), ignore_errors=True)
-  return metrics
+  return metrics or {}
 
 
 def write_eval_results(model_dir: str, metrics: Dict[str, float], evaluator, step: int,
                        name: str = 'eval_metrics.json') -> None:
-  """metrics JSON (and, for detection, the COCO results JSON) beside the checkpoints."""
+  """metrics JSON (and, for detection, the COCO results JSON) in `model_dir`."""
   if not config_io.is_chief():
     return
+  tf.io.gfile.makedirs(model_dir)
   with tf.io.gfile.GFile(os.path.join(model_dir, name), 'w') as f:
     json.dump({'step': step, **metrics}, f, indent=1, sort_keys=True)
   if hasattr(evaluator, 'write_results_json'):
@@ -159,18 +164,32 @@ def write_eval_results(model_dir: str, metrics: Dict[str, float], evaluator, ste
   print(f'[eval] step {step}: {summary}', flush=True)
 
 
+EVAL_SUBDIR = 'eval'
+
+
+def eval_dir(model_dir: Optional[str]) -> Optional[str]:
+  """Where a run's evaluation goes: its TensorBoard eval summaries (training), and
+  bin/evaluate.py's config.gin, operative_config.gin and results, which leave the training
+  run's own files in model_dir untouched."""
+  return os.path.join(model_dir, EVAL_SUBDIR) if model_dir else None
+
+
 @gin.configurable(denylist=['model_dir'])
 def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str] = None,
                  eval_batch_size: int = 8, eval_steps: int = -1,
                  results_name: str = 'eval_metrics.json') -> Dict[str, float]:
   """Evaluates the latest checkpoint in `model_dir` (or `checkpoint`) on the task's eval
-  source; writes model_dir/<results_name> (and detections_coco.json for detection)."""
+  source. Writes into eval_dir(model_dir) (model_dir/eval; with only `checkpoint`, eval/
+  beside it): operative_config.gin, <results_name> and, for detection, detections_coco.json.
+  The training run's config.gin, operative_config.gin and eval_metrics.json stay as they were.
+  """
   path = checkpoint or (tf.train.latest_checkpoint(model_dir) if model_dir else None)
   if not path:
     raise UserError(f'--model_dir={model_dir}: no checkpoint to evaluate')
   path = resolve_init_checkpoint(path)
   if task.eval_source is None:
     raise UserError(f'{type(task).__name__}.eval_source is not bound')
+  out_dir = eval_dir(model_dir or os.path.dirname(path))
   strategy_lib.set_mixed_precision()
   strategy = strategy_lib.build_strategy()
   strategy_lib.check_global_batch_size(eval_batch_size, strategy, 'run_evaluate.eval_batch_size')
@@ -186,12 +205,13 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
   except AssertionError as e:
     raise UserError(f'checkpoint {path} does not match the model: '
                     f'{str(e).splitlines()[0][:200]}') from None
+  config_io.save_operative_config(out_dir)
   variables = dict(tf.train.list_variables(path))
   step_key = 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'
   step = int(tf.train.load_variable(path, step_key)) if step_key in variables else 0
   metrics = {k: float(v) for k, v in evaluator.evaluate(tf.constant(eval_steps)).items()}
-  out_dir = model_dir or os.path.dirname(path)
   write_eval_results(out_dir, metrics, evaluator.evaluator, step, name=results_name)
+  print(f'[eval] {path} -> {os.path.join(out_dir, results_name)}', flush=True)
   return metrics
 
 
