@@ -207,17 +207,28 @@ def test_detection_training_with_policies(scenes, policy):
 
 
 def test_segmentation_training_moves_masks(scenes):
-  aug = A.Augment('s3', output_size=(SIZE, SIZE), cutout_const=20, translate_const=50)
-  ds = P.build_input(FakeSource(scenes), task='segmentation', global_batch_size=5,
-                     is_training=True, output_size=(SIZE, SIZE), augment=aug, seed=0)
+  """S3 in the segmentation pipeline (graph mode, normalized images): the masks move, and
+  on synthetic scenes of flat-coloured objects (test_augment.make_example) each class of
+  the mask lies on the pixels of its object in the image."""
+  from test_augment import CLASSES, check_aligned_with_image, make_example  # pylint: disable=g-import-not-at-top
+  synthetic = {k: v.numpy() for k, v in make_example().items()}
+  # Cutout (masks untouched) kept small, so it does not hide the synthetic objects.
+  aug = A.Augment('s3', output_size=(SIZE, SIZE), cutout_const=2, translate_const=50)
+  ds = P.build_input(FakeSource(scenes + [synthetic] * 7), task='segmentation',
+                     global_batch_size=12, is_training=True, output_size=(SIZE, SIZE),
+                     augment=aug, seed=0)
   originals = np.stack([e[F.SEMANTIC_MASK] for e in scenes]).astype(np.float32)
-  _, labels = first(ds)
+  images, labels = first(ds)     # FakeSource keeps the order: the 5 scenes, 7 synthetic
   masks = labels['masks'].numpy()
-  assert masks.shape == (5, SIZE, SIZE, 1)
+  assert masks.shape == (12, SIZE, SIZE, 1)
   assert set(np.unique(masks)) <= set(range(11)) | {F.IGNORE_LABEL}
   np.testing.assert_array_equal(labels['valid_masks'].numpy(), masks != F.IGNORE_LABEL)
-  assert not np.array_equal(np.sort(masks.reshape(5, -1), 1), np.sort(
+  assert not np.array_equal(np.sort(masks[:5].reshape(5, -1), 1), np.sort(
       originals.reshape(5, -1), 1))
+  images = images.numpy() * preprocess_ops.STDDEV_RGB + preprocess_ops.MEAN_RGB
+  for image, mask, info in zip(images[5:], masks[5:], labels['image_info'].numpy()[5:]):
+    check_aligned_with_image(image, None, CLASSES, None, mask.astype(np.uint8),
+                             scale=info[2].max())
 
 
 def test_classification(iconic):
