@@ -2,7 +2,6 @@
 at an interval during training, bin/export.py and bin/evaluate.py (outputs and configs, the
 training run's files untouched), bin/show_augment.py's digit-scale default, one-line errors
 for bad gin input, and TF_USE_LEGACY_KERAS set by importing the package."""
-import io
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from rethink_st.errors import UserError
 from rethink_st.training import run
 
 import test_training
+from helpers import one_error_line
 
 TEACHER_GIN = test_training.TEACHER_GIN
 RUN_FILES = ('config.gin', 'operative_config.gin', 'eval_metrics.json', 'detections_coco.json')
@@ -147,18 +147,9 @@ def test_show_augment_rejects_an_unknown_policy(tmp_path):
 def _one_line_error(gin_files, gin_params):
   """What a binary prints: run_binary's parse fails before the run function starts."""
   gin.clear_config()
-  stderr = io.StringIO()
-  old, sys.stderr = sys.stderr, stderr
-  try:
-    with pytest.raises(SystemExit) as e:
-      cli.run_binary(lambda _: pytest.fail('the run function started'), gin_files=gin_files,
-                     gin_params=gin_params, model_dir=None)
-  finally:
-    sys.stderr = old
-  assert e.value.code == 1
-  lines = stderr.getvalue().strip().split('\n')
-  assert len(lines) == 1 and lines[0].startswith('error: '), lines
-  return lines[0]
+  return one_error_line(lambda: cli.run_binary(
+      lambda _: pytest.fail('the run function started'), gin_files=gin_files,
+      gin_params=gin_params, model_dir=None))
 
 
 def test_unknown_binding_is_one_line_naming_it():

@@ -23,7 +23,6 @@ counts do not depend on the input size).
 import contextlib
 import gc
 import glob
-import io
 import os
 import re
 import shlex
@@ -44,6 +43,7 @@ from rethink_st.data import features as F
 from rethink_st.data import tfexample
 from rethink_st.training import optimization
 from rethink_st.training import student as student_lib
+from helpers import one_error_line
 
 cli.register_configurables()
 
@@ -406,17 +406,7 @@ def test_readme_lists_every_config_and_required_input():
 # ------------------------------------------------------ a required input left unset
 def _one_line_error(fn):
   gin.clear_config()   # cli.run_binary parses on top of what is bound
-  stderr = io.StringIO()
-  old, sys.stderr = sys.stderr, stderr
-  try:
-    with pytest.raises(SystemExit) as e:
-      config_io.call_with_user_errors(fn)
-  finally:
-    sys.stderr = old
-  assert e.value.code == 1
-  lines = stderr.getvalue().strip().split('\n')
-  assert len(lines) == 1 and lines[0].startswith('error: '), lines
-  return lines[0]
+  return one_error_line(lambda: config_io.call_with_user_errors(fn))
 
 
 def test_missing_checkpoint_stops_the_teacher_with_one_line(tmp_path):
