@@ -266,9 +266,10 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
       base_name = table.cell(scale, table.baseline, col) if table.baseline else None
       if base_name and base_name != name:
         base_runs = cells.get(base_name, {}).get('seeds', {})
-        gains = [values[s] - 100 * base_runs[s][METRIC] for s in sorted(values)
-                 if METRIC in base_runs.get(s, {})]
-        entry['gain_values'] = gains
+        gain_seeds = [s for s in sorted(values) if METRIC in base_runs.get(s, {})]
+        gains = [values[s] - 100 * base_runs[s][METRIC] for s in gain_seeds]
+        entry['gain_values'], entry['gain_seeds'] = gains, gain_seeds
+        entry['baseline_mean'] = _mean_std([100 * base_runs[s][METRIC] for s in gain_seeds])[0]
         entry['gain_mean'], entry['gain_std'] = _mean_std(gains)
       teacher = [100 * m['teacher_' + METRIC] for m in runs.values() if 'teacher_' + METRIC in m]
       if teacher:
@@ -310,34 +311,73 @@ def _gain_text(e: Optional[dict], nd: int = 1) -> str:
   return f'{e["gain_mean"]:+.{nd}f}{std} (n={len(e["gain_values"])})'
 
 
+# A comparison where both sides are below this many AP points says nothing (e.g. a teacher
+# that kept no pseudo labels and a student that predicts nothing): 'not measurable'.
+NOTHING_TO_COMPARE_AP = 0.5
+
+
+def _within_noise(values: Sequence[float]) -> bool:
+  """Per-seed differences whose mean is within one standard error of 0 (needs n >= 2)."""
+  mean, std = _mean_std(values)
+  return std is not None and abs(mean) <= std / math.sqrt(len(values))
+
+
+def _gains_by_seed(e: Optional[dict]) -> Dict[str, float]:
+  return dict(zip(e.get('gain_seeds', []), e.get('gain_values', []))) if e else {}
+
+
 def check_claims(table: tables_lib.Table, results: dict) -> List[dict]:
-  """Each of the table's claims on the means: holds True / False / None (not measured)."""
+  """Each of the table's claims on the means of the per-seed differences it tests.
+
+  holds: True / False, or None (a cell not run, or both sides below NOTHING_TO_COMPARE_AP).
+  noise: with >= 2 seeds, the tested difference is within one standard error of 0, so the
+  verdict could flip with other seeds. Claims on columns this scale does not run are left out.
+  """
   out = []
   cols = results['columns']
   nd = _digits(results['scale'])
   for claim in table.claims:
     kind, row = claim[0], claim[1]
+    if any(c not in cols for c in claim[2:]):
+      continue
+    noise, note = False, ''
     if kind == 'gain_shrinks':
       a, b = _entry(results, row, claim[2]), _entry(results, row, claim[3])
       text = f'{row}: gain over {table.baseline} shrinks from {claim[2]} to {claim[3]}'
-      ok = (None if not a or not b or a.get('gain_mean') is None or b.get('gain_mean') is None
-            else a['gain_mean'] > b['gain_mean'])
+      ga, gb = _gains_by_seed(a), _gains_by_seed(b)
+      diffs = [ga[s] - gb[s] for s in ga if s in gb]
+      ok = None if not diffs else sum(diffs) / len(diffs) > 0
+      noise = _within_noise(diffs)
       detail = f'{claim[2]}: {_gain_text(a, nd)}; {claim[3]}: {_gain_text(b, nd)}'
     elif kind == 'gain_positive_everywhere':
       entries = [_entry(results, row, c) for c in cols]
       gains = [e.get('gain_mean') if e else None for e in entries]
       text = f'{row}: gain over {table.baseline} > 0 in every column ({", ".join(cols)})'
       ok = None if any(g is None for g in gains) else all(g > 0 for g in gains)
+      noise = any(_within_noise(e.get('gain_values', [])) for e in entries if e)
       detail = '; '.join(f'{c}: {_gain_text(e, nd)}' for c, e in zip(cols, entries))
     elif kind == 'at_least_baseline':
       e = _entry(results, row, claim[2])
       text = f'{row} >= {table.baseline} at {claim[2]}'
       ok = None if not e or e.get('gain_mean') is None else e['gain_mean'] >= 0
+      noise = bool(e) and _within_noise(e.get('gain_values', []))
       detail = f'{claim[2]}: {_gain_text(e, nd)}'
+      if ok is not None and max(e['mean'], e['baseline_mean']) < NOTHING_TO_COMPARE_AP:
+        ok, noise = None, False
+        note = (f'both below {NOTHING_TO_COMPARE_AP} AP ({e["mean"]:.{nd}f} vs '
+                f'{e["baseline_mean"]:.{nd}f}): nothing to compare')
     else:
       raise ValueError(f'unknown claim kind {kind!r}')
-    out.append({'claim': text, 'holds': ok, 'detail': detail})
+    out.append({'claim': text, 'holds': ok, 'noise': noise, 'note': note,
+                'detail': f'{note}; {detail}' if note else detail})
   return out
+
+
+def claim_mark(c: dict) -> str:
+  if c['holds'] is None:
+    return 'not measurable' if c.get('note') else 'not measured'
+  mark = 'holds' if c['holds'] else 'FAILS'
+  return mark + (', within seed noise' if c.get('noise') else '')
 
 
 def format_markdown(results: dict) -> str:
@@ -381,8 +421,7 @@ def format_markdown(results: dict) -> str:
       lines.append(f'| {row} | ' + ' | '.join(vals) + ' |')
   lines.append('\nClaims:\n')
   for c in results['claims']:
-    mark = {True: 'holds', False: 'FAILS', None: 'not measured'}[c['holds']]
-    lines.append(f'- {c["claim"]}: **{mark}** ({c["detail"]})')
+    lines.append(f'- {c["claim"]}: **{claim_mark(c)}** ({c["detail"]})')
   extra = []
   for e in results['grid']:
     bits = []

@@ -200,6 +200,57 @@ def test_claims_fail_and_missing_cells_are_reported():
   assert '**FAILS**' in md and 'not run' in md
 
 
+def _appendix_b_cells(ap):
+  """TEST DATA ONLY: appendix_b cells with AP ap[(row, col)][seed]."""
+  t = tables.TABLES['appendix_b']
+  return {t.cell('digits', row, col): {'seeds': {str(s): {'AP': v} for s, v in enumerate(vals)}}
+          for (row, col), vals in ap.items()}
+
+
+def test_appendix_b_digits_tests_s1_and_s4_and_full_scale_s4_only():
+  t = tables.TABLES['appendix_b']
+  assert t.columns_for('digits') == ('S1 alpha=1', 'S1 alpha=3', 'S4 alpha=1', 'S4 alpha=3')
+  assert t.cell('digits', 'Loss normalization', 'S1 alpha=1') == 's1_f20_self_training'
+  assert t.cell('digits', 'Standard loss', 'S4 alpha=3') == 's4_f20_standard_a3'
+  assert t.columns_for('full') == ('alpha=1', 'alpha=3')
+  assert t.cell('full', 'Standard loss', 'alpha=3') == 's4_f100_standard_a3'
+  res = suite.build_results('appendix_b', 'full', [0], {}, is_test_data=True)
+  assert [c['claim'] for c in res['claims']] == ['Loss normalization >= Standard loss at alpha=3']
+
+
+def test_claims_within_seed_noise_and_nothing_to_compare():
+  """TEST DATA ONLY. S1: normalization ahead by 0.004 AP on every seed (holds, not noise);
+  S4 alpha=3: both near 0 AP (not measurable); alpha=1 columns: a gain of +0.1 +- 2 (noise)."""
+  norm, std = 'Loss normalization', 'Standard loss'
+  ap = {(norm, 'S1 alpha=3'): [0.104, 0.124, 0.094], (std, 'S1 alpha=3'): [0.10, 0.12, 0.09],
+        (norm, 'S4 alpha=3'): [0.001, 0.0, 0.002], (std, 'S4 alpha=3'): [0.0, 0.0, 0.003],
+        (norm, 'S1 alpha=1'): [0.13, 0.09, 0.11], (std, 'S1 alpha=1'): [0.11, 0.11, 0.11],
+        (norm, 'S4 alpha=1'): [0.03, 0.03, 0.03], (std, 'S4 alpha=1'): [0.02, 0.02, 0.02]}
+  res = suite.build_results('appendix_b', 'digits', [0, 1, 2], _appendix_b_cells(ap),
+                            is_test_data=True)
+  by_col = {c['claim'].rsplit(' at ', 1)[1]: c for c in res['claims']}
+  assert set(by_col) == {'S1 alpha=3', 'S4 alpha=3'}
+  assert by_col['S1 alpha=3']['holds'] is True and not by_col['S1 alpha=3']['noise']
+  assert by_col['S4 alpha=3']['holds'] is None
+  assert 'nothing to compare' in by_col['S4 alpha=3']['note']
+  md = suite.format_markdown(res)
+  assert '**holds** (S1 alpha=3: +0.40 ± 0.00 (n=3))' in md
+  assert '**not measurable** (both below 0.5 AP (0.10 vs 0.10): nothing to compare' in md
+  e = suite._entry(res, norm, 'S1 alpha=1')
+  assert suite._within_noise(e['gain_values'])                 # +0.67 +- 2.08 over 3 seeds
+  assert not suite._within_noise(suite._entry(res, norm, 'S4 alpha=1')['gain_values'])
+  assert not suite._within_noise([5.0])                         # one seed: no spread known
+  # a table claim on a noisy gain says so
+  t2 = _fabricated('table2')
+  cells = t2['cells']
+  for s, v in zip(('0', '1', '2'), (0.32, 0.11, 0.23)):   # self-training at S4: +12, -10, +1
+    cells['s4_f20_self_training']['seeds'][s]['AP'] = v
+  t2 = suite.build_results('table2', 'digits', [0, 1, 2], cells, is_test_data=True)
+  st = [c for c in t2['claims'] if c['claim'].startswith('Rand Init + self-training')][0]
+  assert st['holds'] is True and st['noise']
+  assert '**holds, within seed noise**' in suite.format_markdown(t2)
+
+
 def test_collect_results_reads_finished_cells(tmp_path):
   out = str(tmp_path)
   suite.run_cells(['appendix_b'], 'digits', [0], out, runner=FakeRunner(), echo=lambda s: None)
