@@ -21,6 +21,7 @@ import math
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -127,6 +128,27 @@ def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
     return out
   metrics = _read_json(os.path.join(directory, 'eval_metrics.json'))
   return {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if metrics else None
+
+
+def read_pseudo_quality(directory: str) -> Dict[str, float]:
+  """Precision / recall of a self-training run's last-round pseudo labels at the labeler's
+  score threshold, from round_<k>/pseudo_report/report.json when that report was made against
+  held-back labels (run_self_training.report_reference, or bin/pseudo_label_report.py
+  --reference afterwards); {} otherwise."""
+  rounds = []
+  for name in (os.listdir(directory) if os.path.isdir(directory) else ()):
+    if name.startswith('round_') and name[len('round_'):].isdigit():
+      rounds.append(int(name[len('round_'):]))
+  if not rounds:
+    return {}
+  report = _read_json(os.path.join(directory, f'round_{max(rounds)}', 'pseudo_report',
+                                   'report.json'))
+  rows = ((report or {}).get('detection') or {}).get('thresholds') or []
+  at = [r for r in rows if 'precision' in r and
+        abs(r['score_threshold'] - report.get('labeler_score_threshold', -1)) < 1e-6]
+  if not at:
+    return {}
+  return {'pseudo_precision': at[0]['precision'], 'pseudo_recall': at[0]['recall']}
 
 
 def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
@@ -243,6 +265,8 @@ def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: 
           metrics = read_metrics(name, directory)
           if metrics:
             per_seed[str(seed)] = metrics
+        if str(seed) in per_seed and tables_lib.CELLS[name].binary == 'self_train':
+          per_seed[str(seed)].update(read_pseudo_quality(directory))
       cells[name] = {'seeds': per_seed,
                      'command': shlex.join(cell_command(name, scale, 0, out_dir)[1:])}
   return build_results(table_name, scale, seeds, cells)
@@ -278,8 +302,13 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
                 if m.get('pseudo_boxes_per_image') is not None]
       if pseudo:
         entry['pseudo_boxes_per_image'] = _mean_std(pseudo)[0]
-      entry['minutes'] = _mean_std([m['seconds'] / 60 for m in runs.values()
-                                    if 'seconds' in m])[0]
+      for key in ('pseudo_precision', 'pseudo_recall'):
+        got = [m[key] for m in runs.values() if m.get(key) is not None]
+        if got:
+          entry[key] = _mean_std(got)[0]
+      minutes = [m['seconds'] / 60 for m in runs.values() if 'seconds' in m]
+      # median: one run slowed by another job on the machine does not move it
+      entry['minutes'] = statistics.median(minutes) if minutes else None
       entry['paper'] = table.paper.get((row, col))
       grid.append(entry)
   results = {'table': table.name, 'title': table.title, 'scale': scale,
@@ -429,8 +458,11 @@ def format_markdown(results: dict) -> str:
       bits.append(f'teacher AP {e["teacher_mean"]:.{nd}f}')
     if e.get('pseudo_boxes_per_image') is not None:
       bits.append(f'{e["pseudo_boxes_per_image"]:.2f} pseudo boxes/image')
+    if e.get('pseudo_recall') is not None:
+      bits.append(f'pseudo-label precision {100 * e["pseudo_precision"]:.0f}% / recall '
+                  f'{100 * e["pseudo_recall"]:.0f}%')
     if e.get('minutes') is not None:
-      bits.append(f'{e["minutes"]:.1f} min/run')
+      bits.append(f'{e["minutes"]:.1f} min/run (median)')
     if bits:
       extra.append(f'- {e["row"]} / {e["col"]} (`{e["cell"]}`): ' + ', '.join(bits))
   if extra:

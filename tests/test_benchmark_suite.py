@@ -254,7 +254,19 @@ def test_claims_within_seed_noise_and_nothing_to_compare():
 def test_collect_results_reads_finished_cells(tmp_path):
   out = str(tmp_path)
   suite.run_cells(['appendix_b'], 'digits', [0], out, runner=FakeRunner(), echo=lambda s: None)
+  # a pseudo-label report made against held-back labels (as bin/pseudo_label_report.py
+  # --reference writes it): its precision / recall at the labeler's threshold are shown
+  report_dir = os.path.join(out, 'digits/cells/s4_f20_standard_a3/seed_0/round_1/pseudo_report')
+  os.makedirs(report_dir)
+  with open(os.path.join(report_dir, 'report.json'), 'w') as f:
+    json.dump({'labeler_score_threshold': 0.3, 'detection': {'thresholds': [
+        {'score_threshold': 0.2, 'precision': 0.2, 'recall': 0.4},
+        {'score_threshold': 0.3, 'precision': 0.46, 'recall': 0.104}]}}, f)
   res = suite.collect_results('appendix_b', 'digits', [0], out)
+  e = suite._entry(res, 'Standard loss', 'S4 alpha=3')
+  assert (e['pseudo_precision'], e['pseudo_recall']) == (0.46, 0.104)
+  assert suite._entry(res, 'Standard loss', 'S4 alpha=1').get('pseudo_recall') is None
+  assert 'pseudo-label precision 46% / recall 10%' in suite.format_markdown(res)
   assert all(e['values'] for e in res['grid'])
   assert res['claims'][0]['holds'] is not None
   assert not res['is_test_data']
