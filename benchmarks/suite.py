@@ -436,6 +436,8 @@ def format_markdown(results: dict) -> str:
         text += f' ({e["gain_mean"]:+.{nd}f}' + (
             '' if e['gain_std'] is None else f' ± {e["gain_std"]:.{nd}f}') + ')'
       text += f' n={len(e["values"])}'
+      if e.get('gain_values') is not None and len(e['gain_values']) != len(e['values']):
+        text += f' (gain: n={len(e["gain_values"])}, the seeds both rows ran)'
       cells.append(text)
     lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
   if any(e.get('paper') for e in results['grid']):

@@ -267,6 +267,11 @@ def test_collect_results_reads_finished_cells(tmp_path):
   assert (e['pseudo_precision'], e['pseudo_recall']) == (0.46, 0.104)
   assert suite._entry(res, 'Standard loss', 'S4 alpha=1').get('pseudo_recall') is None
   assert 'pseudo-label precision 46% / recall 10%' in suite.format_markdown(res)
+  # a row with more seeds than its baseline: the gain's own n is shown
+  cells = json.loads(json.dumps(res['cells']))
+  cells['s1_f20_self_training']['seeds']['1'] = {'AP': 0.2}
+  more = suite.build_results('appendix_b', 'digits', [0, 1], cells, is_test_data=True)
+  assert 'n=2 (gain: n=1, the seeds both rows ran)' in suite.format_markdown(more)
   assert all(e['values'] for e in res['grid'])
   assert res['claims'][0]['holds'] is not None
   assert not res['is_test_data']
