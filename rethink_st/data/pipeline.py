@@ -141,7 +141,9 @@ class _Parser:
         'box_weights': box_weights,
         'image_info': out[augment_lib.IMAGE_INFO],
     }
-    if not self.is_training:
+    if self.is_training:   # boxes left after augmentation (the student logs them per image)
+      labels['num_boxes'] = tf.shape(out[F.BOXES])[0]
+    else:
       image_shape = tf.shape(example[F.IMAGE])[0:2]
       groundtruths = {
           'source_id': process_source_id(example[F.SOURCE_ID]),

@@ -4,6 +4,13 @@ Each global batch is part human, part pseudo (the paper: 256 + 256; `pseudo_frac
 parts go through the same input pipeline and augmentation policy, are concatenated and run
 through the model in ONE forward pass (batch norm sees the whole batch, as in the paper), and
 the outputs are split to compute L_h and L_p, which `LossNormalizer` combines.
+
+The pseudo term counts when the task's loss says the pseudo part has any label (`has_labels`):
+for detection always, as an image without pseudo boxes is background, a real focal-loss signal
+(so a batch without positive anchors is not dropped); for segmentation iff some pixel is not
+ignored. Without it the human loss keeps its own weight (see `LossNormalizer`). Besides the
+normalizer's losses, averages, ratio and applied weights, each step reports
+`pseudo_positives_per_image` (detection: positive anchors, segmentation: labelled pixels).
 """
 from typing import Any, Dict, Optional
 
@@ -41,7 +48,7 @@ class StudentTrainer(trainer_lib.Trainer):
   pseudo_source: a Source of pseudo-labeled examples (e.g. tfrecord_source over the
     pseudo-labeler's shards); it must have the task's label space.
   pseudo_fraction: share of each global batch taken from pseudo labels (paper: 0.5).
-  normalizer: a LossNormalizer (alpha, decay, 'normalized' or 'standard').
+  normalizer: a LossNormalizer (alpha, decay, 'normalized' or 'standard', matched_control).
   """
 
   def __init__(self, *, task, model, optimizer, strategy, global_batch_size,
@@ -55,8 +62,10 @@ class StudentTrainer(trainer_lib.Trainer):
     super().__init__(task=task, model=model, optimizer=optimizer, strategy=strategy,
                      global_batch_size=global_batch_size, joint=joint)
 
-  loss_names = ('total_loss', 'human_loss', 'pseudo_loss', 'human_loss_avg',
-                'pseudo_loss_avg', 'pseudo_weight')
+  @property
+  def loss_names(self):
+    return (losses_lib.LossNormalizer.output_names + ('pseudo_positives_per_image',)
+            + tuple(f'pseudo_{n}' for n in self.task.label_stat_names))
 
   @property
   def checkpoint_items(self) -> Dict[str, Any]:
@@ -77,8 +86,11 @@ class StudentTrainer(trainer_lib.Trainer):
     p_out = tf.nest.map_structure(lambda x: x[n_h:], outputs)
     human = self.task.losses(h_out, h_labels)
     pseudo = self.task.losses(p_out, p_labels)
-    return self.normalizer(human['total_loss'], pseudo['total_loss'],
-                           pseudo['num_positives'] > 0)
+    out = self.normalizer(human['total_loss'], pseudo['total_loss'], pseudo['has_labels'])
+    n_p = tf.cast(tf.shape(p_images)[0], tf.float32)
+    out['pseudo_positives_per_image'] = tf.cast(pseudo['num_positives'], tf.float32) / n_p
+    out.update({f'pseudo_{k}': v for k, v in self.task.label_stats(p_labels).items()})
+    return out
 
 
 def _check_label_space(task, pseudo_source) -> None:

@@ -62,6 +62,13 @@ class Task:
           output_size=self.image_size, input_context=input_context)
 
   # --- steps -----------------------------------------------------------------------------
+  label_stat_names: Tuple[str, ...] = ()
+
+  def label_stats(self, labels) -> Dict[str, tf.Tensor]:
+    """Per-batch statistics of training labels, named `label_stat_names` (the student logs
+    them for its pseudo half, e.g. pseudo boxes per image)."""
+    return {}
+
   def forward(self, model, images, labels, training: bool):
     raise NotImplementedError
 
@@ -84,6 +91,11 @@ class DetectionTask(Task):
   def __init__(self, model_fn=None, num_classes: int = 91, image_size=(640, 640),
                train_source=None, eval_source=None):
     super().__init__(model_fn, num_classes, image_size, train_source, eval_source)
+
+  label_stat_names = ('boxes_per_image',)
+
+  def label_stats(self, labels):
+    return {'boxes_per_image': tf.reduce_mean(tf.cast(labels['num_boxes'], tf.float32))}
 
   def forward(self, model, images, labels, training):
     if training:
