@@ -9,13 +9,22 @@
 
 Each cell is one subprocess of an existing binary (bin/pretrain.py, bin/train_teacher.py,
 bin/self_train.py), in its own folder  <out_dir>/<scale>/cells/<cell>/seed_<s>/  with its
-log (suite_log.txt). A finished cell gets suite_done.json (its metrics and wall time) and is
-skipped on the next run, so the suite is resumable: kill it and start it again. A cell that
-fails gets suite_failed.json (retried next run); cells that depend on it are skipped.
-Cells run one at a time, seed by seed (all of seed 0 first, so a partial run already gives
-whole tables). The tables (benchmarks/tables.py) are then made from the finished cells:
-<out_dir>/<scale>/<table>.json, .md and .png.
+log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time, command,
+steps and the git commit it ran from) and is skipped on the next run, so the suite is
+resumable: kill it and start it again. A cell that fails gets suite_failed.json (retried next
+run); cells that depend on it are skipped. Cells run one at a time, seed by seed (all of seed
+0 first, so a partial run already gives whole tables).
+
+At digit scale every cell of augmentation policy sX trains the steps --convergence (default
+benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX: its
+teacher CELL_STEPS, its student as many (STUDENT_STEPS). Without a budget for a policy a
+requested cell needs, the suite stops before running anything.
+
+The tables (benchmarks/tables.py) are then made from the finished cells:
+<out_dir>/<scale>/<table>.json, .md and .png, and the paper's claims, each tested on
+differences paired by seed: <out_dir>/<scale>/claims.json.
 """
+import collections
 import json
 import math
 import os
@@ -25,14 +34,16 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tables as tables_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE, FAILED, LOG = 'suite_done.json', 'suite_failed.json', 'suite_log.txt'
+CLAIMS_FILE = 'claims.json'
 METRIC = 'AP'
+DEFAULT_CONVERGENCE = os.path.join(REPO, 'benchmarks', 'results', 'convergence.json')
 
 
 class SuiteError(ValueError):
@@ -67,6 +78,59 @@ def resolve_tables(names: Sequence[str]) -> List[str]:
   return list(dict.fromkeys(out))
 
 
+def _shown_path(path: str) -> str:
+  """A path inside the repository relative to it (as the user would type it)."""
+  rel = os.path.relpath(os.path.abspath(path), REPO)
+  return path if rel.startswith('..') else rel
+
+
+def read_budgets(path: str, policies: Sequence[str]) -> Tuple[Dict[str, int], str]:
+  """The digit-scale step budget of each policy in `policies`, from convergence.json's
+  chosen[<policy>].steps, and a line saying where they came from. One-line SuiteError
+  naming the file and the missing policies when the file does not give them all."""
+  shown = _shown_path(path)
+  make = f'python benchmarks/convergence.py --policies={",".join(policies)}'
+  try:
+    data = _read_json(path)
+  except json.JSONDecodeError as e:
+    raise SuiteError(f'{shown}: not valid JSON ({e}); remake it with: {make}') from None
+  if data is None:
+    raise SuiteError(f'{shown}: not found; the digit-scale step budgets come from it. '
+                     f'Make it with: {make}')
+  chosen = data.get('chosen') or {}
+  missing = [p for p in policies if p not in chosen]
+  if missing:
+    raise SuiteError(
+        f'{shown} has no step budget (chosen.<policy>.steps) for policy '
+        f'{", ".join(missing)}; make it with: python benchmarks/convergence.py '
+        f'--policies={",".join(missing)}')
+  budgets = {}
+  for p in policies:
+    steps = chosen[p].get('steps') if isinstance(chosen[p], dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+      raise SuiteError(f'{shown}: chosen.{p}.steps = {steps!r} is not a positive whole '
+                       f'number of steps')
+    budgets[p] = steps
+  source = shown + (f' (commit {data["commit"]})' if data.get('commit') else '')
+  rising = [p for p in policies if chosen[p].get('still_rising')]
+  if rising:   # recorded with every run, so a table made from such budgets says so
+    source += f'; AP still rising at the largest budget for {", ".join(rising)}'
+  return budgets, source
+
+
+def repo_commit() -> Optional[str]:
+  """`git rev-parse HEAD` of the repository the suite runs from (+dirty if tracked files
+  differ from it); None outside a git checkout."""
+  try:
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ('+dirty' if dirty else '')
+
+
 def cell_dir(out_dir: str, scale: str, name: str, seed: int) -> str:
   cell = tables_lib.CELLS[name]
   leaf = f'seed_{seed}' if cell.seeded else 'shared'
@@ -74,9 +138,12 @@ def cell_dir(out_dir: str, scale: str, name: str, seed: int) -> str:
 
 
 def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
+                 budgets: Optional[Mapping[str, int]] = None,
                  gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
                  python: str = sys.executable) -> List[str]:
-  """The command line that runs cell `name` for `seed` (extra gin files/params last)."""
+  """The command line that runs cell `name` for `seed`: the cell's gin files, then extra
+  gin files; the cell's bindings, its seed, folders and step budget (digit scale:
+  budgets[policy], see read_budgets), then extra bindings (last, so they win)."""
   cell = tables_lib.CELLS[name]
   if not cell.exists(scale):
     raise SuiteError(f'cell {name} has no {scale}-scale config (benchmarks/tables.py)')
@@ -93,6 +160,11 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
     teacher = cell_dir(out_dir, scale, cell.teacher_for(scale), seed)
     params.append(f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'"
                   if cell.binary == 'self_train' else f"TEACHER_DIR='{teacher}'")
+  if scale == 'digits' and cell.policy:
+    if not budgets or cell.policy not in budgets:
+      raise SuiteError(f'cell {name}: no step budget for policy {cell.policy} '
+                       f'(--convergence)')
+    params += cell.budget_params(budgets[cell.policy])
   params += list(gin_params)
   cmd += [f'--gin_param={p}' for p in params]
   cmd.append(f'--model_dir={cell_dir(out_dir, scale, name, seed)}')
@@ -160,29 +232,52 @@ def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
     return subprocess.call(list(cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_dir: str, *,
-              only: Sequence[str] = (), max_cells: Optional[int] = None, dry_run: bool = False,
-              gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
-              runner: Callable[[Sequence[str], str], int] = subprocess_runner,
-              echo: Callable[[str], None] = print) -> Dict[str, int]:
-  """Runs the unfinished cells of the tables (and what they depend on), seed by seed.
-
-  only: run just these cells (and their unfinished dependencies). max_cells: stop after
-  starting this many runs. Returns counts: ran, skipped (already done), failed, blocked.
-  """
+def planned_cells(table_names: Sequence[str], scale: str, only: Sequence[str] = (),
+                  optional: bool = False) -> Tuple[str, ...]:
+  """The cells to run (the tables', or just `only`) and their dependencies, in order."""
   if scale not in tables_lib.SCALES:
     raise SuiteError(f'--scale={scale!r} is not one of {", ".join(tables_lib.SCALES)}')
-  wanted = []
-  for t in table_names:
-    wanted.extend(tables_lib.TABLES[t].cell_names(scale))
   for name in only:
     if name not in tables_lib.CELLS:
       raise SuiteError(f'--only={name!r} is not a cell (benchmarks/tables.py)')
     if not tables_lib.CELLS[name].exists(scale):
       raise SuiteError(f'--only={name!r} has no {scale}-scale config')
-  if only:
-    wanted = list(only)
-  order = tables_lib.ordered_cells(wanted, scale)
+  wanted = list(only)
+  if not only:
+    for t in table_names:
+      wanted.extend(tables_lib.TABLES[t].cell_names(scale, optional))
+  return tables_lib.ordered_cells(wanted, scale)
+
+
+def budgets_for(cells: Sequence[str], scale: str,
+                convergence: str) -> Tuple[Dict[str, int], Optional[str]]:
+  """Step budgets for the policies of `cells` (digit scale; the full scale's gin files
+  hold the paper's steps)."""
+  policies = sorted({tables_lib.CELLS[n].policy for n in cells
+                     if tables_lib.CELLS[n].policy}) if scale == 'digits' else []
+  return read_budgets(convergence, policies) if policies else ({}, None)
+
+
+def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_dir: str, *,
+              only: Sequence[str] = (), optional: bool = False,
+              convergence: str = DEFAULT_CONVERGENCE, max_cells: Optional[int] = None,
+              dry_run: bool = False, gin_files: Sequence[str] = (),
+              gin_params: Sequence[str] = (),
+              runner: Callable[[Sequence[str], str], int] = subprocess_runner,
+              echo: Callable[[str], None] = print) -> Dict[str, int]:
+  """Runs the unfinished cells of the tables (and what they depend on), seed by seed.
+
+  only: run just these cells (and their unfinished dependencies). optional: also the tables'
+  optional rows and columns. convergence: the step budgets (digit scale), read before
+  anything runs. max_cells: stop after starting this many runs. Returns counts: ran,
+  skipped (already done), failed, blocked.
+  """
+  order = planned_cells(table_names, scale, only, optional)
+  budgets, budget_source = budgets_for(order, scale, convergence)
+  commit = None if dry_run else repo_commit()
+  if budgets and not dry_run:
+    echo(f'[suite] steps: {", ".join(f"{p} {n}" for p, n in budgets.items())} from '
+         f'{budget_source}; code: {commit}')
   counts = dict(ran=0, skipped=0, failed=0, blocked=0)
   started = 0
   for seed in seeds:
@@ -196,7 +291,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
         continue
       deps = [d for d in cell.depends(scale)
               if not os.path.exists(os.path.join(cell_dir(out_dir, scale, d, seed), DONE))]
-      cmd = cell_command(name, scale, seed, out_dir, gin_files=gin_files,
+      cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
                          gin_params=gin_params)
       if dry_run:
         echo(shlex.join(cmd))
@@ -217,16 +312,20 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       code = runner(cmd, os.path.join(directory, LOG))
       seconds = time.time() - start
       metrics = read_metrics(name, directory) if code == 0 else None
+      # steps: this cell's training steps (a student's, for self-training cells); None: the
+      # cell's own gin files set them (pretrain; every cell at full scale).
+      record = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
+                'steps': budgets.get(cell.policy) if scale == 'digits' else None,
+                'steps_from': budget_source if cell.policy else None}
       if metrics is None:
         counts['failed'] += 1
         with open(os.path.join(directory, FAILED), 'w') as f:
-          json.dump({'exit_code': code, 'seconds': seconds, 'command': cmd}, f, indent=1)
+          json.dump({'exit_code': code, **record}, f, indent=1)
         echo(f'[suite] {name} seed {seed}: FAILED (exit {code}); see {LOG}')
         continue
       counts['ran'] += 1
       with open(os.path.join(directory, DONE), 'w') as f:
-        json.dump({'metrics': metrics, 'seconds': seconds, 'seed': seed, 'command': cmd}, f,
-                  indent=1)
+        json.dump({'metrics': metrics, **record}, f, indent=1)
       shown = metrics.get(METRIC, metrics.get('top1_accuracy'))
       echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, '
            f'{METRIC if METRIC in metrics else "top1"}={shown:.4f}')
@@ -243,82 +342,159 @@ def _mean_std(values: Sequence[float]):
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def read_runs(name: str, scale: str, seeds: Sequence[int], out_dir: str) -> Dict[str, dict]:
+  """{seed: metrics} of cell `name`'s finished runs, from suite_done.json (with seconds,
+  steps and commit) or, for runs outside the suite (e.g. a cluster job from
+  --dry_run's command), from eval_metrics.json / results.json."""
+  runs = {}
+  for seed in seeds:
+    directory = cell_dir(out_dir, scale, name, seed)
+    done = _read_json(os.path.join(directory, DONE))
+    if done:
+      run = {**done['metrics'], 'seconds': done['seconds']}
+      run.update({k: done[k] for k in ('steps', 'commit') if done.get(k)})
+    else:
+      run = read_metrics(name, directory)
+    if not run:
+      continue
+    if tables_lib.CELLS[name].binary == 'self_train':
+      run.update(read_pseudo_quality(directory))
+    runs[str(seed)] = run
+  return runs
+
+
 def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: str) -> dict:
-  """The results JSON of one table from the finished cells' suite_done.json files (or, for
-  cells run outside the suite, their eval_metrics.json / results.json).
-  AP in points (x100, the paper's unit); gains over the baseline row are taken per seed
-  (same seed: same labeled subset and init) and then averaged; std is the sample std."""
+  """The results JSON of one table from the finished cells (read_runs), optional rows and
+  columns included."""
   table = tables_lib.TABLES[table_name]
-  cells = {}
-  for row in table.rows_for(scale):
-    for col in table.columns_for(scale):
-      name = table.cell(scale, row, col)
-      if not name or name in cells:
-        continue
-      per_seed = {}
-      for seed in seeds:
-        directory = cell_dir(out_dir, scale, name, seed)
-        done = _read_json(os.path.join(directory, DONE))
-        if done:
-          per_seed[str(seed)] = {**done['metrics'], 'seconds': done['seconds']}
-        else:   # run outside the suite (e.g. a cluster job from --dry_run's command)
-          metrics = read_metrics(name, directory)
-          if metrics:
-            per_seed[str(seed)] = metrics
-        if str(seed) in per_seed and tables_lib.CELLS[name].binary == 'self_train':
-          per_seed[str(seed)].update(read_pseudo_quality(directory))
-      cells[name] = {'seeds': per_seed,
-                     'command': shlex.join(cell_command(name, scale, 0, out_dir)[1:])}
+  cells = {name: {'seeds': read_runs(name, scale, seeds, out_dir)}
+           for name in table.cell_names(scale, optional=True)}
   return build_results(table_name, scale, seeds, cells)
 
 
+# --------------------------------------------------------------------------------- claims
+CLAIM_RULE = ('diff = treatment AP - control AP (x100) per seed, over the seeds both cells '
+              'finished; s.e. = sample std of diff / sqrt(n). A claim that the treatment '
+              'helps holds when mean(diff) - 2 s.e. > 0; one that it hurts, when mean(diff) + '
+              '2 s.e. < 0. n < 2: holds is null.')
+
+
+def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[str, dict],
+                 control_runs: Mapping[str, dict]) -> dict:
+  """One entry of claims.json: the claim tested on AP differences paired by seed."""
+  out = {'id': claim.id, 'claim': claim.text, 'paper': claim.paper,
+         'treatment': claim.treatment, 'control': claim.control, 'direction': claim.direction}
+  t = {s: 100 * m[METRIC] for s, m in treatment_runs.items() if METRIC in m}
+  c = {s: 100 * m[METRIC] for s, m in control_runs.items() if METRIC in m}
+  seeds = sorted(set(t) & set(c), key=int)
+  diffs = [t[s] - c[s] for s in seeds]
+  mean, std = _mean_std(diffs)
+  out.update(seeds=[int(s) for s in seeds], treatment_ap=[t[s] for s in seeds],
+             control_ap=[c[s] for s in seeds], diff_mean=mean, diff_std=std, n=len(seeds),
+             unpaired_seeds={'treatment': sorted((int(s) for s in set(t) - set(c))),
+                             'control': sorted((int(s) for s in set(c) - set(t)))})
+  commits = {r.get('commit') for runs in (treatment_runs, control_runs)
+             for s, r in runs.items() if s in seeds}
+  out['commits'] = sorted(x or 'unknown' for x in commits)
+  if claim.treatment is None or claim.control is None:
+    reason = 'no cells'
+  elif not all(tables_lib.CELLS[n].exists(scale) for n in (claim.treatment, claim.control)):
+    reason = f'no cells at {scale} scale'
+  elif not seeds:
+    reason = 'no seed finished both cells'
+  elif len(seeds) < 2:
+    reason = 'one paired seed: no spread to test the difference against; run more seeds'
+  else:
+    reason = None
+  if reason:
+    out.update(bound=None, holds=None, reason=reason)
+    return out
+  margin = 2 * std / math.sqrt(len(seeds))
+  if claim.direction == 'helps':
+    out['bound'] = mean - margin
+    out['holds'] = out['bound'] > 0
+  else:
+    out['bound'] = mean + margin
+    out['holds'] = out['bound'] < 0
+  return out
+
+
+def collect_claims(scale: str, seeds: Sequence[int], out_dir: str) -> dict:
+  """claims.json: every claim of tables_lib.CLAIMS from the finished cells' per-seed AP."""
+  claims = []
+  for claim in tables_lib.CLAIMS:
+    runs = [read_runs(n, scale, seeds, out_dir)
+            if n and tables_lib.CELLS[n].exists(scale) else {}
+            for n in (claim.treatment, claim.control)]
+    claims.append(claim_result(claim, scale, *runs))
+  return {'scale': scale, 'seeds': list(seeds), 'metric': f'COCO {METRIC} x 100',
+          'rule': CLAIM_RULE, 'claims': claims}
+
+
+def write_claims(claims: dict, report_dir: str) -> str:
+  path = os.path.join(report_dir, claims['scale'], CLAIMS_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(claims, f, indent=1)
+  return path
+
+
+# ------------------------------------------------------------------------------- tables
 def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict,
                   is_test_data: bool = False) -> dict:
-  """The results dict from per-cell, per-seed metrics ({cell: {'seeds': {'0': {AP..}}}})."""
+  """The results dict from per-cell, per-seed metrics ({cell: {'seeds': {'0': {AP..}}}}).
+  AP in points (x100, the paper's unit); gains over the baseline row are taken per seed
+  (same seed: same labeled subset and init) and then averaged; std is the sample std.
+  Optional rows and columns are shown when one of their cells has a run."""
   table = tables_lib.TABLES[table_name]
-  grid = []
-  for row in table.rows_for(scale):
-    for col in table.columns_for(scale):
+  ran = lambda name: bool(name and cells.get(name, {}).get('seeds'))
+  all_rows, all_cols = table.rows_for(scale, optional=True), table.columns_for(scale, True)
+  cols = [c for c in all_cols if c in table.columns_for(scale)
+          or any(ran(table.cell(scale, r, c)) for r in all_rows)]
+  rows = [r for r in all_rows if r in table.rows_for(scale)
+          or any(ran(table.cell(scale, r, c)) for c in cols)]
+  grid, commits = [], collections.Counter()
+  for row in rows:
+    for col in cols:
       name = table.cell(scale, row, col)
       if not name:
         continue
       runs = cells.get(name, {}).get('seeds', {})
+      commits.update(m.get('commit') or 'unknown' for m in runs.values())
       values = {s: 100 * m[METRIC] for s, m in runs.items() if METRIC in m}
-      entry = {'row': row, 'col': col, 'cell': name, 'seeds': sorted(values),
-               'values': [values[s] for s in sorted(values)]}
+      entry = {'row': row, 'col': col, 'cell': name, 'seeds': sorted(values, key=int),
+               'values': [values[s] for s in sorted(values, key=int)]}
       entry['mean'], entry['std'] = _mean_std(entry['values'])
       base_name = table.cell(scale, table.baseline, col) if table.baseline else None
       if base_name and base_name != name:
         base_runs = cells.get(base_name, {}).get('seeds', {})
-        gain_seeds = [s for s in sorted(values) if METRIC in base_runs.get(s, {})]
+        gain_seeds = [s for s in entry['seeds'] if METRIC in base_runs.get(s, {})]
         gains = [values[s] - 100 * base_runs[s][METRIC] for s in gain_seeds]
         entry['gain_values'], entry['gain_seeds'] = gains, gain_seeds
-        entry['baseline_mean'] = _mean_std([100 * base_runs[s][METRIC] for s in gain_seeds])[0]
         entry['gain_mean'], entry['gain_std'] = _mean_std(gains)
       teacher = [100 * m['teacher_' + METRIC] for m in runs.values() if 'teacher_' + METRIC in m]
       if teacher:
         entry['teacher_mean'] = _mean_std(teacher)[0]
-      pseudo = [m['pseudo_boxes_per_image'] for m in runs.values()
-                if m.get('pseudo_boxes_per_image') is not None]
-      if pseudo:
-        entry['pseudo_boxes_per_image'] = _mean_std(pseudo)[0]
-      for key in ('pseudo_precision', 'pseudo_recall'):
+      for key in ('pseudo_boxes_per_image', 'pseudo_precision', 'pseudo_recall'):
         got = [m[key] for m in runs.values() if m.get(key) is not None]
         if got:
           entry[key] = _mean_std(got)[0]
+      entry['steps'] = sorted({m['steps'] for m in runs.values() if m.get('steps')})
       minutes = [m['seconds'] / 60 for m in runs.values() if 'seconds' in m]
       # median: one run slowed by another job on the machine does not move it
       entry['minutes'] = statistics.median(minutes) if minutes else None
       entry['paper'] = table.paper.get((row, col))
       grid.append(entry)
-  results = {'table': table.name, 'title': table.title, 'scale': scale,
-             'seeds': list(seeds), 'metric': f'COCO {METRIC} x 100',
-             'baseline': table.baseline, 'rows': list(table.rows_for(scale)),
-             'columns': list(table.columns_for(scale)), 'x_label': table.x_label,
-             'notes': table.notes, 'cells': cells, 'grid': grid,
-             'is_test_data': bool(is_test_data)}
-  results['claims'] = check_claims(table, results)
-  return results
+  in_table = set(table.cell_names(scale, optional=True))
+  claims = [claim_result(c, scale, cells.get(c.treatment, {}).get('seeds', {}),
+                         cells.get(c.control, {}).get('seeds', {}))
+            for c in tables_lib.CLAIMS if c.treatment in in_table and c.control in in_table]
+  return {'table': table.name, 'title': table.title, 'scale': scale,
+          'seeds': list(seeds), 'metric': f'COCO {METRIC} x 100',
+          'baseline': table.baseline, 'rows': rows, 'columns': cols,
+          'x_label': table.x_label, 'notes': table.notes, 'cells': cells, 'grid': grid,
+          'commits': dict(commits), 'claims': claims, 'claim_rule': CLAIM_RULE,
+          'is_test_data': bool(is_test_data)}
 
 
 def _entry(results: dict, row: str, col: str) -> Optional[dict]:
@@ -333,95 +509,38 @@ def _digits(scale: str) -> int:
   return 1 if scale == 'full' else 2
 
 
-def _gain_text(e: Optional[dict], nd: int = 1) -> str:
-  if not e or e.get('gain_mean') is None:
-    return 'n/a'
-  std = '' if e.get('gain_std') is None else f' ± {e["gain_std"]:.{nd}f}'
-  return f'{e["gain_mean"]:+.{nd}f}{std} (n={len(e["gain_values"])})'
+def verdict(claim: dict) -> str:
+  if claim['holds'] is None:
+    return f'untested: {claim["reason"]}'
+  return 'holds' if claim['holds'] else 'does not hold'
 
 
-# A comparison where both sides are below this many AP points says nothing (e.g. a teacher
-# that kept no pseudo labels and a student that predicts nothing): 'not measurable'.
-NOTHING_TO_COMPARE_AP = 0.5
-
-
-def _within_noise(values: Sequence[float]) -> bool:
-  """Per-seed differences whose mean is within one standard error of 0 (needs n >= 2)."""
-  mean, std = _mean_std(values)
-  return std is not None and abs(mean) <= std / math.sqrt(len(values))
-
-
-def _gains_by_seed(e: Optional[dict]) -> Dict[str, float]:
-  return dict(zip(e.get('gain_seeds', []), e.get('gain_values', []))) if e else {}
-
-
-def check_claims(table: tables_lib.Table, results: dict) -> List[dict]:
-  """Each of the table's claims on the means of the per-seed differences it tests.
-
-  holds: True / False, or None (a cell not run, or both sides below NOTHING_TO_COMPARE_AP).
-  noise: with >= 2 seeds, the tested difference is within one standard error of 0, so the
-  verdict could flip with other seeds. Claims on columns this scale does not run are left out.
-  """
-  out = []
-  cols = results['columns']
-  nd = _digits(results['scale'])
-  for claim in table.claims:
-    kind, row = claim[0], claim[1]
-    if any(c not in cols for c in claim[2:]):
-      continue
-    noise, note = False, ''
-    if kind == 'gain_shrinks':
-      a, b = _entry(results, row, claim[2]), _entry(results, row, claim[3])
-      text = f'{row}: gain over {table.baseline} shrinks from {claim[2]} to {claim[3]}'
-      ga, gb = _gains_by_seed(a), _gains_by_seed(b)
-      diffs = [ga[s] - gb[s] for s in ga if s in gb]
-      ok = None if not diffs else sum(diffs) / len(diffs) > 0
-      noise = _within_noise(diffs)
-      detail = f'{claim[2]}: {_gain_text(a, nd)}; {claim[3]}: {_gain_text(b, nd)}'
-    elif kind == 'gain_positive_everywhere':
-      entries = [_entry(results, row, c) for c in cols]
-      gains = [e.get('gain_mean') if e else None for e in entries]
-      text = f'{row}: gain over {table.baseline} > 0 in every column ({", ".join(cols)})'
-      ok = None if any(g is None for g in gains) else all(g > 0 for g in gains)
-      noise = any(_within_noise(e.get('gain_values', [])) for e in entries if e)
-      detail = '; '.join(f'{c}: {_gain_text(e, nd)}' for c, e in zip(cols, entries))
-    elif kind == 'at_least_baseline':
-      e = _entry(results, row, claim[2])
-      text = f'{row} >= {table.baseline} at {claim[2]}'
-      ok = None if not e or e.get('gain_mean') is None else e['gain_mean'] >= 0
-      noise = bool(e) and _within_noise(e.get('gain_values', []))
-      detail = f'{claim[2]}: {_gain_text(e, nd)}'
-      if ok is not None and max(e['mean'], e['baseline_mean']) < NOTHING_TO_COMPARE_AP:
-        ok, noise = None, False
-        note = (f'both below {NOTHING_TO_COMPARE_AP} AP ({e["mean"]:.{nd}f} vs '
-                f'{e["baseline_mean"]:.{nd}f}): nothing to compare')
-    else:
-      raise ValueError(f'unknown claim kind {kind!r}')
-    out.append({'claim': text, 'holds': ok, 'noise': noise, 'note': note,
-                'detail': f'{note}; {detail}' if note else detail})
-  return out
-
-
-def claim_mark(c: dict) -> str:
-  if c['holds'] is None:
-    return 'not measurable' if c.get('note') else 'not measured'
-  mark = 'holds' if c['holds'] else 'FAILS'
-  return mark + (', within seed noise' if c.get('noise') else '')
+def _commits_text(commits: Mapping[str, int]) -> str:
+  if not commits:
+    return 'no runs yet'
+  runs = lambda n: f'{n} run' + ('' if n == 1 else 's')
+  known = sorted((c for c in commits if c != 'unknown'), key=lambda c: -commits[c])
+  parts = [f'`{c}` ({runs(commits[c])})' for c in known]
+  if 'unknown' in commits:
+    parts.append(f'not recorded ({runs(commits["unknown"])}, run before the suite '
+                 f'recorded commits)')
+  return ('commit ' if len(parts) == 1 else 'commits ') + ', '.join(parts)
 
 
 def format_markdown(results: dict) -> str:
   """The paper's layout: rows x columns, ours (mean ± std over seeds, gain over the
-  baseline) and, in a second table of the same shape, what the paper's text states."""
+  baseline) and, in a second table of the same shape, what the paper's text states; then
+  the claims the table tests, on differences paired by seed."""
   lines = []
   if results.get('is_test_data'):
     lines.append('**TEST DATA ONLY: fabricated numbers, not measurements.**\n')
   seeds = ', '.join(str(s) for s in results['seeds'])
+  nd = _digits(results['scale'])
   lines.append(f'### {results["title"]} ({results["scale"]} scale)\n')
   lines.append(f'{results["metric"]} on the validation set; mean ± std over seeds ({seeds}; '
                f'n = runs finished); in brackets the gain over {results["baseline"]}, taken '
-               f'per seed.\n')
+               f'per seed. Code: {_commits_text(results.get("commits", {}))}.\n')
   cols = results['columns']
-  nd = _digits(results['scale'])
   lines.append('| | ' + ' | '.join(cols) + ' |')
   lines.append('| --- ' * (len(cols) + 1) + '|')
   for row in results['rows']:
@@ -429,7 +548,7 @@ def format_markdown(results: dict) -> str:
     for col in cols:
       e = _entry(results, row, col)
       if not e or e['mean'] is None:
-        cells.append('not run')
+        cells.append('not run' if e else '')
         continue
       text = f'{e["mean"]:.{nd}f}' + ('' if e['std'] is None else f' ± {e["std"]:.{nd}f}')
       if e.get('gain_mean') is not None:
@@ -450,12 +569,22 @@ def format_markdown(results: dict) -> str:
       if row == results['baseline'] or not any(vals):
         continue
       lines.append(f'| {row} | ' + ' | '.join(vals) + ' |')
-  lines.append('\nClaims:\n')
-  for c in results['claims']:
-    lines.append(f'- {c["claim"]}: **{claim_mark(c)}** ({c["detail"]})')
+  if results['claims']:
+    lines.append(f'\nClaims ({results["claim_rule"]} All claims: {CLAIMS_FILE}.)\n')
+    lines.append('| claim | treatment - control (AP) | n | expected | mean ∓ 2 s.e. | verdict '
+                 '| the paper |')
+    lines.append('| --- | ---: | ---: | --- | ---: | --- | --- |')
+    for c in results['claims']:
+      diff = 'n/a' if c['diff_mean'] is None else f'{c["diff_mean"]:+.{nd}f}' + (
+          '' if c['diff_std'] is None else f' ± {c["diff_std"]:.{nd}f}')
+      bound = '' if c['bound'] is None else f'{c["bound"]:+.{nd}f}'
+      lines.append(f'| `{c["id"]}`: {c["claim"]} | {diff} | {c["n"]} | {c["direction"]} '
+                   f'| {bound} | **{verdict(c)}** | {c["paper"]} |')
   extra = []
   for e in results['grid']:
     bits = []
+    if e.get('steps'):
+      bits.append('/'.join(f'{s:,}' for s in e['steps']) + ' steps')
     if e.get('teacher_mean') is not None:
       bits.append(f'teacher AP {e["teacher_mean"]:.{nd}f}')
     if e.get('pseudo_boxes_per_image') is not None:
@@ -530,21 +659,21 @@ def _query(name: str):
   return value
 
 
-def estimate(table_names: Sequence[str], scale: str,
-             images_per_sec: Optional[float] = None) -> List[dict]:
-  """Training steps and images of every cell, read from its gin files (what the binary
-  would run), and hours at `images_per_sec` (a training throughput you measured, e.g. with
-  benchmarks/train_step.py on the target). Self-training cells count the student only (the
-  suite gives them the finished teacher) and exclude pseudo-labeling."""
+def estimate(table_names: Sequence[str], scale: str, images_per_sec: Optional[float] = None,
+             convergence: str = DEFAULT_CONVERGENCE, optional: bool = False) -> List[dict]:
+  """Training steps and images of every cell, read from its gin files and the suite's
+  bindings (what the binary would run), and hours at `images_per_sec` (a training
+  throughput you measured, e.g. with benchmarks/train_step.py on the target).
+  Self-training cells count the student only (the suite gives them the finished teacher)
+  and exclude pseudo-labeling."""
   import gin  # pylint: disable=g-import-not-at-top
   from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
   cli.register_configurables()
-  names = []
-  for t in table_names:
-    names.extend(tables_lib.TABLES[t].cell_names(scale))
+  order = planned_cells(table_names, scale, optional=optional)
+  budgets, _ = budgets_for(order, scale, convergence)
   out = []
-  for name in tables_lib.ordered_cells(list(dict.fromkeys(names)), scale):
-    cmd = cell_command(name, scale, 0, '/tmp/estimate')
+  for name in order:
+    cmd = cell_command(name, scale, 0, '/tmp/estimate', budgets=budgets)
     gin.clear_config()
     config_io.parse_gin([a.split('=', 1)[1] for a in cmd if a.startswith('--gin_file=')],
                         [a.split('=', 1)[1] for a in cmd if a.startswith('--gin_param=')])
@@ -567,10 +696,17 @@ def main(argv=None) -> int:
   flags.DEFINE_enum('scale', 'digits', tables_lib.SCALES, 'digits or full')
   flags.DEFINE_string('seeds', '1', 'a count (3 -> seeds 0,1,2) or a list (0,2 or 1,)')
   flags.DEFINE_string('out_dir', os.path.join(REPO, 'runs', 'benchmarks'), 'results root')
+  flags.DEFINE_string('convergence', DEFAULT_CONVERGENCE, 'digit scale: the step budget of '
+                      'each augmentation policy (chosen.<policy>.steps), made by '
+                      'benchmarks/convergence.py')
   flags.DEFINE_bool('dry_run', False, 'print the commands, run nothing')
   flags.DEFINE_multi_string('only', [], 'run only this cell (repeatable)')
+  flags.DEFINE_bool('optional', False, "also run the tables' optional rows and columns "
+                    "(digit scale: Table 2's S2 and S3, ImageNet Init + self-training's "
+                    'matched control)')
   flags.DEFINE_integer('max_cells', None, 'start at most this many runs')
-  flags.DEFINE_bool('report_only', False, 'make the tables from finished cells, run nothing')
+  flags.DEFINE_bool('report_only', False, 'make the tables and claims.json from finished '
+                    'cells, run nothing')
   flags.DEFINE_string('report_dir', None, 'where the tables go (default: --out_dir; needed '
                       'when --out_dir is on GCS)')
   flags.DEFINE_multi_string('gin_file', [], 'extra gin file for every cell (e.g. tpu.gin)')
@@ -592,7 +728,7 @@ def main(argv=None) -> int:
     if '://' in report_dir and fl.report_only:
       raise SuiteError('--report_dir: tables are written locally; pass a local --report_dir')
     if fl.estimate:
-      rows = estimate(names, fl.scale, fl.images_per_sec)
+      rows = estimate(names, fl.scale, fl.images_per_sec, fl.convergence, fl.optional)
       print('| cell | steps | batch | images | hours |\n| --- | ---: | ---: | ---: | ---: |')
       for r in rows:
         hours = f'{r["hours"]:.1f}' if 'hours' in r else '-'
@@ -606,6 +742,7 @@ def main(argv=None) -> int:
       # child on the SystemExit); the cell resumes from its checkpoints on the next run.
       signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
       counts = run_cells(names, fl.scale, seeds, fl.out_dir, only=fl.only,
+                         optional=fl.optional, convergence=fl.convergence,
                          max_cells=fl.max_cells, dry_run=fl.dry_run, gin_files=fl.gin_file,
                          gin_params=fl.gin_param)
       print(f'[suite] {counts}')
@@ -616,6 +753,8 @@ def main(argv=None) -> int:
       print(f'[suite] {name}: {paths["md"]}')
       with open(paths['md']) as f:
         print(f.read())
+    path = write_claims(collect_claims(fl.scale, seeds, fl.out_dir), report_dir)
+    print(f'[suite] claims: {path}')
   except SuiteError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

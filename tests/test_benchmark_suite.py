@@ -1,7 +1,11 @@
-"""benchmarks/suite.py + tables.py: commands, resumable runs with a fake cell runner, and the
-JSON -> Markdown / PNG path. Every number here is fabricated TEST DATA, not a measurement."""
+"""benchmarks/suite.py + tables.py: commands and step budgets, resumable runs with a fake cell
+runner, claims paired by seed, and the JSON -> Markdown / PNG path. Every number here is
+fabricated TEST DATA, not a measurement."""
 import json
+import math
 import os
+import shlex
+import subprocess
 import sys
 
 import pytest
@@ -12,9 +16,28 @@ sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 import suite  # noqa: E402  pylint: disable=g-import-not-at-top
 import tables  # noqa: E402  pylint: disable=g-import-not-at-top
 
+BUDGETS = {'s1': 1500, 's2': 1800, 's3': 2100, 's4': 2400}   # TEST DATA: steps per policy
+
 
 def _flag(cmd, name):
   return [a.split('=', 1)[1] for a in cmd if a.startswith(f'--{name}=')]
+
+
+def _convergence(tmp_path, policies=('s1', 's4')):
+  """A convergence.json in benchmarks/convergence.py's schema (TEST DATA)."""
+  path = tmp_path / 'convergence.json'
+  path.write_text(json.dumps({
+      'chosen': {p: {'steps': BUDGETS[p], 'plateau_AP_x100': 41.2, 'AP_x100': 40.6}
+                 for p in policies},
+      'runs': [], 'rule': 'TEST DATA', 'commit': 'c0ffee'}))
+  return str(path)
+
+
+def _run_suite(*args):
+  """benchmarks/suite.py as a user runs it: (exit code, stdout, stderr)."""
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'suite.py'), *args],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_every_cell_config_file_exists():
@@ -28,32 +51,45 @@ def test_every_cell_config_file_exists():
   for t in tables.TABLES.values():
     for scale in tables.SCALES:
       assert t.cell_names(scale), (t.name, scale)
-      for name in t.cell_names(scale):
+      for name in t.cell_names(scale, optional=True):
         assert tables.CELLS[name].exists(scale)
+  for claim in tables.CLAIMS:
+    for name in (claim.treatment, claim.control):
+      assert name is None or tables.CELLS[name].exists('digits'), claim.id
 
 
 def test_digit_cells_parse_as_gin(tmp_path):
-  """Each digit-scale cell's files + the suite's bindings make a valid gin config."""
+  """Each digit-scale cell's files + the suite's bindings make a valid gin config, and the
+  step budget reaches the binary (the continued cell's literal train_steps is overridden)."""
   import gin  # pylint: disable=g-import-not-at-top
   from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
   cli.register_configurables()
   macro = lambda name: gin.query_parameter(f'{name}/macro.value')
   for name in ('pretrain', 's4_f20_self_training', 's1_f20_pretrained',
-               's4_f100_rand_init_continued', 's4_f20_standard_a3'):
-    cmd = suite.cell_command(name, 'digits', 1, str(tmp_path))
+               's4_f100_rand_init_continued', 's1_f20_matched_control', 's4_f20_standard_a0.5'):
+    cmd = suite.cell_command(name, 'digits', 1, str(tmp_path), budgets=BUDGETS)
     gin.clear_config()
     config_io.parse_gin(_flag(cmd, 'gin_file'), _flag(cmd, 'gin_param'))
-    if name != 'pretrain':
-      assert macro('CELL_SEED') == 1
+    if name == 'pretrain':
+      continue
+    assert macro('CELL_SEED') == 1
+    policy = name[:2]
+    assert macro('CELL_STEPS') == BUDGETS[policy]
+    if name == 's4_f100_rand_init_continued':
+      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == 2400
+    if tables.CELLS[name].binary == 'self_train':
+      assert macro('STUDENT_STEPS') == BUDGETS[policy]
+    if name == 's1_f20_matched_control':
+      assert gin.query_parameter('rethink_st.losses.LossNormalizer.matched_control') is True
   assert macro('LABELED_FRACTION') == 0.2
-  assert macro('ALPHA') == 3.0
+  assert macro('ALPHA') == 0.5
   assert macro('LOSS_MODE') == 'standard'
   gin.clear_config()
 
 
 def test_commands_bind_seed_dependencies_and_extras(tmp_path):
   out = str(tmp_path)
-  cmd = suite.cell_command('s1_f20_self_training', 'digits', 2, out,
+  cmd = suite.cell_command('s1_f20_self_training', 'digits', 2, out, budgets=BUDGETS,
                            gin_params=['X=1'], python='py')
   assert cmd[:2] == ['py', 'bin/self_train.py']
   params = _flag(cmd, 'gin_param')
@@ -62,15 +98,85 @@ def test_commands_bind_seed_dependencies_and_extras(tmp_path):
   assert 'CELL_SEED=2' in params and params[-1] == 'X=1'
   assert _flag(cmd, 'model_dir') == [os.path.join(out, 'digits', 'cells',
                                                   's1_f20_self_training', 'seed_2')]
-  pre = suite.cell_command('s4_f100_pretrained', 'digits', 0, out)
+  pre = suite.cell_command('s4_f100_pretrained', 'digits', 0, out, budgets=BUDGETS)
   assert f"PRETRAINED_DIR='{os.path.join(out, 'digits', 'cells', 'pretrain', 'shared')}'" in (
       _flag(pre, 'gin_param'))
   assert 'LABELED_FRACTION=1.0' in _flag(pre, 'gin_param')
   full = suite.cell_command('s4_f100_rand_init', 'full', 0, out, gin_files=['tpu.gin'])
   assert _flag(full, 'gin_file') == ['gin_configs/coco/table2/s4_rand_init.gin', 'tpu.gin']
   assert 'rethink_st.training.run.run_train.seed=0' in _flag(full, 'gin_param')
+  assert not any('STEPS' in p for p in _flag(full, 'gin_param'))   # the paper's, in its file
   with pytest.raises(suite.SuiteError, match='no full-scale config'):
     suite.cell_command('s4_f20_rand_init_continued', 'full', 0, out)
+  with pytest.raises(suite.SuiteError, match='no step budget for policy s4'):
+    suite.cell_command('s4_f20_rand_init', 'digits', 0, out, budgets={'s1': 100})
+
+
+def test_budgets_from_convergence_json_reach_every_command(tmp_path):
+  lines = []
+  suite.run_cells(['table2', 'table3', 'appendix_b'], 'digits', [0], str(tmp_path / 'runs'),
+                  convergence=_convergence(tmp_path), dry_run=True, echo=lines.append)
+  commands = [shlex.split(l) for l in lines]
+  by_cell = {_flag(c, 'model_dir')[0].split(os.sep)[-2]: c for c in commands}
+  assert len(by_cell) == len(lines) == 26       # 25 cells per seed + the shared pretrain
+  for name, cmd in by_cell.items():
+    params = _flag(cmd, 'gin_param')
+    if name == 'pretrain':
+      assert not any('STEPS' in p for p in params)
+      continue
+    steps = BUDGETS[name[:2]]
+    assert f'CELL_STEPS={steps}' in params, name
+    student = cmd[1] == 'bin/self_train.py'
+    assert (f'STUDENT_STEPS={steps}' in params) == student, name
+    continued = name.endswith('_continued')
+    assert (f'rethink_st.training.run.run_train.train_steps={steps}' in params) == continued
+    if continued:   # after continue_supervised.gin, which binds train_steps = 300
+      assert cmd.index(f'--gin_param=rethink_st.training.run.run_train.train_steps={steps}') > (
+          cmd.index('--gin_file=gin_configs/digits/experiments/continue_supervised.gin'))
+  assert 'CELL_STEPS=1500' in _flag(by_cell['s1_f20_self_training'], 'gin_param')
+  assert 'STUDENT_STEPS=2400' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
+
+
+def test_a_missing_policy_stops_the_suite_with_one_line_before_anything_runs(tmp_path):
+  runner, out = FakeRunner(), str(tmp_path / 'runs')
+  conv = _convergence(tmp_path, policies=('s1',))
+  with pytest.raises(suite.SuiteError) as e:
+    suite.run_cells(['table2'], 'digits', [0], out, convergence=conv, runner=runner)
+  message = str(e.value)
+  assert '\n' not in message and conv in message
+  assert 'policy s4' in message and 'python benchmarks/convergence.py --policies=s4' in message
+  assert not runner.calls and not os.path.exists(out)
+  # table3 needs s4 only; an s1-only file is not enough, an s4 one is
+  with pytest.raises(suite.SuiteError, match='policy s4'):
+    suite.run_cells(['table3'], 'digits', [0], out, convergence=conv, dry_run=True)
+  suite.run_cells(['table3'], 'digits', [0], out, dry_run=True, echo=lambda s: None,
+                  convergence=_convergence(tmp_path, policies=('s4',)))
+  # the full scale needs no convergence.json (its gin files hold the paper's steps)
+  suite.run_cells(['table2'], 'full', [0], out, dry_run=True, echo=lambda s: None,
+                  convergence=str(tmp_path / 'nothing.json'))
+  with pytest.raises(suite.SuiteError, match='nothing.json: not found.*--policies=s1,s4$'):
+    suite.run_cells(['table2'], 'digits', [0], out, convergence=str(tmp_path / 'nothing.json'))
+  # as a user sees it: one line on stderr, exit code 1
+  code, _, err = _run_suite('--table=table2', '--dry_run', f'--convergence={conv}')
+  assert code == 1 and err.count('\n') == 1 and err.startswith(f'error: {conv} has no step')
+
+
+def test_matched_control_is_the_self_training_command_plus_one_gin_file(tmp_path):
+  out = str(tmp_path)
+  for base, seed in (('s1_f20', 0), ('s4_f100', 2)):
+    st = suite.cell_command(f'{base}_self_training', 'digits', seed, out, budgets=BUDGETS)
+    mc = suite.cell_command(f'{base}_matched_control', 'digits', seed, out, budgets=BUDGETS)
+    added = [a for a in mc if a not in st]
+    removed = [a for a in st if a not in mc]
+    model_dir = lambda kind: f'--model_dir={suite.cell_dir(out, "digits", base + kind, seed)}'
+    assert added == ['--gin_file=gin_configs/digits/experiments/matched_control.gin',
+                     model_dir('_matched_control')]
+    assert removed == [model_dir('_self_training')]
+    assert [a for a in mc if a not in added] == [a for a in st if a not in removed]  # same order
+  with open(os.path.join(REPO, 'gin_configs/digits/experiments/matched_control.gin')) as f:
+    bindings = [l for l in f if l.strip() and not l.startswith(('#', 'import'))]
+  assert [b.split('#')[0].strip() for b in bindings] == [
+      'rethink_st.losses.LossNormalizer.matched_control = True']
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path):
@@ -83,6 +189,10 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
     suite.run_cells(['table2'], 'digits', [0], str(tmp_path), only=['nope'])
   with pytest.raises(suite.SuiteError, match='--scale'):
     suite.run_cells(['table2'], 'tiny', [0], str(tmp_path))
+  (tmp_path / 'bad.json').write_text('{"chosen": {"s1": {"steps": 0}, "s4": {"steps": 10}}}')
+  with pytest.raises(suite.SuiteError, match=r'chosen.s1.steps = 0 is not a positive'):
+    suite.run_cells(['table2'], 'digits', [0], str(tmp_path),
+                    convergence=str(tmp_path / 'bad.json'))
 
 
 class FakeRunner:
@@ -110,9 +220,10 @@ class FakeRunner:
 
 
 def test_run_cells_order_resume_failures_and_limits(tmp_path):
-  out, log = str(tmp_path), []
+  out, log, conv = str(tmp_path / 'runs'), [], _convergence(tmp_path)
   runner = FakeRunner(fail={'s4_f20_rand_init'})
-  counts = suite.run_cells(['table2'], 'digits', [0, 1], out, runner=runner, echo=log.append)
+  counts = suite.run_cells(['table2'], 'digits', [0, 1], out, runner=runner, echo=log.append,
+                           convergence=conv)
   names = [n for n, _ in runner.calls]
   # dependencies first; the shared pretrain once; seed 0 before seed 1
   assert names.index('pretrain') < names.index('s1_f20_pretrained')
@@ -120,27 +231,54 @@ def test_run_cells_order_resume_failures_and_limits(tmp_path):
   assert names.count('pretrain') == 1
   seeds = [d.rsplit('_', 1)[1] for _, d in runner.calls if 'seed_' in d]
   assert seeds == sorted(seeds)
-  # the failed teacher blocks its self-training and control cells, for each seed
-  assert 's4_f20_self_training' not in names
-  assert counts['failed'] == 2 and counts['blocked'] == 4
+  # the failed teacher blocks its self-training, matched and same-compute controls, per seed
+  assert 's4_f20_self_training' not in names and 's4_f20_matched_control' not in names
+  assert counts['failed'] == 2 and counts['blocked'] == 6
   assert os.path.exists(os.path.join(out, 'digits/cells/s4_f20_rand_init/seed_0',
                                      suite.FAILED))
   done = json.load(open(os.path.join(out, 'digits/cells/s1_f20_self_training/seed_1',
                                      suite.DONE)))
   assert done['metrics']['teacher_AP'] == 0.1 and done['metrics']['pseudo_boxes_per_image']
+  # the steps it trained, where they came from, and the code it ran
+  assert done['steps'] == 1500 and done['steps_from'] == f'{conv} (commit c0ffee)'
+  assert done['commit'] == suite.repo_commit() and len(done['commit'].split('+')[0]) == 40
+  pre = json.load(open(os.path.join(out, 'digits/cells/pretrain/shared', suite.DONE)))
+  assert pre['steps'] is None
   # rerun: finished cells are skipped, the failed one retried (now succeeds), max_cells stops
   runner2 = FakeRunner()
   counts = suite.run_cells(['table2'], 'digits', [0, 1], out, runner=runner2,
-                           echo=log.append, max_cells=2)
+                           echo=log.append, max_cells=2, convergence=conv)
   assert [n for n, _ in runner2.calls] == ['s4_f20_rand_init', 's4_f20_self_training']
   assert counts['ran'] == 2 and counts['skipped'] == 6
   assert not os.path.exists(os.path.join(out, 'digits/cells/s4_f20_rand_init/seed_0',
                                          suite.FAILED))
   # --only runs just that cell (its dependencies are done)
   runner3 = FakeRunner()
-  suite.run_cells(['table2'], 'digits', [0], out, runner=runner3,
+  suite.run_cells(['table2'], 'digits', [0], out, runner=runner3, convergence=conv,
                   only=['s4_f20_rand_init_continued'], echo=log.append)
   assert [n for n, _ in runner3.calls] == ['s4_f20_rand_init_continued']
+
+
+def test_dry_run_lists_teachers_before_their_students(tmp_path):
+  lines, out = [], str(tmp_path / 'runs')
+  suite.run_cells(['table2', 'table3', 'appendix_b'], 'digits', [0, 1, 2], out, dry_run=True,
+                  optional=True, convergence=_convergence(tmp_path, tables.POLICIES),
+                  echo=lines.append)
+  commands = [shlex.split(l) for l in lines]
+  position = {_flag(c, 'model_dir')[0]: i for i, c in enumerate(commands)}
+  assert len(position) == len(lines) == 1 + 3 * 42   # pretrain + 42 cells per seed (optional)
+  students = 0
+  for i, cmd in enumerate(commands):
+    for param in _flag(cmd, 'gin_param'):
+      for key in ('teacher_dir=', 'TEACHER_DIR=', 'PRETRAINED_DIR='):
+        if key in param:
+          students += 1
+          assert position[param.split('=', 1)[1].strip("'")] < i, cmd
+  assert students > 3 * 25
+  # seeds in order: every seed-0 cell before any seed-1 cell
+  seeds = [int(_flag(c, 'model_dir')[0].rsplit('seed_', 1)[1]) for c in commands
+           if 'seed_' in _flag(c, 'model_dir')[0]]
+  assert seeds == sorted(seeds)
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
@@ -152,108 +290,167 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
   assert any('ALPHA=3.0' in l and 'standard_loss.gin' in l for l in lines)
 
 
-def _fabricated(table, scale='digits'):
+_MADE_UP = {'Rand Init': 0.20, 'ImageNet Init': 0.25, 'Rand Init + self-training': 0.24,
+            tables._MC: 0.21, tables._CONT: 0.22, tables._PRE_ST: 0.27, tables._PRE_MC: 0.255,
+            'Loss normalization': 0.24, 'Standard loss': 0.23}
+
+
+def _fabricated(table, scale='digits', optional=False):
   """TEST DATA ONLY: made-up AP per cell and seed."""
   t = tables.TABLES[table]
-  made_up = {'Rand Init': 0.20, 'ImageNet Init': 0.25, 'Rand Init + self-training': 0.24,
-             'Rand Init + same steps supervised (control)': 0.22,
-             'Loss normalization': 0.24, 'Standard loss': 0.23}
   cells = {}
-  for row in t.rows_for(scale):
-    for j, col in enumerate(t.columns_for(scale)):
+  for row in t.rows_for(scale, optional):
+    for j, col in enumerate(t.columns_for(scale, optional)):
       name = t.cell(scale, row, col)
       shrink = 0.04 * j if row == 'ImageNet Init' else 0.0
-      cells[name] = {'seeds': {str(s): {'AP': made_up[row] - shrink + 0.01 * s, 'seconds': 60}
+      cells[name] = {'seeds': {str(s): {'AP': _MADE_UP[row] - shrink + 0.01 * s, 'seconds': 60}
                                for s in range(3)}}
   return suite.build_results(table, scale, [0, 1, 2], cells, is_test_data=True)
 
 
 def test_results_markdown_claims_and_plot(tmp_path):
   res = _fabricated('table2')
+  assert res['columns'] == ['S1', 'S4']          # S2, S3 and their row: optional, not run
+  assert tables._MC in res['rows'] and tables._PRE_MC not in res['rows']
   e = suite._entry(res, 'ImageNet Init', 'S4')
-  assert e['mean'] == pytest.approx(100 * 0.22, abs=1e-6)
+  assert e["mean"] == pytest.approx(100 * 0.22, abs=1e-6)
   assert e['gain_mean'] == pytest.approx(1.0, abs=1e-6) and e['gain_std'] == pytest.approx(0)
   assert e['std'] == pytest.approx(1.0)
-  claims = {c['claim'].split(':')[0]: c['holds'] for c in res['claims']}
-  assert claims == {'ImageNet Init': True, 'Rand Init + self-training': True}
+  # Table 2 at digit scale tests the claims whose two cells it holds
+  assert [c['id'] for c in res['claims']] == [
+      'st_vs_matched_control/S1/20', 'st_vs_matched_control/S4/20', 'st_vs_rand_init/S4/20',
+      'pretrain_gain/S1/20', 'pretrain_plus_st_vs_pretrain/S4/20']
+  # a constant per-seed difference: std 0, the bound is the mean
+  st_mc = res['claims'][1]
+  assert st_mc['diff_mean'] == pytest.approx(3.0) and st_mc['holds'] is True
   md = suite.format_markdown(res)
   assert md.startswith('**TEST DATA ONLY')
   assert '| ImageNet Init | 26.00 ± 1.00 (+5.00 ± 0.00) n=3 | 22.00 ± 1.00 (+1.00 ± 0.00) n=3 |' in md
+  assert (f'| {tables._MC} | 22.00 ± 1.00 (+1.00 ± 0.00) n=3 | 22.00 ± 1.00 (+1.00 ± 0.00) '
+          f'n=3 |') in md
+  assert '| `st_vs_matched_control/S4/20`: ' in md and '| +3.00 ± 0.00 | 3 | helps |' in md
   assert '-1.0 (Sec. 4.1' in md and '**holds**' in md
-  assert '| Rand Init + same steps supervised (control) |  |' not in md  # no paper number
+  assert 'Code: commit not recorded (36 runs' in md   # 6 rows x 2 columns x 3 seeds
   paths = suite.write_report(res, str(tmp_path))
   assert os.path.getsize(paths['png']) > 1000
   assert json.load(open(paths['json']))['is_test_data'] is True
+  # an optional column with runs is shown, in the paper's order
+  assert _fabricated('table2', optional=True)['columns'] == ['S1', 'S2', 'S3', 'S4']
 
 
-def test_claims_fail_and_missing_cells_are_reported():
+def test_table3_rows_and_missing_cells():
   res = _fabricated('table3')
-  # make self-training lose at 100%: the claim fails
+  assert res['columns'] == ['20%', '100%']
+  assert res['rows'] == ['Rand Init', 'ImageNet Init', 'Rand Init + self-training', tables._MC,
+                         tables._CONT, tables._PRE_ST]
   cells = res['cells']
-  for s in cells['s4_f100_self_training']['seeds'].values():
-    s['AP'] = 0.1
   del cells['s4_f20_rand_init_continued']
+  for s in cells['s4_f100_pretrained']['seeds'].values():
+    s['AP'] -= 0.1    # ImageNet Init below Rand Init at 100%: the 'hurts' claim holds
   res = suite.build_results('table3', 'digits', [0, 1, 2], cells, is_test_data=True)
-  holds = {c['claim'].split(':')[0]: c['holds'] for c in res['claims']}
-  assert holds['Rand Init + self-training'] is False
-  md = suite.format_markdown(res)
-  assert '**FAILS**' in md and 'not run' in md
+  hurts = [c for c in res['claims'] if c['id'] == 'pretrain_gain/S4/100'][0]
+  assert hurts['direction'] == 'hurts' and hurts['diff_mean'] == pytest.approx(-9.0)
+  assert hurts['holds'] is True
+  assert 'not run' in suite.format_markdown(res)
 
 
-def _appendix_b_cells(ap):
-  """TEST DATA ONLY: appendix_b cells with AP ap[(row, col)][seed]."""
+def test_appendix_b_digits_is_s4_over_four_alphas_and_full_scale_alpha_1_and_3():
   t = tables.TABLES['appendix_b']
-  return {t.cell('digits', row, col): {'seeds': {str(s): {'AP': v} for s, v in enumerate(vals)}}
-          for (row, col), vals in ap.items()}
-
-
-def test_appendix_b_digits_tests_s1_and_s4_and_full_scale_s4_only():
-  t = tables.TABLES['appendix_b']
-  assert t.columns_for('digits') == ('S1 alpha=1', 'S1 alpha=3', 'S4 alpha=1', 'S4 alpha=3')
-  assert t.cell('digits', 'Loss normalization', 'S1 alpha=1') == 's1_f20_self_training'
-  assert t.cell('digits', 'Standard loss', 'S4 alpha=3') == 's4_f20_standard_a3'
+  assert t.columns_for('digits') == ('alpha=0.5', 'alpha=1', 'alpha=2', 'alpha=3')
+  assert t.cell('digits', 'Loss normalization', 'alpha=1') == 's4_f20_self_training'
+  assert t.cell('digits', 'Standard loss', 'alpha=0.5') == 's4_f20_standard_a0.5'
+  assert t.cell('digits', 'Loss normalization', 'alpha=3') == 's4_f20_normalized_a3'
   assert t.columns_for('full') == ('alpha=1', 'alpha=3')
   assert t.cell('full', 'Standard loss', 'alpha=3') == 's4_f100_standard_a3'
-  res = suite.build_results('appendix_b', 'full', [0], {}, is_test_data=True)
-  assert [c['claim'] for c in res['claims']] == ['Loss normalization >= Standard loss at alpha=3']
+  assert [c['id'] for c in _fabricated('appendix_b')['claims']] == [
+      'loss_norm_vs_standard/alpha_3']
+  assert suite.build_results('appendix_b', 'full', [0], {})['claims'] == []
 
 
-def test_claims_within_seed_noise_and_nothing_to_compare():
-  """TEST DATA ONLY. S1: normalization ahead by 0.004 AP on every seed (holds, not noise);
-  S4 alpha=3: both near 0 AP (not measurable); alpha=1 columns: a gain of +0.1 +- 2 (noise)."""
-  norm, std = 'Loss normalization', 'Standard loss'
-  ap = {(norm, 'S1 alpha=3'): [0.104, 0.124, 0.094], (std, 'S1 alpha=3'): [0.10, 0.12, 0.09],
-        (norm, 'S4 alpha=3'): [0.001, 0.0, 0.002], (std, 'S4 alpha=3'): [0.0, 0.0, 0.003],
-        (norm, 'S1 alpha=1'): [0.13, 0.09, 0.11], (std, 'S1 alpha=1'): [0.11, 0.11, 0.11],
-        (norm, 'S4 alpha=1'): [0.03, 0.03, 0.03], (std, 'S4 alpha=1'): [0.02, 0.02, 0.02]}
-  res = suite.build_results('appendix_b', 'digits', [0, 1, 2], _appendix_b_cells(ap),
-                            is_test_data=True)
-  by_col = {c['claim'].rsplit(' at ', 1)[1]: c for c in res['claims']}
-  assert set(by_col) == {'S1 alpha=3', 'S4 alpha=3'}
-  assert by_col['S1 alpha=3']['holds'] is True and not by_col['S1 alpha=3']['noise']
-  assert by_col['S4 alpha=3']['holds'] is None
-  assert 'nothing to compare' in by_col['S4 alpha=3']['note']
-  md = suite.format_markdown(res)
-  assert '**holds** (S1 alpha=3: +0.40 ± 0.00 (n=3))' in md
-  assert '**not measurable** (both below 0.5 AP (0.10 vs 0.10): nothing to compare' in md
-  e = suite._entry(res, norm, 'S1 alpha=1')
-  assert suite._within_noise(e['gain_values'])                 # +0.67 +- 2.08 over 3 seeds
-  assert not suite._within_noise(suite._entry(res, norm, 'S4 alpha=1')['gain_values'])
-  assert not suite._within_noise([5.0])                         # one seed: no spread known
-  # a table claim on a noisy gain says so
-  t2 = _fabricated('table2')
-  cells = t2['cells']
-  for s, v in zip(('0', '1', '2'), (0.32, 0.11, 0.23)):   # self-training at S4: +12, -10, +1
-    cells['s4_f20_self_training']['seeds'][s]['AP'] = v
-  t2 = suite.build_results('table2', 'digits', [0, 1, 2], cells, is_test_data=True)
-  st = [c for c in t2['claims'] if c['claim'].startswith('Rand Init + self-training')][0]
-  assert st['holds'] is True and st['noise']
-  assert '**holds, within seed noise**' in suite.format_markdown(t2)
+def _write_done(out, name, seed, ap, commit='c0ffee'):
+  """TEST DATA ONLY: a finished cell as the suite leaves it."""
+  directory = suite.cell_dir(out, 'digits', name, seed)
+  os.makedirs(directory)
+  with open(os.path.join(directory, suite.DONE), 'w') as f:
+    json.dump({'metrics': {'AP': ap}, 'seconds': 60.0, 'seed': seed, 'steps': 2400,
+               'commit': commit}, f)
+
+
+def test_claims_json_pairs_seeds_and_tests_two_standard_errors(tmp_path):
+  """TEST DATA ONLY, hand-computed (AP x100, treatment - control per seed)."""
+  out, report = str(tmp_path / 'runs'), str(tmp_path / 'report')
+  ap = {'s4_f20_self_training': {0: 0.30, 1: 0.32, 2: 0.31, 3: 0.50},   # seed 3: no control
+        's4_f20_matched_control': {0: 0.28, 1: 0.29, 2: 0.30, 4: 0.10},  # seed 4: no treatment
+        's4_f20_rand_init': {0: 0.29, 1: 0.33, 2: 0.30},
+        's4_f100_pretrained': {0: 0.40, 1: 0.41, 2: 0.39},
+        's4_f100_rand_init': {0: 0.42, 1: 0.44, 2: 0.40},
+        's1_f20_pretrained': {0: 0.30}, 's1_f20_rand_init': {0: 0.20, 1: 0.20}}
+  for name, per_seed in ap.items():
+    for seed, value in per_seed.items():
+      _write_done(out, name, seed, value)
+  claims = suite.collect_claims('digits', [0, 1, 2, 3, 4], out)
+  path = suite.write_claims(claims, report)
+  assert path == os.path.join(report, 'digits', 'claims.json')
+  by_id = {c['id']: c for c in json.load(open(path))['claims']}
+  assert list(by_id) == [c.id for c in tables.CLAIMS]
+  # helps: diffs 2, 3, 1 -> mean 2, std 1, bound 2 - 2/sqrt(3) > 0
+  helps = by_id['st_vs_matched_control/S4/20']
+  assert helps['seeds'] == [0, 1, 2] and helps['n'] == 3
+  assert helps['treatment_ap'] == pytest.approx([30, 32, 31])
+  assert helps['control_ap'] == pytest.approx([28, 29, 30])
+  assert helps['unpaired_seeds'] == {'treatment': [3], 'control': [4]}
+  assert (helps['diff_mean'], helps['diff_std']) == (pytest.approx(2.0), pytest.approx(1.0))
+  assert helps['bound'] == pytest.approx(2 - 2 / math.sqrt(3))
+  assert helps['direction'] == 'helps' and helps['holds'] is True
+  assert helps['commits'] == ['c0ffee']
+  # helps, but within 2 s.e.: diffs 1, -1, 1 -> mean 1/3, std 2/sqrt(3), bound -1
+  noisy = by_id['st_vs_rand_init/S4/20']
+  assert noisy['diff_mean'] == pytest.approx(1 / 3)
+  assert noisy['diff_std'] == pytest.approx(2 / math.sqrt(3))
+  assert noisy['bound'] == pytest.approx(-1.0) and noisy['holds'] is False
+  # hurts: diffs -2, -3, -1 -> mean -2, std 1, bound -2 + 2/sqrt(3) < 0
+  hurts = by_id['pretrain_gain/S4/100']
+  assert hurts['direction'] == 'hurts'
+  assert (hurts['diff_mean'], hurts['diff_std']) == (pytest.approx(-2.0), pytest.approx(1.0))
+  assert hurts['bound'] == pytest.approx(-2 + 2 / math.sqrt(3)) and hurts['holds'] is True
+  # fewer than 2 paired seeds: holds null, with the reason
+  one = by_id['pretrain_gain/S1/20']
+  assert one['n'] == 1 and one['holds'] is None and one['diff_std'] is None
+  assert 'one paired seed' in one['reason']
+  assert by_id['st_vs_matched_control/S1/20']['reason'] == 'no seed finished both cells'
+  seg = by_id['seg_st_vs_matched_control/S4']
+  assert (seg['n'], seg['holds'], seg['reason']) == (0, None, 'no cells')
+  # every claims.json field the brief names is there
+  for c in by_id.values():
+    assert {'id', 'treatment', 'control', 'treatment_ap', 'control_ap', 'seeds', 'diff_mean',
+            'diff_std', 'n', 'direction', 'holds'} <= set(c)
+  # the same numbers in the table's Markdown
+  md = suite.format_markdown(suite.collect_results('table2', 'digits', [0, 1, 2, 3, 4], out))
+  assert '| +2.00 ± 1.00 | 3 | helps | +0.85 | **holds** |' in md
+  assert '| +0.33 ± 1.15 | 3 | helps | -1.00 | **does not hold** |' in md
+  assert '**untested: one paired seed' in md and 'Code: commit `c0ffee` (' in md
+
+
+def test_report_only_rewrites_claims_json_from_finished_cells(tmp_path):
+  out, report = str(tmp_path / 'runs'), str(tmp_path / 'report')
+  for seed, (t, c) in enumerate(((0.30, 0.28), (0.32, 0.29), (0.31, 0.30))):
+    _write_done(out, 's4_f100_self_training', seed, t)
+    _write_done(out, 's4_f100_matched_control', seed, c)
+  code, stdout, err = _run_suite('--table=table3', '--seeds=3', '--report_only',
+                                 f'--out_dir={out}', f'--report_dir={report}',
+                                 f'--convergence={tmp_path / "absent.json"}')
+  assert code == 0, err
+  claims = json.load(open(os.path.join(report, 'digits', 'claims.json')))
+  got = {c['id']: c for c in claims['claims']}['st_vs_matched_control/S4/100']
+  assert got['n'] == 3 and got['holds'] is True
+  assert os.path.exists(os.path.join(report, 'digits', 'table3.md'))
+  assert 'claims: ' in stdout
 
 
 def test_collect_results_reads_finished_cells(tmp_path):
-  out = str(tmp_path)
-  suite.run_cells(['appendix_b'], 'digits', [0], out, runner=FakeRunner(), echo=lambda s: None)
+  out = str(tmp_path / 'runs')
+  suite.run_cells(['appendix_b'], 'digits', [0], out, runner=FakeRunner(),
+                  convergence=_convergence(tmp_path), echo=lambda s: None)
   # a pseudo-label report made against held-back labels (as bin/pseudo_label_report.py
   # --reference writes it): its precision / recall at the labeler's threshold are shown
   report_dir = os.path.join(out, 'digits/cells/s4_f20_standard_a3/seed_0/round_1/pseudo_report')
@@ -263,17 +460,20 @@ def test_collect_results_reads_finished_cells(tmp_path):
         {'score_threshold': 0.2, 'precision': 0.2, 'recall': 0.4},
         {'score_threshold': 0.3, 'precision': 0.46, 'recall': 0.104}]}}, f)
   res = suite.collect_results('appendix_b', 'digits', [0], out)
-  e = suite._entry(res, 'Standard loss', 'S4 alpha=3')
+  e = suite._entry(res, 'Standard loss', 'alpha=3')
   assert (e['pseudo_precision'], e['pseudo_recall']) == (0.46, 0.104)
-  assert suite._entry(res, 'Standard loss', 'S4 alpha=1').get('pseudo_recall') is None
-  assert 'pseudo-label precision 46% / recall 10%' in suite.format_markdown(res)
+  assert e['steps'] == [2400]
+  assert suite._entry(res, 'Standard loss', 'alpha=1').get('pseudo_recall') is None
+  md = suite.format_markdown(res)
+  assert 'pseudo-label precision 46% / recall 10%' in md and '2,400 steps' in md
+  assert f'Code: commit `{suite.repo_commit()}` (8 runs)' in md
   # a row with more seeds than its baseline: the gain's own n is shown
   cells = json.loads(json.dumps(res['cells']))
-  cells['s1_f20_self_training']['seeds']['1'] = {'AP': 0.2}
+  cells['s4_f20_self_training']['seeds']['1'] = {'AP': 0.2}
   more = suite.build_results('appendix_b', 'digits', [0, 1], cells, is_test_data=True)
   assert 'n=2 (gain: n=1, the seeds both rows ran)' in suite.format_markdown(more)
   assert all(e['values'] for e in res['grid'])
-  assert res['claims'][0]['holds'] is not None
+  assert res['claims'][0]['n'] == 1 and res['claims'][0]['holds'] is None
   assert not res['is_test_data']
 
 
