@@ -94,14 +94,20 @@ def norm_activation_config(use_sync_bn: bool = False, norm_momentum: float = 0.9
 
 def backbone_config(name: str, *, drop_connect_rate: float = 0.0,
                     se_ratio: Optional[float] = None, min_level: int = 3,
-                    max_level: int = 7) -> backbones_cfg.Backbone:
+                    max_level: int = 7, depth_multiplier: float = 1.0) -> backbones_cfg.Backbone:
   """Model Garden's Backbone (one-of) config for a backbone name."""
   family, model_id = parse_backbone_name(name)
   if not 0.0 <= drop_connect_rate < 1.0:
     raise UserError(f'build_backbone.drop_connect_rate must be in [0, 1), got {drop_connect_rate}')
+  if depth_multiplier != 1.0 and family != 'resnet':
+    raise UserError(f'build_backbone.depth_multiplier={depth_multiplier}: only ResNet backbones '
+                    f'take a width multiplier, not {name}')
+  if not depth_multiplier > 0:
+    raise UserError(f'build_backbone.depth_multiplier must be > 0, got {depth_multiplier}')
   if family == 'resnet':
     return backbones_cfg.Backbone(type='resnet', resnet=backbones_cfg.ResNet(
         model_id=int(model_id), se_ratio=float(se_ratio or 0.0),
+        depth_multiplier=float(depth_multiplier),
         stochastic_depth_drop_rate=drop_connect_rate))
   if family == 'efficientnet':
     return backbones_cfg.Backbone(type='efficientnet', efficientnet=backbones_cfg.EfficientNet(
@@ -124,7 +130,8 @@ def build_backbone(name: str = 'resnet-50',
                    drop_connect_rate: float = 0.0,
                    se_ratio: Optional[float] = None,
                    min_level: Optional[int] = None,
-                   max_level: Optional[int] = None) -> tf_keras.Model:
+                   max_level: Optional[int] = None,
+                   depth_multiplier: float = 1.0) -> tf_keras.Model:
   """Builds a Model Garden backbone by name.
 
   Args:
@@ -140,6 +147,8 @@ def build_backbone(name: str = 'resnet-50',
     se_ratio: squeeze-excitation ratio; None -> 0.25 for EfficientNet, 0 otherwise.
     min_level, max_level: output levels of SpineNet (None -> anchor_config()'s levels);
       ResNet and EfficientNet always output levels 2..5.
+    depth_multiplier: ResNet only: scales every block's channels (Model Garden's ResNet
+      `depth_multiplier`; 0.5 halves the width, about 4x fewer FLOPs).
 
   Returns:
     A tf_keras.Model from images to {level: features}, with `output_specs`.
@@ -150,7 +159,8 @@ def build_backbone(name: str = 'resnet-50',
     min_level = anchor_cfg.min_level if min_level is None else min_level
     max_level = anchor_cfg.max_level if max_level is None else max_level
   cfg = backbone_config(name, drop_connect_rate=drop_connect_rate, se_ratio=se_ratio,
-                        min_level=min_level, max_level=max_level)
+                        min_level=min_level, max_level=max_level,
+                        depth_multiplier=depth_multiplier)
   if cfg.type == 'spinenet':
     step = 2 ** max_level
     if any(s is None or s % step for s in specs.shape[1:3]):

@@ -1,0 +1,254 @@
+"""AP against the step budget: how long a digit-scale teacher must train to converge.
+
+    python benchmarks/convergence.py --policies=s1,s4 --budgets=500,1000,2000,3000
+    python benchmarks/convergence.py --report_only        # JSON / Markdown / PNG from finished runs
+
+Every (policy, budget) is its own run of the digit-scale cell teacher
+(gin_configs/digits/experiments/cell.gin + gin_configs/digits/augment_<policy>.gin, 20% of the
+labeled scenes) with its own warm-up + cosine schedule over `budget` steps, so AP at a budget is
+the AP of a finished run of that length, not a point in the middle of a longer one. Runs are
+subprocesses of bin/train_teacher.py in <out_dir>/<policy>/steps_<budget>/seed_<seed>/; one
+whose eval_metrics.json is at its budget is skipped, so the benchmark resumes where it was
+killed.
+
+The chosen budget of a policy is the smallest budget whose AP is within `--tolerance` (1 AP)
+of the plateau, the best AP over the budgets run. A plateau that is the largest budget and
+more than the tolerance above the one before it is marked `still_rising`: the curve has not
+flattened and longer budgets should be added. benchmarks/suite.py trains every cell of a
+policy for its chosen budget.
+
+Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s per run).
+"""
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CELL = 'gin_configs/digits/experiments/cell.gin'
+AUGMENT = 'gin_configs/digits/augment_{}.gin'
+POLICIES = ('s1', 's2', 's3', 's4')
+
+flags.DEFINE_list('policies', ['s1', 's4'], 'Augmentation policies (s1..s4).')
+flags.DEFINE_list('budgets', ['500', '1000', '2000', '3000'], 'Step budgets, one run each.')
+flags.DEFINE_integer('seed', 0, 'CELL_SEED of every run.')
+flags.DEFINE_float('tolerance', 1.0, 'A budget is converged within this many AP (x100) of '
+                   'the plateau.')
+flags.DEFINE_string('out_dir', 'runs/convergence', 'Where the runs go.')
+flags.DEFINE_string('results', 'benchmarks/results/convergence',
+                    'Prefix of the .json / .md / .png written.')
+flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings for every run.')
+flags.DEFINE_bool('report_only', False, 'Only write the results from finished runs.')
+FLAGS = flags.FLAGS
+
+
+class ConvergenceError(ValueError):
+  """A bad flag (one line)."""
+
+
+def run_dir(out_dir: str, policy: str, budget: int, seed: int) -> str:
+  return os.path.join(out_dir, policy, f'steps_{budget}', f'seed_{seed}')
+
+
+def command(policy: str, budget: int, seed: int, out_dir: str,
+            gin_params: Sequence[str] = ()) -> List[str]:
+  params = [f'CELL_STEPS={budget}', f'CELL_SEED={seed}', *gin_params]
+  return ([sys.executable, 'bin/train_teacher.py', f'--gin_file={CELL}',
+           f'--gin_file={AUGMENT.format(policy)}']
+          + [f'--gin_param={p}' for p in params]
+          + [f'--model_dir={run_dir(out_dir, policy, budget, seed)}'])
+
+
+def finished(directory: str, budget: int) -> Optional[dict]:
+  """eval_metrics.json of a run that reached its budget, else None."""
+  path = os.path.join(directory, 'eval_metrics.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    metrics = json.load(f)
+  return metrics if metrics.get('step') == budget else None
+
+
+def images_per_second(log_path: str) -> Optional[float]:
+  """Median img/s of the progress lines after the first (which includes tracing)."""
+  if not os.path.exists(log_path):
+    return None
+  with open(log_path) as f:
+    rates = [float(m) for m in re.findall(r'img/s=([0-9.]+)', f.read())]
+  rates = sorted(rates[1:] or rates)
+  return rates[len(rates) // 2] if rates else None
+
+
+def run_one(policy: str, budget: int, seed: int, out_dir: str,
+            gin_params: Sequence[str]) -> None:
+  directory = run_dir(out_dir, policy, budget, seed)
+  log = os.path.join(directory, 'convergence_log.txt')
+  timing = os.path.join(directory, 'convergence_seconds.json')
+  if finished(directory, budget) is None:
+    os.makedirs(directory, exist_ok=True)
+    cmd = command(policy, budget, seed, out_dir, gin_params)
+    print(f'[convergence] {policy} {budget} steps: running ({log})', flush=True)
+    start = time.time()
+    with open(log, 'a') as f:
+      f.write(f'$ {shlex.join(cmd)}\n')
+      f.flush()
+      code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    if code != 0 or finished(directory, budget) is None:
+      raise RuntimeError(f'{policy} {budget} steps failed (exit {code}); see {log}')
+    with open(timing, 'w') as f:
+      json.dump({'seconds': time.time() - start}, f)
+
+
+def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
+  directory = run_dir(out_dir, policy, budget, seed)
+  metrics = finished(directory, budget)
+  if metrics is None:
+    return None
+  seconds = None
+  if os.path.exists(os.path.join(directory, 'convergence_seconds.json')):
+    with open(os.path.join(directory, 'convergence_seconds.json')) as f:
+      seconds = json.load(f)['seconds']
+  return {'policy': policy, 'steps': budget, 'seed': seed,
+          'AP_x100': round(100 * metrics['AP'], 2), 'AP50_x100': round(100 * metrics['AP50'], 2),
+          'seconds': seconds,
+          'images_per_sec': images_per_second(os.path.join(directory, 'convergence_log.txt'))}
+
+
+def collect(out_dir: str, seed: int) -> List[dict]:
+  """Every finished run under out_dir for `seed`, whatever invocation ran it."""
+  runs = []
+  for policy in POLICIES:
+    folder = os.path.join(out_dir, policy)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for budget in sorted(int(n[len('steps_'):]) for n in names
+                         if re.fullmatch(r'steps_\d+', n)):
+      rec = record(policy, budget, seed, out_dir)
+      if rec:
+        runs.append(rec)
+  return runs
+
+
+def choose(runs: Sequence[dict], tolerance: float) -> Dict[str, dict]:
+  """Per policy: the plateau (best AP over budgets) and the smallest budget within
+  `tolerance` of it; `still_rising` when the best is the largest budget and more than
+  `tolerance` above the next largest."""
+  chosen = {}
+  for policy in sorted({r['policy'] for r in runs}):
+    curve = sorted((r for r in runs if r['policy'] == policy), key=lambda r: r['steps'])
+    plateau = max(r['AP_x100'] for r in curve)
+    pick = next(r for r in curve if r['AP_x100'] >= plateau - tolerance)
+    rising = (len(curve) > 1 and curve[-1]['AP_x100'] == plateau
+              and plateau - curve[-2]['AP_x100'] > tolerance)
+    chosen[policy] = {'steps': pick['steps'], 'AP_x100': pick['AP_x100'],
+                      'plateau_AP_x100': plateau, 'still_rising': rising,
+                      'seconds': pick['seconds'], 'budgets': [r['steps'] for r in curve]}
+  return chosen
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.check_output(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                                   text=True).strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def markdown(results: dict) -> str:
+  lines = ['# AP against the step budget (digit-scale teacher, 20% labels)', '',
+           f'Each row is its own run (warm-up + cosine over its budget), seed '
+           f'{results["seed"]}, code at {results["commit"]}. COCO AP x 100 on the 500 '
+           f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
+           f'of the best (the plateau).', '',
+           '| policy | steps | AP | AP50 | wall (min) | img/s |', '| --- | --- | --- | --- | --- | --- |']
+  for r in results['runs']:
+    wall = f'{r["seconds"] / 60:.1f}' if r['seconds'] else ''
+    ips = f'{r["images_per_sec"]:.1f}' if r['images_per_sec'] else ''
+    lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r["AP_x100"]:.2f} | '
+                 f'{r["AP50_x100"]:.2f} | {wall} | {ips} |')
+  lines += ['', '| policy | chosen steps | AP there | plateau AP | still rising |',
+            '| --- | --- | --- | --- | --- |']
+  for policy, c in results['chosen'].items():
+    lines.append(f'| {policy.upper()} | {c["steps"]} | {c["AP_x100"]:.2f} | '
+                 f'{c["plateau_AP_x100"]:.2f} | {"yes" if c["still_rising"] else "no"} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  for policy, c in results['chosen'].items():
+    curve = sorted((r for r in results['runs'] if r['policy'] == policy),
+                   key=lambda r: r['steps'])
+    line, = ax.plot([r['steps'] for r in curve], [r['AP_x100'] for r in curve], 'o-',
+                    label=f'{policy.upper()} (chosen {c["steps"]})')
+    ax.plot([c['steps']], [c['AP_x100']], '*', ms=14, color=line.get_color())
+    ax.axhline(c['plateau_AP_x100'] - results['tolerance'], color=line.get_color(), lw=0.6,
+               ls=':')
+  ax.set_xlabel('step budget (batch 16; each point its own cosine run)')
+  ax.set_ylabel('COCO AP x 100 (val)')
+  ax.set_title('Digit-scale teacher: AP against the step budget')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write(runs: List[dict], prefix: str, seed: int, tolerance: float) -> dict:
+  results = {'seed': seed, 'tolerance': tolerance, 'commit': git_commit(),
+             'rule': f'chosen = smallest budget with AP >= plateau - {tolerance} '
+                     f'(plateau = best AP over the budgets)',
+             'runs': runs, 'chosen': choose(runs, tolerance)}
+  os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+  with open(prefix + '.json', 'w') as f:
+    json.dump(results, f, indent=1)
+  with open(prefix + '.md', 'w') as f:
+    f.write(markdown(results))
+  plot(results, prefix + '.png')
+  print(markdown(results), flush=True)
+  return results
+
+
+def parse(policies: Sequence[str], budgets: Sequence[str]):
+  bad = [p for p in policies if p not in POLICIES]
+  if bad:
+    raise ConvergenceError(f'--policies: {",".join(bad)} not among {",".join(POLICIES)}')
+  try:
+    steps = sorted({int(b) for b in budgets})
+  except ValueError:
+    raise ConvergenceError(f'--budgets={",".join(budgets)}: expected integers') from None
+  if not steps or steps[0] <= 0:
+    raise ConvergenceError(f'--budgets={",".join(budgets)}: expected positive integers')
+  return list(policies), steps
+
+
+def main(_):
+  try:
+    policies, budgets = parse(FLAGS.policies, FLAGS.budgets)
+  except ConvergenceError as e:
+    sys.exit(f'error: {e}')
+  out_dir = os.path.join(REPO, FLAGS.out_dir) if not os.path.isabs(FLAGS.out_dir) else FLAGS.out_dir
+  prefix = os.path.join(REPO, FLAGS.results) if not os.path.isabs(FLAGS.results) else FLAGS.results
+  if not FLAGS.report_only:
+    for policy in policies:        # one policy's whole curve first
+      for budget in budgets:
+        run_one(policy, budget, FLAGS.seed, out_dir, FLAGS.gin_param)
+        write(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed, FLAGS.tolerance)
+  runs = collect(out_dir, FLAGS.seed)
+  if not runs:
+    sys.exit(f'error: no finished run under {out_dir}')
+  write(runs, prefix, FLAGS.seed, FLAGS.tolerance)
+
+
+if __name__ == '__main__':
+  app.run(main)
