@@ -6,6 +6,9 @@
 writes pseudo_labels.png, report.json, report.md and precision_recall.png (detection) or
 per_class_iou.png (segmentation). --reference is where the unlabeled images' held-back labels
 are: 'digit_scenes:<split>' or a TFRecord glob; without it, pictures and statistics only.
+Detection precision/recall are given for the pseudo labels as written and without the
+labeler's class-agnostic suppression (run_pseudo_label.class_agnostic_nms_iou), with the
+number of boxes it suppressed.
 Settings: --gin_param="write_report.num_images=32", write_report.thresholds, ...
 """
 import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

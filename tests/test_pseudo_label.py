@@ -1,6 +1,8 @@
 """run_pseudo_label end to end on tiny untrained models and the tiny digit scenes: output the
-student reads, boxes/masks equal to running the model by hand, COCO JSON, stats, host
-sharding, resume after a kill, unreadable images, and the one-line errors."""
+student reads, boxes/masks equal to running the model by hand, class-agnostic suppression,
+COCO JSON, stats, host sharding, resume after a kill, unreadable images, chunks without
+detections, and the one-line errors."""
+import gc
 import io
 import json
 import os
@@ -19,6 +21,7 @@ from rethink_st.data import features as F
 from rethink_st.data import pipeline
 from rethink_st.data import sources
 from rethink_st.errors import UserError
+from rethink_st.evaluation import pseudo_label_report as plr
 from rethink_st.evaluation import segmentation
 from rethink_st.pseudo_label import run as pl_run
 from rethink_st.pseudo_label import shards
@@ -90,6 +93,13 @@ def _hand_detections(model, image):
           out['detection_scores'][0, :n].numpy())
 
 
+def _hand_suppressed(boxes, scores, iou=0.5):
+  """Class-agnostic greedy NMS by hand, with tf.image.non_max_suppression (another kernel
+  than the labeler's): which boxes it drops."""
+  keep = tf.image.non_max_suppression(boxes, scores, len(scores), iou).numpy()
+  return ~np.isin(np.arange(len(scores)), keep)
+
+
 @pytest.fixture(scope='module')
 def teacher(digit_scenes_dir, tmp_path_factory):
   """A tiny untrained RetinaNet saved as a checkpoint: (model, checkpoint folder, threshold).
@@ -139,12 +149,18 @@ def test_detection_records_hold_every_image_and_the_models_kept_boxes(
     assert np.all(ex[F.SCORES] >= threshold)
     assert np.all((ex[F.BOXES] >= 0) & (ex[F.BOXES] <= 1))
     assert np.all((ex[F.CLASSES] >= 1) & (ex[F.CLASSES] <= 10))
-  for sid in sorted(images)[:3]:  # kept boxes = the model run by hand, in original coords
-    boxes, classes, scores = _hand_detections(model, images[sid])
-    keep = scores >= threshold
+  suppressed = 0
+  for k, sid in enumerate(sorted(images)):  # kept boxes = the model run by hand, in original
+    boxes, classes, scores = _hand_detections(model, images[sid])  # coords, less class-
+    dropped = _hand_suppressed(boxes, scores) & (scores >= threshold)  # agnostic NMS
+    keep = (scores >= threshold) & ~dropped
+    suppressed += int(dropped.sum())
     np.testing.assert_allclose(got[sid][F.BOXES], boxes[keep], atol=1e-4)
     np.testing.assert_array_equal(got[sid][F.CLASSES], classes[keep])
     np.testing.assert_allclose(got[sid][F.SCORES], scores[keep], atol=1e-5)
+    if k >= 2 and suppressed:  # enough: 3 images or more, one with a box suppressed
+      break
+  assert suppressed > 0 and stats['class_agnostic_nms_iou'] == 0.5
   first = got[sorted(images)[0]]
   assert 0 < len(first[F.CLASSES]) < 10  # some boxes kept, some dropped
   # the source's JPEG bytes are written as they are, not re-encoded
@@ -193,18 +209,26 @@ def test_chunks_stats_and_coco_json_add_up(labeled):
   assert sum(stats['score_hist']) == len(anns)  # every detection, with its score
   assert sorted(a['id'] for a in anns) == list(range(1, len(anns) + 1))
   assert len(anns) > kept  # also those below the threshold
+  suppressed = 0
   for sid, ex in got.items():
     img = coco.loadImgs(int(sid))[0]
     assert (img['height'], img['width']) == ex[F.IMAGE].shape[:2]
-    mine = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=int(sid)))
-            if a['score'] >= threshold]
+    above = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=int(sid)))
+             if a['score'] >= threshold]
+    mine = [a for a in above if not a.get('suppressed')]
     assert len(mine) == len(ex[F.CLASSES])
+    suppressed += len(above) - len(mine)
     order = np.argsort([-a['score'] for a in mine])
     h, w = img['height'], img['width']
     for a, box, cls in zip([mine[i] for i in order], ex[F.BOXES], ex[F.CLASSES]):
       x, y, bw, bh = a['bbox']
       np.testing.assert_allclose([y / h, x / w, (y + bh) / h, (x + bw) / w], box, atol=1e-5)
       assert a['category_id'] == cls
+  assert stats['suppressed'] == suppressed > 0
+  assert [c['suppressed'] for c in _stats_of_chunks(out)] == [
+      sum(a.get('suppressed', 0) and a['score'] >= threshold for a in
+          json.load(open(p[:-len('.tfrecord')] + '.coco.json'))['annotations'])
+      for p in shards.list_tfrecords(out)]
 
 
 def test_the_student_pipeline_reads_the_output(labeled, teacher):
@@ -216,6 +240,191 @@ def test_the_student_pipeline_reads_the_output(labeled, teacher):
   assert images.shape == (4, 128, 128, 3) and 'cls_targets' in labels
   task = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=11, image_size=SIZE)
   student._check_label_space(task, source)  # same label space: no error
+
+
+# --- class-agnostic suppression ----------------------------------------------------------
+
+class _FixedDetections:
+  """A stand-in model that returns the same detections (model-input pixels) for every
+  image, and `num` of them real (the rest padding)."""
+
+  def __init__(self, boxes, classes, scores, num):
+    self.boxes, self.classes, self.scores, self.num = boxes, classes, scores, num
+
+  def __call__(self, inputs, image_shape, anchor_boxes, training):
+    del image_shape, anchor_boxes, training
+    n = inputs.shape[0]
+    tile = lambda x, dtype: tf.tile(tf.constant([x], dtype), [n] + [1] * np.ndim(x))
+    return {'detection_boxes': tile(self.boxes, tf.float32),
+            'detection_classes': tile(self.classes, tf.int32),
+            'detection_scores': tile(self.scores, tf.float32),
+            'num_detections': tf.fill([n], self.num)}
+
+
+def _label_hand_made(class_agnostic_nms_iou, num=3):
+  """Classes and scores the detection labeler keeps (score >= 0.5), and its 'suppressed'
+  flags, for hand-made detections on a 128 x 128 image: class 3 (0.8) and class 7 (0.9) on
+  one object at IoU 0.8; class 5 (0.7) at IoU 1/3 with the class-3 box; then padding with a
+  higher score on the class-3 box (never real)."""
+  boxes = [[10, 10, 50, 50], [10, 10, 50, 42], [10, 30, 50, 70], [10, 10, 50, 50]]
+  model = _FixedDetections(boxes, [3, 7, 5, 4], [0.8, 0.9, 0.7, 0.95], num)
+  labeler = pl_run.build_labeler(tasks.DetectionTask(model_fn=lambda **_: None,
+                                                     num_classes=11, image_size=SIZE),
+                                 model, score_threshold=0.5,
+                                 class_agnostic_nms_iou=class_agnostic_nms_iou)
+  info = tf.constant([[[128., 128.], [128., 128.], [1., 1.], [0., 0.]]] * 2)
+  pred = labeler.predict({'input': tf.zeros([2, 128, 128, 3]), 'image_info': info})
+  pred = {k: v.numpy() for k, v in pred.items()}
+  labels, detections = labeler.to_example(pred, 1, (128, 128))
+  return labels[F.CLASSES].tolist(), labels[F.SCORES].tolist(), detections['suppressed']
+
+
+def test_class_agnostic_suppression_of_hand_made_boxes():
+  classes, scores, suppressed = _label_hand_made(0.5)
+  assert classes == [7, 5]                        # of one object, the higher score only
+  np.testing.assert_allclose(scores, [0.9, 0.7])
+  assert suppressed.tolist() == [True, False, False]  # padding neither counts nor suppresses
+  assert _label_hand_made(0.9)[0] == [3, 7, 5]    # IoU 0.8 < 0.9: both kept
+  assert _label_hand_made(None)[0] == [3, 7, 5]   # disabled
+  assert _label_hand_made(None)[2].tolist() == [False] * 3
+  assert _label_hand_made(0.5, num=0)[0] == []
+
+
+def test_bad_class_agnostic_nms_iou_is_one_line(det_config, teacher, tmp_path):
+  for bad in (0.0, 1.5, 'high'):
+    with pytest.raises(UserError) as e:
+      pl_run.run_pseudo_label(str(tmp_path / 'out'), teacher_checkpoint=teacher[1],
+                              class_agnostic_nms_iou=bad)
+    assert str(e.value).splitlines()[0] == (
+        f'run_pseudo_label.class_agnostic_nms_iou={bad!r} must be in (0, 1], or None for no '
+        'class-agnostic suppression')
+  assert not os.path.exists(str(tmp_path / 'out'))
+
+
+def test_suppressed_boxes_reach_the_report_not_the_student(labeled, tmp_path):
+  """The pseudo labels evaluated against themselves: at the labeler's threshold the kept
+  boxes are all true positives (recall 1, precision 1); without the suppression the K kept
+  boxes are still matched and the S suppressed ones are false positives (a suppressed box
+  overlaps a kept one of another class, and the teacher's per-class NMS keeps same-class
+  boxes apart)."""
+  out, stats, threshold, _ = labeled
+  kept, dropped = stats['boxes'], stats['suppressed']
+  assert kept > 0 and dropped > 0
+  boxes = 0
+  for ex in pl_source.pseudo_label_source(out).dataset():  # what the student reads
+    boxes += int(ex[F.CLASSES].shape[0])
+    assert np.all(ex[F.SCORES].numpy() >= threshold)
+  assert boxes == kept
+  own = sources.tfrecord_source(shards.tfrecord_pattern(out))
+  report = plr.write_report(out, str(tmp_path / 'report'), reference_source=own,
+                            num_images=0, thresholds=(0.5,))
+  rows = report['detection']['thresholds']
+  assert [r['score_threshold'] for r in rows] == sorted([0.5, threshold])  # labeler's added
+  at = next(r for r in rows if r['score_threshold'] == threshold)
+  assert (at['boxes'], at['tp'], at['fp'], at['fn'], at['suppressed']) == (kept, kept, 0, 0,
+                                                                           dropped)
+  without = at['without_suppression']
+  assert (without['boxes'], without['tp'], without['fp'], without['fn']) == (
+      kept + dropped, kept, dropped, 0)
+  assert at['precision'] == 1.0 and without['precision'] == pytest.approx(
+      kept / (kept + dropped)) and without['recall'] == 1.0
+  assert report['class_agnostic_nms_iou'] == 0.5 and report['stats']['suppressed'] == dropped
+  md = open(str(tmp_path / 'report' / 'report.md')).read()
+  assert (f'{kept} pseudo boxes with class-agnostic suppression at IoU >= 0.5 ({dropped} '
+          f'suppressed): precision 100.0, recall 100.0; without it, {kept + dropped} boxes: '
+          f'precision {100 * kept / (kept + dropped):.1f}, recall 100.0.') in md
+
+
+# --- chunks without detections or without images ----------------------------------------
+
+def test_chunk_writer_completes_chunks_without_detections_or_images(tmp_path):
+  categories = [{'id': 1, 'name': '1'}]
+  none = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
+  no_boxes = shards.ChunkWriter(str(tmp_path / 'a'), coco_categories=categories)
+  no_boxes.add_coco_image(b'7', 4, 5, *none)
+  no_boxes.close(None, {'images': 1})
+  no_images = shards.ChunkWriter(str(tmp_path / 'b'), coco_categories=categories)
+  no_images.close(None, {'images': 0, 'unreadable_skipped': 2})
+  aborted = shards.ChunkWriter(str(tmp_path / 'c'), coco_categories=categories)
+  aborted.add_coco_image(b'8', 4, 5, *none)
+  aborted.abort()
+  assert sorted(os.listdir(tmp_path)) == ['a.coco.json', 'a.stats.json', 'a.tfrecord',
+                                          'b.coco.json', 'b.stats.json', 'b.tfrecord']
+  assert json.load(open(tmp_path / 'a.coco.json')) == {
+      'images': [{'id': 7, 'file_name': '7', 'height': 4, 'width': 5}], 'annotations': [],
+      'categories': categories}
+  assert json.load(open(tmp_path / 'b.coco.json'))['images'] == []
+
+
+def _nothing_detected_bindings(data_dir):
+  """_det_bindings without pre_nms_score_threshold = 0.0: the untrained head's ~0.01 scores
+  do not pass 0.9, so the teacher detects nothing."""
+  keep = [b for b in _det_bindings(data_dir) if 'pre_nms_score_threshold' not in b]
+  return keep + ['rethink_st.modeling.detection.build_retinanet.pre_nms_score_threshold = 0.9']
+
+
+def test_a_teacher_that_detects_nothing_writes_complete_resumable_chunks(
+    digit_scenes_dir, teacher, tmp_path, monkeypatch, capsys):
+  _parse([DEMO_GIN], _nothing_detected_bindings(digit_scenes_dir))
+  out = str(tmp_path / 'pseudo')
+  write = shards.ChunkWriter.write
+  calls = []
+
+  def dying_write(self, serialized):
+    calls.append(1)
+    if len(calls) == CHUNK + 5:  # in the middle of chunk 1
+      raise Killed()
+    write(self, serialized)
+
+  monkeypatch.setattr(shards.ChunkWriter, 'write', dying_write)
+  with pytest.raises(Killed):
+    pl_run.run_pseudo_label(out, teacher_checkpoint=teacher[1])
+  monkeypatch.undo()
+  # A real kill closes the killed chunk's files; here its writer lives on in a reference
+  # cycle (through the exception) and would flush into the resumed chunk when collected.
+  gc.collect()
+  assert shards.complete_chunks(out, 0, 1) == [0]
+  capsys.readouterr()
+  stats = pl_run.run_pseudo_label(out, teacher_checkpoint=teacher[1])
+  assert 'resuming at image 10' in capsys.readouterr().out
+  assert stats['images'] == NUM_IMAGES and stats['chunks'] == 4
+  assert stats['boxes'] == stats['suppressed'] == sum(stats['score_hist']) == 0
+  assert stats['images_without_labels'] == NUM_IMAGES
+  assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+  for chunk in _stats_of_chunks(out):
+    assert chunk['boxes'] == 0 and chunk['images'] in (CHUNK, NUM_IMAGES % CHUNK)
+  coco = COCO(os.path.join(out, 'pseudo_coco.json'))
+  assert len(coco.getImgIds()) == NUM_IMAGES and not coco.getAnnIds()
+  # the student's source: every image, none with a box
+  got = [ex for ex in pl_source.pseudo_label_source(out).dataset()]
+  assert len(got) == NUM_IMAGES and all(ex[F.BOXES].shape == (0, 4) for ex in got)
+  # a rerun skips every chunk
+  mtimes = {p: os.stat(p).st_mtime_ns for p in shards.list_tfrecords(out)}
+  assert pl_run.run_pseudo_label(out, teacher_checkpoint=teacher[1]) == stats
+  assert 'resuming at image 32' in capsys.readouterr().out
+  assert {p: os.stat(p).st_mtime_ns for p in shards.list_tfrecords(out)} == mtimes
+
+
+def test_a_chunk_of_only_unreadable_images_is_complete(det_config, teacher, tmp_path):
+  """Chunks of 2: a.png and b.png fill chunk 0; the 3 unreadable images after them make
+  chunk 1, which holds no image."""
+  images = list(_source_images(det_config).values())[:2]
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  (folder / 'a.png').write_bytes(_png(images[0]))
+  (folder / 'b.png').write_bytes(_png(images[1]))
+  for name in ('c.png', 'd.jpg', 'e.png'):
+    (folder / name).write_bytes(b'not an image')
+  source = sources.image_folder_source(str(folder))
+  out = str(tmp_path / 'pseudo')
+  stats = pl_run.run_pseudo_label(out, unlabeled_source=source, teacher_checkpoint=teacher[1],
+                                  chunk_size=2)
+  assert stats['chunks'] == 2 and stats['images'] == 2 and stats['unreadable_skipped'] == 3
+  assert [(c['images'], c['unreadable_skipped']) for c in _stats_of_chunks(out)] == [(2, 0),
+                                                                                     (0, 3)]
+  assert shards.consumed_images(out, 0, 1) == 5
+  assert pl_run.run_pseudo_label(out, unlabeled_source=source, teacher_checkpoint=teacher[1],
+                                 chunk_size=2) == stats
 
 
 class Killed(Exception):

@@ -193,6 +193,73 @@ def test_detection_without_reference(detection_case, tmp_path):
   assert os.path.exists(os.path.join(out, 'precision_recall.png'))
 
 
+@pytest.fixture(scope='module')
+def suppression_case(tmp_path_factory):
+  """One image, reference G1 (class 3) and G2 (class 5), written the labeler's way (the
+  streaming ChunkWriter). Detections by score, S: dropped by class-agnostic suppression:
+    A 0.9 on G1 class 3 (TP)     B 0.8 on G1 class 7, S (FP without suppression)
+    C 0.7 on G2 class 6 (FP)     D 0.6 on G2 class 5, S (TP without suppression)
+    E 0.3 on G3 class 4 (FP)
+  """
+  root = tmp_path_factory.mktemp('suppression')
+  pseudo_dir = str(root / 'pseudo')
+  shards.write_meta(pseudo_dir, dict(_meta('detection'), class_agnostic_nms_iou=0.5))
+  dets = [(G1, 3, 0.9, 0), (G1, 7, 0.8, 1), (G2, 6, 0.7, 0), (G2, 5, 0.6, 1), (G3, 4, 0.3, 0)]
+  boxes, classes, scores, suppressed = (np.array(v) for v in zip(*dets))
+  kept = (scores >= 0.5) & (suppressed == 0)
+  writer = shards.ChunkWriter(shards.chunk_prefix(pseudo_dir, 0, 1, 0),
+                              coco_categories=[{'id': c, 'name': str(c)} for c in range(1, 11)])
+  writer.write(tfexample.encode_example({
+      F.SOURCE_ID: '1', F.IMAGE: _image(1), F.BOXES: boxes[kept].astype(np.float32),
+      F.CLASSES: classes[kept], F.SCORES: scores[kept].astype(np.float32)}))
+  writer.add_coco_image(b'1', SIZE, SIZE, boxes, classes, scores, suppressed)
+  counters = shards.Counters(10, 'detection', class_agnostic_nms_iou=0.5)
+  counters.add_detection(classes[kept], scores, suppressed=2)
+  writer.close(None, counters.to_dict())
+  shards.mark_host_done(pseudo_dir, 0, 1, {'images': 1, 'unreadable_skipped': 0})
+  shards.merge_outputs(pseudo_dir)
+  ref = str(root / 'reference.tfrecord')
+  _write_reference(ref, [{F.SOURCE_ID: '1', F.IMAGE: _image(1),
+                          F.BOXES: np.array([G1, G2], np.float32), F.CLASSES: np.array([3, 5])}])
+  return pseudo_dir, ref
+
+
+def test_precision_recall_with_and_without_class_agnostic_suppression(suppression_case,
+                                                                       tmp_path):
+  pseudo_dir, ref = suppression_case
+  out = str(tmp_path / 'report')
+  report = plr.write_report(pseudo_dir, out, reference_source=plr.parse_reference(ref),
+                            num_images=1, thresholds=(0.2, 0.75))
+  assert [r['score_threshold'] for r in report['detection']['thresholds']] == [0.2, 0.5, 0.75]
+
+  def counts(row):
+    return row['boxes'], row['tp'], row['fp'], row['fn']
+  r = _row(report, 0.5)     # kept A, C; without: A, B, C, D
+  assert counts(r) == (2, 1, 1, 1) and r['suppressed'] == 2
+  assert counts(r['without_suppression']) == (4, 2, 2, 0)
+  assert (r['precision'], r['recall']) == (0.5, 0.5)
+  assert (r['without_suppression']['precision'], r['without_suppression']['recall']) == (0.5, 1)
+  r = _row(report, 0.75)    # kept A; without: A, B
+  assert counts(r) == (1, 1, 0, 1) and r['suppressed'] == 1
+  assert counts(r['without_suppression']) == (2, 1, 1, 1)
+  r = _row(report, 0.2)     # kept A, C, E; without: all 5
+  assert counts(r) == (3, 1, 2, 1) and r['suppressed'] == 2
+  assert counts(r['without_suppression']) == (5, 2, 3, 0)
+  per = {c['class_id']: c for c in report['detection']['per_class_at_labeler_threshold']}
+  assert (per[5]['tp'], per[5]['fn'], per[7]['fp']) == (0, 1, 0)  # kept boxes only
+  assert report['stats']['suppressed'] == 2 and report['class_agnostic_nms_iou'] == 0.5
+  md = open(os.path.join(out, 'report.md')).read()
+  assert ("At the labeler's score threshold 0.5: 2 pseudo boxes with class-agnostic "
+          'suppression at IoU >= 0.5 (2 suppressed): precision 50.0, recall 50.0; without it, '
+          '4 boxes: precision 50.0, recall 100.0.') in md
+  assert '| 0.5 (labeler) | 2 | 2 | 50.0 | 50.0 | 50.0 | 1 | 1 | 1 | 0 | 2 | 50.0 | 100.0 |' in md
+  assert '| class_agnostic_nms_iou | 0.5 |' in md
+  # what the student reads: A and C
+  from rethink_st.pseudo_label import source as pseudo_source  # pylint: disable=g-import-not-at-top
+  ex = next(iter(pseudo_source.pseudo_label_source(pseudo_dir).dataset()))
+  assert ex[F.CLASSES].numpy().tolist() == [3, 6]
+
+
 # Segmentation: 16x16 masks made of 4x4 blocks of a 4x4 pattern.
 def _blocks(rows):
   return np.kron(np.array(rows, np.uint8), np.ones((4, 4), np.uint8))

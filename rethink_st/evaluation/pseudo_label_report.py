@@ -28,6 +28,14 @@ higher-scored ones alone, so one matching per image gives the counts at every th
 Boxes per image count all pseudo images; TP/FP/FN only the images that are also in the
 reference (matched by source_id).
 
+Class-agnostic suppression (run_pseudo_label.class_agnostic_nms_iou): the COCO JSON flags the
+detections it dropped ("suppressed": 1). Each row's numbers are those of the pseudo labels
+the student reads (the detections not suppressed, score >= t); `suppressed` counts the
+flagged ones with score >= t, and `without_suppression` holds the same numbers for all
+detections with score >= t (matched on their own), i.e. what the labeler would have kept
+without it. Suppression, like matching, decides each box from the higher-scored ones alone, so
+the flags hold at every threshold. The labeler's own score threshold is always a row.
+
 Segmentation numbers: over pixels that neither the pseudo mask nor the reference ignores,
 pixel accuracy and mIoU (`MeanIoUEvaluator`; a class absent from both is left out of the
 mean), plus `ignored_fraction` (pseudo pixels set to ignore, of all pseudo pixels) and
@@ -194,7 +202,8 @@ def _iter_pseudo_detections(json_paths: Sequence[str]) -> Iterator[Tuple[str, in
       anns = by_image.get(image['id'], [])
       dets = {'bbox': np.array([a['bbox'] for a in anns], np.float64).reshape(-1, 4),
               'category_id': np.array([a['category_id'] for a in anns], np.int64),
-              'score': np.array([a.get('score', 1.0) for a in anns], np.float64)}
+              'score': np.array([a.get('score', 1.0) for a in anns], np.float64),
+              'suppressed': np.array([bool(a.get('suppressed')) for a in anns], bool)}
       yield (str(image.get('file_name', image['id'])), int(image['height']),
              int(image['width']), dets)
 
@@ -217,21 +226,59 @@ def _f1(p, r):
   return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
+class _Tally:
+  """Counts of one set of detections (the kept ones, or all) at every score threshold, and
+  per class at the labeler's threshold."""
+
+  def __init__(self, thresholds, labeler_threshold, num_classes):
+    self.t, self.labeler_threshold = np.asarray(thresholds, np.float64), labeler_threshold
+    self.boxes, self.tp, self.fp, self.ignored = (np.zeros(len(self.t), np.int64)
+                                                  for _ in range(4))
+    self.cls_tp, self.cls_fp = (np.zeros(num_classes + 1, np.int64) for _ in range(2))
+
+  def add_boxes(self, scores):
+    self.boxes += (scores[None, :] >= self.t[:, None]).sum(1)
+
+  def add_matches(self, sorted_scores, status, sorted_classes):
+    keep = sorted_scores[None, :] >= self.t[:, None]
+    self.tp += (keep & (status == 1)[None]).sum(1)
+    self.fp += (keep & (status == 0)[None]).sum(1)
+    self.ignored += (keep & (status == -1)[None]).sum(1)
+    at = sorted_scores >= self.labeler_threshold
+    top = len(self.cls_tp) - 1
+    np.add.at(self.cls_tp, np.clip(sorted_classes[at & (status == 1)], 0, top), 1)
+    np.add.at(self.cls_fp, np.clip(sorted_classes[at & (status == 0)], 0, top), 1)
+
+  def row(self, k, images, gt_total):
+    """Row k's numbers; precision and recall when gt_total is not None (a reference)."""
+    row = {'boxes': int(self.boxes[k]), 'boxes_per_image': _ratio(self.boxes[k], images)}
+    if gt_total is not None:
+      tp, fp = int(self.tp[k]), int(self.fp[k])
+      p, r = _ratio(tp, tp + fp), _ratio(tp, gt_total)
+      row.update(tp=tp, fp=fp, fn=gt_total - tp, ignored=int(self.ignored[k]),
+                 precision=p, recall=r, f1=_f1(p, r))
+    return row
+
+
+def _match(dets, take, gt_xywh, ref, iou_threshold):
+  """match_detections of the detections `take` selects: (sorted scores, status, sorted
+  classes)."""
+  classes, scores = dets['category_id'][take], dets['score'][take]
+  sorted_scores, status = match_detections(dets['bbox'][take], classes, scores, gt_xywh,
+                                           ref['classes'], ref['is_crowd'], iou_threshold)
+  return sorted_scores, status, classes[np.argsort(-scores, kind='stable')]
+
+
 def _detection_metrics(json_paths, reference, thresholds, iou_threshold, labeler_threshold,
                        num_classes, names) -> Dict[str, Any]:
-  t = np.asarray(thresholds, np.float64)
-  boxes = np.zeros(len(t), np.int64)
-  tp = np.zeros(len(t), np.int64)
-  fp = np.zeros(len(t), np.int64)
-  ignored = np.zeros(len(t), np.int64)
-  cls_tp = np.zeros(num_classes + 1, np.int64)
-  cls_fp = np.zeros(num_classes + 1, np.int64)
+  kept, every = (_Tally(thresholds, labeler_threshold, num_classes) for _ in range(2))
   cls_gt = np.zeros(num_classes + 1, np.int64)
   images = evaluated = not_in_reference = gt_total = 0
   for sid, h, w, dets in _iter_pseudo_detections(json_paths):
     images += 1
-    scores = dets['score']
-    boxes += (scores[None, :] >= t[:, None]).sum(1)
+    scores, suppressed = dets['score'], dets['suppressed']
+    kept.add_boxes(scores[~suppressed])
+    every.add_boxes(scores)
     if reference is None:
       continue
     ref = reference.get(sid)
@@ -242,38 +289,26 @@ def _detection_metrics(json_paths, reference, thresholds, iou_threshold, labeler
     scale = np.array([ref['height'], ref['width'], ref['height'], ref['width']], np.float64)
     yx = ref['boxes'].astype(np.float64) * scale           # pixels ymin, xmin, ymax, xmax
     gt_xywh = np.stack([yx[:, 1], yx[:, 0], yx[:, 3] - yx[:, 1], yx[:, 2] - yx[:, 0]], 1)
-    sorted_scores, status = match_detections(dets['bbox'], dets['category_id'], scores,
-                                             gt_xywh, ref['classes'], ref['is_crowd'],
-                                             iou_threshold)
-    keep = sorted_scores[None, :] >= t[:, None]
-    tp += (keep & (status == 1)[None]).sum(1)
-    fp += (keep & (status == 0)[None]).sum(1)
-    ignored += (keep & (status == -1)[None]).sum(1)
     counted = ~ref['is_crowd']
     gt_total += int(counted.sum())
     np.add.at(cls_gt, np.clip(ref['classes'][counted], 0, num_classes), 1)
-    det_classes = dets['category_id'][np.argsort(-scores, kind='stable')]
-    at = sorted_scores >= labeler_threshold
-    np.add.at(cls_tp, np.clip(det_classes[at & (status == 1)], 0, num_classes), 1)
-    np.add.at(cls_fp, np.clip(det_classes[at & (status == 0)], 0, num_classes), 1)
-  out: Dict[str, Any] = {'images': images}
+    kept_matches = _match(dets, ~suppressed, gt_xywh, ref, iou_threshold)
+    kept.add_matches(*kept_matches)
+    every.add_matches(*(_match(dets, np.ones_like(suppressed), gt_xywh, ref, iou_threshold)
+                        if suppressed.any() else kept_matches))
+  gt = gt_total if reference is not None else None
   rows = []
   for k, thr in enumerate(thresholds):
-    row = {'score_threshold': thr, 'boxes': int(boxes[k]),
-           'boxes_per_image': _ratio(boxes[k], images)}
-    if reference is not None:
-      fn = gt_total - int(tp[k])
-      p, r = _ratio(tp[k], tp[k] + fp[k]), _ratio(tp[k], gt_total)
-      row.update(tp=int(tp[k]), fp=int(fp[k]), fn=fn, ignored=int(ignored[k]),
-                 precision=p, recall=r, f1=_f1(p, r))
-    rows.append(row)
-  out['thresholds'] = rows
+    rows.append({'score_threshold': thr, **kept.row(k, images, gt),
+                 'suppressed': int(every.boxes[k] - kept.boxes[k]),
+                 'without_suppression': every.row(k, images, gt)})
+  out: Dict[str, Any] = {'images': images, 'thresholds': rows}
   if reference is not None:
     out.update(images_evaluated=evaluated, images_not_in_reference=not_in_reference,
                reference_boxes=gt_total)
     per_class = []
     for c in range(1, num_classes + 1):
-      ctp, cfp, cgt = int(cls_tp[c]), int(cls_fp[c]), int(cls_gt[c])
+      ctp, cfp, cgt = int(kept.cls_tp[c]), int(kept.cls_fp[c]), int(cls_gt[c])
       per_class.append({'class_id': c, 'name': names[c - 1], 'tp': ctp, 'fp': cfp,
                         'fn': cgt - ctp, 'precision': _ratio(ctp, ctp + cfp),
                         'recall': _ratio(ctp, cgt)})
@@ -453,7 +488,7 @@ def report_markdown(report: Dict[str, Any]) -> str:
   lines = [f'# Pseudo-label report: `{report["pseudo_dir"]}`', '',
            '| | |', '| --- | --- |']
   for key in ('kind', 'num_classes', 'source', 'teacher_checkpoint', 'labeler_score_threshold',
-              'complete', 'reference', 'iou_threshold'):
+              'class_agnostic_nms_iou', 'complete', 'reference', 'iou_threshold'):
     if report.get(key) is not None:
       lines.append(f'| {key} | {report[key]} |')
   for key, value in report.get('stats', {}).items():
@@ -469,20 +504,45 @@ def report_markdown(report: Dict[str, Any]) -> str:
                 f'{det["reference_boxes"]} reference boxes (not in the reference: '
                 f'{det["images_not_in_reference"]} images). Greedy class-aware matching at '
                 f'IoU >= {report["iou_threshold"]}; precision, recall, F1 in %.']
+    labeler = report.get('labeler_score_threshold')
+
+    def is_labeler(row):
+      return labeler is not None and abs(row['score_threshold'] - labeler) < 1e-9
+    at = [r for r in det['thresholds'] if is_labeler(r)]
+    nms = report.get('class_agnostic_nms_iou')
+    if at:
+      r, w = at[0], at[0]['without_suppression']
+      how = (f'class-agnostic suppression at IoU >= {nms:g}' if nms is not None else
+             'class-agnostic suppression off')
+      text = f'{r["boxes"]} pseudo boxes with {how} ({r["suppressed"]} suppressed)'
+      if has_ref:
+        text += (f': precision {_fmt(r["precision"], True)}, recall '
+                 f'{_fmt(r["recall"], True)}; without it, {w["boxes"]} boxes: precision '
+                 f'{_fmt(w["precision"], True)}, recall {_fmt(w["recall"], True)}')
+      lines += ['', f'At the labeler\'s score threshold {labeler:g}: {text}.']
+    if has_ref:
+      lines += ['', '"Without suppression": all the teacher\'s boxes at that score threshold, '
+                'the class-agnostic suppression undone.']
     lines += ['']
     head = ['score threshold', 'boxes/image', 'boxes']
     if has_ref:
       head += ['precision', 'recall', 'F1', 'TP', 'FP', 'FN', 'crowd-ignored']
+    head += ['suppressed']
+    if has_ref:
+      head += ['precision without suppression', 'recall without suppression']
     lines += ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     for row in det['thresholds']:
-      mark = ' (labeler)' if abs(row['score_threshold'] -
-                                 (report.get('labeler_score_threshold') or -1)) < 1e-9 else ''
+      mark = ' (labeler)' if is_labeler(row) else ''
       cells = [f'{row["score_threshold"]:g}{mark}', _fmt(row['boxes_per_image']),
                str(row['boxes'])]
       if has_ref:
         cells += [_fmt(row['precision'], True), _fmt(row['recall'], True),
                   _fmt(row['f1'], True), str(row['tp']), str(row['fp']), str(row['fn']),
                   str(row['ignored'])]
+      cells += [str(row['suppressed'])]
+      if has_ref:
+        w = row['without_suppression']
+        cells += [_fmt(w['precision'], True), _fmt(w['recall'], True)]
       lines.append('| ' + ' | '.join(cells) + ' |')
     if has_ref:
       lines += ['', f'Per class at the labeler\'s score threshold '
@@ -540,6 +600,11 @@ def plot_report(report: Dict[str, Any], out_dir: str) -> Optional[str]:
       for key, style in (('precision', 'o-'), ('recall', 's-'), ('f1', '^--')):
         y = [np.nan if r[key] is None else r[key] for r in rows]
         ax.plot(x, y, style, label=key)
+      if any(r['suppressed'] for r in rows):
+        for key, style in (('precision', 'o:'), ('recall', 's:')):
+          y = [np.nan if r['without_suppression'][key] is None
+               else r['without_suppression'][key] for r in rows]
+          ax.plot(x, y, style, alpha=0.6, label=f'{key} without suppression')
       ax.set_ylim(0, 1.02)
       ax.set_ylabel('precision / recall / F1')
     ax.set_xlabel('score threshold')
@@ -601,7 +666,8 @@ def write_report(pseudo_dir: str,
       by source_id), e.g. digit_scenes_source(split='unlabeled'); None: pictures and
       pseudo-label statistics only.
     num_images: how many pseudo-labeled images the grid shows (0: no grid).
-    thresholds: score thresholds for the detection table and plot.
+    thresholds: score thresholds for the detection table and plot (the labeler's own is
+      always added).
     iou_threshold: IoU at which a pseudo box matches a reference box.
     images_per_row: examples per grid row (each is 1-3 panels).
     panel_size: grid panels are about this many pixels on their long side.
@@ -629,6 +695,8 @@ def write_report(pseudo_dir: str,
     raise UserError(f'reference {reference_source.name} has {ref_classes} classes, the '
                     f'pseudo labels in {pseudo_dir} have {num_classes}')
   labeler_threshold = meta.get('score_threshold') if kind == 'detection' else None
+  if labeler_threshold is not None:
+    thresholds = sorted(set(thresholds) | {float(labeler_threshold)})
   num_shards = int(meta.get('num_shards', 1))
 
   source = pseudo_source.pseudo_label_source(pseudo_dir, require_complete=False)
@@ -662,12 +730,13 @@ def write_report(pseudo_dir: str,
       'pseudo_dir': pseudo_dir, 'kind': kind, 'num_classes': num_classes,
       'source': meta.get('source'), 'teacher_checkpoint': meta.get('teacher_checkpoint'),
       'labeler_score_threshold': labeler_threshold,
+      'class_agnostic_nms_iou': meta.get('class_agnostic_nms_iou'),
       'complete': shards.all_hosts_done(pseudo_dir, num_shards), 'chunks': len(prefixes),
       'reference': None if reference_source is None else reference_source.name,
       'iou_threshold': iou_threshold if kind == 'detection' else None,
       'stats': {k: v for k, v in stats.items()
-                if k in ('images', 'boxes', 'boxes_per_image', 'images_without_labels',
-                         'ignored_fraction')}}
+                if k in ('images', 'boxes', 'suppressed', 'boxes_per_image',
+                         'images_without_labels', 'ignored_fraction')}}
   if kind == 'detection':
     if json_paths:
       report['detection'] = _detection_metrics(

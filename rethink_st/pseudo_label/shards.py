@@ -4,17 +4,22 @@ Host `i` of `n` (--shard_index/--num_shards) labels its deterministic share of t
 source in chunks of `chunk_size` images. Chunk `c` of host `i` is three files:
 
     pseudo-{i:05d}-of-{n:05d}-{c:05d}.tfrecord   tf.Examples, the same format as human labels
-    pseudo-{i:05d}-of-{n:05d}-{c:05d}.coco.json  its pseudo boxes (detection) in COCO format
+    pseudo-{i:05d}-of-{n:05d}-{c:05d}.coco.json  all the teacher's detections (detection) in
+                                                 COCO format, with their scores; those that
+                                                 class-agnostic suppression dropped carry
+                                                 "suppressed": 1 (the .tfrecord leaves them out)
     pseudo-{i:05d}-of-{n:05d}-{c:05d}.stats.json its counters
 
 each written under a `.tmp` name and renamed; the .tfrecord is renamed last, so its presence
-means the chunk is complete. A rerun skips complete chunks, so a killed job resumes with every
-image labeled exactly once. A chunk's counters include `unreadable_skipped`, the source's
-images that could not be decoded among its stretch of the source, so a resumed run skips
-`consumed_images` (images + unreadable_skipped of the complete chunks) source images and
-counts every skip once. When a host finishes it writes `host-{i:05d}-of-{n:05d}.done`;
-whichever host sees all n done merges the counters into stats.json (and the boxes into
-pseudo_coco.json). `meta.json`, written first, records the label space and the settings.
+means the chunk is complete. A chunk without any detection, or without any readable image, is
+a chunk like any other: all its files are written, and it is counted, skipped and merged. A
+rerun skips complete chunks, so a killed job resumes with every image labeled exactly once.
+A chunk's counters include `unreadable_skipped`, the source's images that could not be
+decoded among its stretch of the source, so a resumed run skips `consumed_images` (images +
+unreadable_skipped of the complete chunks) source images and counts every skip once. When a
+host finishes it writes `host-{i:05d}-of-{n:05d}.done`; whichever host sees all n done merges
+the counters into stats.json (and the boxes into pseudo_coco.json). `meta.json`, written
+first, records the label space and the settings.
 """
 import glob
 import json
@@ -121,9 +126,11 @@ class ChunkWriter:
     self._writer.write(serialized)
 
   def add_coco_image(self, source_id, height: int, width: int, boxes: np.ndarray,
-                     classes: np.ndarray, scores: np.ndarray) -> None:
+                     classes: np.ndarray, scores: np.ndarray,
+                     suppressed: Optional[np.ndarray] = None) -> None:
     """One image and its detections (normalized [ymin, xmin, ymax, xmax] boxes, class ids,
-    scores) in COCO form: pixel [x, y, w, h] boxes with their scores."""
+    scores, and optionally which ones class-agnostic suppression dropped) in COCO form:
+    pixel [x, y, w, h] boxes with their scores, "suppressed": 1 on the dropped ones."""
     image_id = coco_image_id(source_id)
     sid = source_id.decode('utf8') if isinstance(source_id, bytes) else str(source_id)
     sep = ', ' if self._num_images else ''
@@ -139,11 +146,15 @@ class ChunkWriter:
     # What json.dumps writes for {'image_id', 'category_id', 'bbox': [x, y, w, h], 'score',
     # 'area', 'iscrowd'} (floats as repr, like json), at a third of its cost.
     head = '{"image_id": ' + json.dumps(image_id) + ', "category_id": '
+    flags = (np.zeros(len(scores), bool) if suppressed is None
+             else np.asarray(suppressed, bool).reshape(-1))
+    tails = ('}', ', "suppressed": 1}')
     anns = [f'{head}{c}, "bbox": [{x0!r}, {y0!r}, {w0!r}, {h0!r}], "score": {s!r}, '
-            f'"area": {w0 * h0!r}, "iscrowd": 0}}'
-            for c, x0, y0, w0, h0, s in zip(np.asarray(classes, np.int64).tolist(), x.tolist(),
-                                            y.tolist(), w.tolist(), h.tolist(),
-                                            np.asarray(scores, np.float64).tolist())]
+            f'"area": {w0 * h0!r}, "iscrowd": 0{tails[f]}'
+            for c, x0, y0, w0, h0, s, f in zip(np.asarray(classes, np.int64).tolist(),
+                                               x.tolist(), y.tolist(), w.tolist(), h.tolist(),
+                                               np.asarray(scores, np.float64).tolist(),
+                                               flags.tolist())]
     sep = ', ' if self._num_annotations else ''
     self._annotations.write(sep + ', '.join(anns))
     self._num_annotations += len(anns)
@@ -151,10 +162,11 @@ class ChunkWriter:
   def _finish_coco(self) -> None:
     self._annotations.close()
     self._images.write('], "annotations": [')
-    _append_file(self._images, self.prefix + '.coco_annotations.tmp')
+    if self._num_annotations:  # a GFile creates its file at the first write, not before
+      _append_file(self._images, self.prefix + '.coco_annotations.tmp')
+      tf.io.gfile.remove(self.prefix + '.coco_annotations.tmp')
     self._images.write('], "categories": ' + json.dumps(self._categories) + '}')
     self._images.close()
-    tf.io.gfile.remove(self.prefix + '.coco_annotations.tmp')
     tf.io.gfile.rename(self.prefix + '.coco.json.tmp', self.prefix + '.coco.json',
                        overwrite=True)
 
@@ -176,18 +188,22 @@ class ChunkWriter:
                       (self._annotations, '.coco_annotations.tmp')):
       if f is not None:
         f.close()
-        tf.io.gfile.remove(self.prefix + suffix)
+        if tf.io.gfile.exists(self.prefix + suffix):  # written to at least once
+          tf.io.gfile.remove(self.prefix + suffix)
 
 
 class Counters:
   """Streaming statistics; constant memory however many images pass."""
 
-  def __init__(self, num_classes: int, kind: str):
+  def __init__(self, num_classes: int, kind: str,
+               class_agnostic_nms_iou: Optional[float] = None):
     self.kind = kind
+    self.class_agnostic_nms_iou = class_agnostic_nms_iou  # the labeler's setting, recorded
     self.num_classes = num_classes
     self.images = 0
     self.images_without_labels = 0
     self.boxes = 0
+    self.suppressed = 0  # boxes >= the score threshold that class-agnostic suppression dropped
     self.per_class = np.zeros(num_classes + 1, np.int64)  # index = class id (0: background)
     self.boxes_per_image_hist = np.zeros(21, np.int64)    # 0..19, 20+
     self.score_hist = np.zeros(len(SCORE_BINS) - 1, np.int64)  # all detections, pre-threshold
@@ -195,10 +211,12 @@ class Counters:
     self.pixels = 0
     self.unreadable_skipped = 0  # undecodable images in this chunk's stretch of the source
 
-  def add_detection(self, kept_classes: np.ndarray, all_scores: np.ndarray) -> None:
+  def add_detection(self, kept_classes: np.ndarray, all_scores: np.ndarray,
+                    suppressed: int = 0) -> None:
     self.images += 1
     n = int(kept_classes.shape[0])
     self.boxes += n
+    self.suppressed += int(suppressed)
     self.images_without_labels += int(n == 0)
     self.boxes_per_image_hist[min(n, 20)] += 1
     np.add.at(self.per_class, kept_classes.astype(np.int64), 1)
@@ -218,7 +236,9 @@ class Counters:
          'images_without_labels': self.images_without_labels,
          'per_class': self.per_class.tolist(), 'unreadable_skipped': self.unreadable_skipped}
     if self.kind == 'detection':
-      d.update(boxes=self.boxes, boxes_per_image_hist=self.boxes_per_image_hist.tolist(),
+      d.update(boxes=self.boxes, suppressed=self.suppressed,
+               class_agnostic_nms_iou=self.class_agnostic_nms_iou,
+               boxes_per_image_hist=self.boxes_per_image_hist.tolist(),
                score_hist=self.score_hist.tolist(), score_bins=SCORE_BINS.tolist())
     else:
       d.update(pixels=self.pixels, ignored_pixels=self.ignored_pixels)
@@ -226,11 +246,11 @@ class Counters:
 
 
 def merge_stats(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
-  """Sums chunk counters; adds means and fractions."""
+  """Sums chunk counters (settings are copied); adds means and fractions."""
   merged: Dict[str, Any] = {}
   for part in parts:
     for k, v in part.items():
-      if k in ('kind', 'num_classes', 'score_bins'):
+      if k in ('kind', 'num_classes', 'score_bins', 'class_agnostic_nms_iou'):
         merged[k] = v
       elif isinstance(v, list):
         merged[k] = (np.asarray(merged.get(k, np.zeros(len(v), np.int64))) + np.asarray(v)).tolist()
@@ -311,10 +331,11 @@ def _merge_coco(out_dir: str, prefixes: List[str]) -> None:
         ann_out.write((', ' if next_id - len(anns) > 1 else '') + json.dumps(anns)[1:-1])
       del part, anns
   out.write('], "annotations": [')
-  _append_file(out, target + '.annotations.tmp')
+  if next_id > 1:  # a GFile creates its file at the first write, not before
+    _append_file(out, target + '.annotations.tmp')
+    tf.io.gfile.remove(target + '.annotations.tmp')
   out.write('], "categories": ' + json.dumps(categories) + '}')
   out.close()
-  tf.io.gfile.remove(target + '.annotations.tmp')
   tf.io.gfile.rename(target + '.tmp', target, overwrite=True)
 
 

@@ -1,4 +1,8 @@
-"""pseudo_label_source: the pseudo-labeler's output folder as a Source for the student."""
+"""pseudo_label_source: the pseudo-labeler's output folder as a Source for the student.
+
+It reads the chunks' tf.Examples, which hold the kept pseudo boxes only; the detections below
+the score threshold or dropped by class-agnostic suppression are in the COCO JSON files
+alone, for the report."""
 import gin
 import tensorflow as tf
 
