@@ -148,6 +148,7 @@ def time_bare(task, source, batch_size, teacher):
     model = task.build_model()
   pl_run._restore_teacher(model, teacher)  # pylint: disable=protected-access
   labeler = pl_run.build_labeler(task, model, score_threshold=bound('score_threshold'),
+                                 class_agnostic_nms_iou=bound('class_agnostic_nms_iou'),
                                  scales=bound('scales'), flip=bound('flip'),
                                  mask_threshold=bound('mask_threshold'))
   predict = pl_run.make_predict_fn(strategy, labeler)
