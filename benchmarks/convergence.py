@@ -1,6 +1,7 @@
 """AP against the step budget: how long a digit-scale teacher must train to converge.
 
     python benchmarks/convergence.py --policies=s1,s4 --budgets=500,1000,2000,3000
+    python benchmarks/convergence.py --task=segmentation --policies=s1,s4 --budgets=500,1000,2000
     python benchmarks/convergence.py --report_only        # JSON / Markdown / PNG from finished runs
 
 Every (policy, budget) is its own run of the digit-scale cell teacher
@@ -18,6 +19,14 @@ flattened and longer budgets should be added. benchmarks/suite.py trains every c
 policy for its chosen budget.
 
 Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s per run).
+
+--task=segmentation does the same for the digit-scale segmentation teacher
+(gin_configs/digits/experiments/seg_cell.gin, Table 6's cells) with mIoU x 100 (and pixel
+accuracy) in place of AP (and AP50): its runs go to <out_dir>/seg_<policy>/..., its records
+and chosen budgets are keyed seg_<policy> (chosen.seg_s4.steps, mIoU_x100,
+plateau_mIoU_x100) in the same convergence.json, and the Markdown and PNG get a segmentation
+section. The tolerance is then in mIoU points. Detection's records, keys and output are as
+before; every write collects the finished runs of both tasks under --out_dir.
 """
 import json
 import os
@@ -33,14 +42,23 @@ from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELL = 'gin_configs/digits/experiments/cell.gin'
+SEG_CELL = 'gin_configs/digits/experiments/seg_cell.gin'
 AUGMENT = 'gin_configs/digits/augment_{}.gin'
 POLICIES = ('s1', 's2', 's3', 's4')
+SEG = 'seg_'          # prefix of a segmentation policy's key (folder, record, chosen)
+# Per task: the cell file, the key prefix, and the eval_metrics.json keys recorded (x 100):
+# the metric the budget is chosen on, then a second one shown beside it.
+TASKS = {'detection': dict(cell=CELL, prefix='', metrics=('AP', 'AP50')),
+         'segmentation': dict(cell=SEG_CELL, prefix=SEG, metrics=('mIoU', 'pixel_accuracy'))}
 
+flags.DEFINE_enum('task', 'detection', list(TASKS), 'Which digit-scale teacher: detection '
+                  '(experiments/cell.gin, AP) or segmentation (experiments/seg_cell.gin, mIoU; '
+                  'keys seg_<policy>).')
 flags.DEFINE_list('policies', ['s1', 's4'], 'Augmentation policies (s1..s4).')
 flags.DEFINE_list('budgets', ['500', '1000', '2000', '3000'], 'Step budgets, one run each.')
 flags.DEFINE_integer('seed', 0, 'CELL_SEED of every run.')
-flags.DEFINE_float('tolerance', 1.0, 'A budget is converged within this many AP (x100) of '
-                   'the plateau.')
+flags.DEFINE_float('tolerance', 1.0, 'A budget is converged within this many AP (x100; '
+                   'segmentation: mIoU x100) of the plateau.')
 flags.DEFINE_string('out_dir', 'runs/convergence', 'Where the runs go.')
 flags.DEFINE_string('results', 'benchmarks/results/convergence',
                     'Prefix of the .json / .md / .png written.')
@@ -53,17 +71,33 @@ class ConvergenceError(ValueError):
   """A bad flag (one line)."""
 
 
+def key(task: str, policy: str) -> str:
+  """A (task, policy)'s key: its folder under out_dir, its records' and chosen's `policy`
+  ('s4'; segmentation 'seg_s4', as benchmarks/suite.py looks it up)."""
+  return TASKS[task]['prefix'] + policy
+
+
+def task_of(policy_key: str) -> str:
+  return 'segmentation' if policy_key.startswith(SEG) else 'detection'
+
+
+def metric_of(policy_key: str) -> str:
+  """The record field a key's budget is chosen on: AP_x100 or mIoU_x100."""
+  return TASKS[task_of(policy_key)]['metrics'][0] + '_x100'
+
+
 def run_dir(out_dir: str, policy: str, budget: int, seed: int) -> str:
+  """policy: a key ('s4' or 'seg_s4')."""
   return os.path.join(out_dir, policy, f'steps_{budget}', f'seed_{seed}')
 
 
 def command(policy: str, budget: int, seed: int, out_dir: str,
-            gin_params: Sequence[str] = ()) -> List[str]:
+            gin_params: Sequence[str] = (), task: str = 'detection') -> List[str]:
   params = [f'CELL_STEPS={budget}', f'CELL_SEED={seed}', *gin_params]
-  return ([sys.executable, 'bin/train_teacher.py', f'--gin_file={CELL}',
+  return ([sys.executable, 'bin/train_teacher.py', f'--gin_file={TASKS[task]["cell"]}',
            f'--gin_file={AUGMENT.format(policy)}']
           + [f'--gin_param={p}' for p in params]
-          + [f'--model_dir={run_dir(out_dir, policy, budget, seed)}'])
+          + [f'--model_dir={run_dir(out_dir, key(task, policy), budget, seed)}'])
 
 
 def finished(directory: str, budget: int) -> Optional[dict]:
@@ -87,14 +121,15 @@ def images_per_second(log_path: str) -> Optional[float]:
 
 
 def run_one(policy: str, budget: int, seed: int, out_dir: str,
-            gin_params: Sequence[str]) -> None:
-  directory = run_dir(out_dir, policy, budget, seed)
+            gin_params: Sequence[str], task: str = 'detection') -> None:
+  name = key(task, policy)
+  directory = run_dir(out_dir, name, budget, seed)
   log = os.path.join(directory, 'convergence_log.txt')
   timing = os.path.join(directory, 'convergence_seconds.json')
   if finished(directory, budget) is None:
     os.makedirs(directory, exist_ok=True)
-    cmd = command(policy, budget, seed, out_dir, gin_params)
-    print(f'[convergence] {policy} {budget} steps: running ({log})', flush=True)
+    cmd = command(policy, budget, seed, out_dir, gin_params, task)
+    print(f'[convergence] {name} {budget} steps: running ({log})', flush=True)
     start = time.time()
     with open(log, 'a') as f:
       f.write(f'$ {shlex.join(cmd)}\n')
@@ -102,12 +137,14 @@ def run_one(policy: str, budget: int, seed: int, out_dir: str,
       code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
                              env=dict(os.environ, PYTHONUNBUFFERED='1'))
     if code != 0 or finished(directory, budget) is None:
-      raise RuntimeError(f'{policy} {budget} steps failed (exit {code}); see {log}')
+      raise RuntimeError(f'{name} {budget} steps failed (exit {code}); see {log}')
     with open(timing, 'w') as f:
       json.dump({'seconds': time.time() - start}, f)
 
 
 def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
+  """policy: a key ('s4' or 'seg_s4'). Detection: AP_x100, AP50_x100; segmentation (with
+  task 'segmentation'): mIoU_x100, pixel_accuracy_x100."""
   directory = run_dir(out_dir, policy, budget, seed)
   metrics = finished(directory, budget)
   if metrics is None:
@@ -116,16 +153,22 @@ def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
   if os.path.exists(os.path.join(directory, 'convergence_seconds.json')):
     with open(os.path.join(directory, 'convergence_seconds.json')) as f:
       seconds = json.load(f)['seconds']
+  ips = images_per_second(os.path.join(directory, 'convergence_log.txt'))
+  if task_of(policy) == 'segmentation':
+    return {'policy': policy, 'task': 'segmentation', 'steps': budget, 'seed': seed,
+            **{f'{m}_x100': round(100 * metrics[m], 2) for m in TASKS['segmentation']['metrics']},
+            'seconds': seconds, 'images_per_sec': ips}
   return {'policy': policy, 'steps': budget, 'seed': seed,
           'AP_x100': round(100 * metrics['AP'], 2), 'AP50_x100': round(100 * metrics['AP50'], 2),
           'seconds': seconds,
-          'images_per_sec': images_per_second(os.path.join(directory, 'convergence_log.txt'))}
+          'images_per_sec': ips}
 
 
 def collect(out_dir: str, seed: int) -> List[dict]:
-  """Every finished run under out_dir for `seed`, whatever invocation ran it."""
+  """Every finished run under out_dir for `seed`, whatever invocation ran it: detection's,
+  then segmentation's (seg_<policy>)."""
   runs = []
-  for policy in POLICIES:
+  for policy in POLICIES + tuple(SEG + p for p in POLICIES):
     folder = os.path.join(out_dir, policy)
     names = os.listdir(folder) if os.path.isdir(folder) else []
     for budget in sorted(int(n[len('steps_'):]) for n in names
@@ -137,18 +180,19 @@ def collect(out_dir: str, seed: int) -> List[dict]:
 
 
 def choose(runs: Sequence[dict], tolerance: float) -> Dict[str, dict]:
-  """Per policy: the plateau (best AP over budgets) and the smallest budget within
-  `tolerance` of it; `still_rising` when the best is the largest budget and more than
-  `tolerance` above the next largest."""
+  """Per policy (key): the plateau (best AP over budgets; segmentation keys: mIoU) and the
+  smallest budget within `tolerance` of it; `still_rising` when the best is the largest
+  budget and more than `tolerance` above the next largest."""
   chosen = {}
   for policy in sorted({r['policy'] for r in runs}):
+    m = metric_of(policy)
     curve = sorted((r for r in runs if r['policy'] == policy), key=lambda r: r['steps'])
-    plateau = max(r['AP_x100'] for r in curve)
-    pick = next(r for r in curve if r['AP_x100'] >= plateau - tolerance)
-    rising = (len(curve) > 1 and curve[-1]['AP_x100'] == plateau
-              and plateau - curve[-2]['AP_x100'] > tolerance)
-    chosen[policy] = {'steps': pick['steps'], 'AP_x100': pick['AP_x100'],
-                      'plateau_AP_x100': plateau, 'still_rising': rising,
+    plateau = max(r[m] for r in curve)
+    pick = next(r for r in curve if r[m] >= plateau - tolerance)
+    rising = (len(curve) > 1 and curve[-1][m] == plateau
+              and plateau - curve[-2][m] > tolerance)
+    chosen[policy] = {'steps': pick['steps'], m: pick[m],
+                      f'plateau_{m}': plateau, 'still_rising': rising,
                       'seconds': pick['seconds'], 'budgets': [r['steps'] for r in curve]}
   return chosen
 
@@ -161,44 +205,98 @@ def git_commit() -> str:
     return 'unknown'
 
 
+def _split(results: dict, task: str):
+  """The runs and chosen budgets of one task."""
+  runs = [r for r in results['runs'] if task_of(r['policy']) == task]
+  chosen = {p: c for p, c in results['chosen'].items() if task_of(p) == task}
+  return runs, chosen
+
+
+def _segmentation_markdown(results: dict, title: str) -> List[str]:
+  runs, chosen = _split(results, 'segmentation')
+  lines = [title, '',
+           f'Each row is its own run of the segmentation cell teacher '
+           f'(experiments/seg_cell.gin; warm-up + cosine over its budget), seed '
+           f'{results["seed"]}, code at {results["commit"]}. mIoU x 100 on the 500 validation '
+           f'scenes. Chosen: the smallest budget within {results["tolerance"]} mIoU of the '
+           f'best (the plateau); benchmarks/suite.py trains Table 6\'s cells of policy sX '
+           f'for chosen.seg_sX.', '',
+           '| policy | steps | mIoU | pixel accuracy | wall (min) | img/s |',
+           '| --- | --- | --- | --- | --- | --- |']
+  for r in runs:
+    wall = f'{r["seconds"] / 60:.1f}' if r['seconds'] else ''
+    ips = f'{r["images_per_sec"]:.1f}' if r['images_per_sec'] else ''
+    lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r["mIoU_x100"]:.2f} | '
+                 f'{r["pixel_accuracy_x100"]:.2f} | {wall} | {ips} |')
+  lines += ['', '| policy | chosen steps | mIoU there | plateau mIoU | still rising |',
+            '| --- | --- | --- | --- | --- |']
+  for policy, c in chosen.items():
+    lines.append(f'| {policy.upper()} | {c["steps"]} | {c["mIoU_x100"]:.2f} | '
+                 f'{c["plateau_mIoU_x100"]:.2f} | {"yes" if c["still_rising"] else "no"} |')
+  return lines
+
+
 def markdown(results: dict) -> str:
+  """Detection's tables (as before), then, when there are segmentation runs, theirs."""
+  det_runs, det_chosen = _split(results, 'detection')
+  seg_runs, _ = _split(results, 'segmentation')
+  if seg_runs and not det_runs:
+    return '\n'.join(_segmentation_markdown(
+        results, '# mIoU against the step budget (digit-scale segmentation teacher, 20% '
+                 'labels)')) + '\n'
   lines = ['# AP against the step budget (digit-scale teacher, 20% labels)', '',
            f'Each row is its own run (warm-up + cosine over its budget), seed '
            f'{results["seed"]}, code at {results["commit"]}. COCO AP x 100 on the 500 '
            f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
            f'of the best (the plateau).', '',
            '| policy | steps | AP | AP50 | wall (min) | img/s |', '| --- | --- | --- | --- | --- | --- |']
-  for r in results['runs']:
+  for r in det_runs:
     wall = f'{r["seconds"] / 60:.1f}' if r['seconds'] else ''
     ips = f'{r["images_per_sec"]:.1f}' if r['images_per_sec'] else ''
     lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r["AP_x100"]:.2f} | '
                  f'{r["AP50_x100"]:.2f} | {wall} | {ips} |')
   lines += ['', '| policy | chosen steps | AP there | plateau AP | still rising |',
             '| --- | --- | --- | --- | --- |']
-  for policy, c in results['chosen'].items():
+  for policy, c in det_chosen.items():
     lines.append(f'| {policy.upper()} | {c["steps"]} | {c["AP_x100"]:.2f} | '
                  f'{c["plateau_AP_x100"]:.2f} | {"yes" if c["still_rising"] else "no"} |')
+  if seg_runs:
+    lines += [''] + _segmentation_markdown(
+        results, '## Segmentation: mIoU against the step budget (digit-scale segmentation '
+                 'teacher, 20% labels)')
   return '\n'.join(lines) + '\n'
 
 
+def _plot_task(ax, results: dict, task: str) -> None:
+  runs, chosen = _split(results, task)
+  m = TASKS[task]['metrics'][0] + '_x100'
+  for policy, c in chosen.items():
+    curve = sorted((r for r in runs if r['policy'] == policy), key=lambda r: r['steps'])
+    line, = ax.plot([r['steps'] for r in curve], [r[m] for r in curve], 'o-',
+                    label=f'{policy.upper()} (chosen {c["steps"]})')
+    ax.plot([c['steps']], [c[m]], '*', ms=14, color=line.get_color())
+    ax.axhline(c[f'plateau_{m}'] - results['tolerance'], color=line.get_color(), lw=0.6,
+               ls=':')
+  ax.set_xlabel('step budget (batch 16; each point its own cosine run)')
+  if task == 'detection':
+    ax.set_ylabel('COCO AP x 100 (val)')
+    ax.set_title('Digit-scale teacher: AP against the step budget')
+  else:
+    ax.set_ylabel('mIoU x 100 (val)')
+    ax.set_title('Segmentation teacher: mIoU against the step budget')
+  ax.grid(alpha=0.3)
+  ax.legend()
+
+
 def plot(results: dict, path: str) -> None:
+  """Detection's curves (as before); with segmentation runs, theirs in a second panel."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  for policy, c in results['chosen'].items():
-    curve = sorted((r for r in results['runs'] if r['policy'] == policy),
-                   key=lambda r: r['steps'])
-    line, = ax.plot([r['steps'] for r in curve], [r['AP_x100'] for r in curve], 'o-',
-                    label=f'{policy.upper()} (chosen {c["steps"]})')
-    ax.plot([c['steps']], [c['AP_x100']], '*', ms=14, color=line.get_color())
-    ax.axhline(c['plateau_AP_x100'] - results['tolerance'], color=line.get_color(), lw=0.6,
-               ls=':')
-  ax.set_xlabel('step budget (batch 16; each point its own cosine run)')
-  ax.set_ylabel('COCO AP x 100 (val)')
-  ax.set_title('Digit-scale teacher: AP against the step budget')
-  ax.grid(alpha=0.3)
-  ax.legend()
+  tasks = [t for t in TASKS if _split(results, t)[0]] or ['detection']
+  fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), dpi=120, squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    _plot_task(ax, results, task)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -209,6 +307,9 @@ def write(runs: List[dict], prefix: str, seed: int, tolerance: float) -> dict:
              'rule': f'chosen = smallest budget with AP >= plateau - {tolerance} '
                      f'(plateau = best AP over the budgets)',
              'runs': runs, 'chosen': choose(runs, tolerance)}
+  if any(task_of(r['policy']) == 'segmentation' for r in runs):
+    results['rule'] += '; seg_<policy> keys: the same with mIoU in place of AP'
+
   os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
   with open(prefix + '.json', 'w') as f:
     json.dump(results, f, indent=1)
@@ -242,7 +343,7 @@ def main(_):
   if not FLAGS.report_only:
     for policy in policies:        # one policy's whole curve first
       for budget in budgets:
-        run_one(policy, budget, FLAGS.seed, out_dir, FLAGS.gin_param)
+        run_one(policy, budget, FLAGS.seed, out_dir, FLAGS.gin_param, FLAGS.task)
         write(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed, FLAGS.tolerance)
   runs = collect(out_dir, FLAGS.seed)
   if not runs:

@@ -3,6 +3,7 @@
   python benchmarks/suite.py --table=table2 --seeds=3            # digit scale, 3 seeds
   python benchmarks/suite.py --table=table2 --seeds=3 --dry_run  # print the commands only
   python benchmarks/suite.py --table=all --report_only           # tables from finished cells
+  python benchmarks/suite.py --table=table6 --seeds=3 --dry_run  # segmentation (Table 6)
   python benchmarks/suite.py --table=table2 --scale=full --seeds=1 \
       --gin_file=gin_configs/base/tpu.gin --gin_param="TPU_ADDRESS='my-tpu'" \
       --out_dir=gs://my-bucket/rethink_st/suite                  # the paper's scale
@@ -16,9 +17,10 @@ run); cells that depend on it are skipped. Cells run one at a time, seed by seed
 0 first, so a partial run already gives whole tables).
 
 At digit scale every cell of augmentation policy sX trains the steps --convergence (default
-benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX: its
-teacher CELL_STEPS, its student as many (STUDENT_STEPS). Without a budget for a policy a
-requested cell needs, the suite stops before running anything.
+benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX
+(segmentation cells: for seg_sX, made with --task=segmentation): its teacher CELL_STEPS, its
+student as many (STUDENT_STEPS). Without a budget a requested cell needs, the suite stops
+before running anything.
 
 The tables (benchmarks/tables.py) are then made from the finished cells:
 <out_dir>/<scale>/<table>.json, .md and .png, and the paper's claims, each tested on
@@ -42,7 +44,7 @@ import tables as tables_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE, FAILED, LOG = 'suite_done.json', 'suite_failed.json', 'suite_log.txt'
 CLAIMS_FILE = 'claims.json'
-METRIC = 'AP'
+METRIC = 'AP'       # the detection cells' number; each cell's own: tables.Cell.metric
 DEFAULT_CONVERGENCE = os.path.join(REPO, 'benchmarks', 'results', 'convergence.json')
 
 
@@ -84,12 +86,28 @@ def _shown_path(path: str) -> str:
   return path if rel.startswith('..') else rel
 
 
+def convergence_command(keys: Sequence[str]) -> str:
+  """The benchmarks/convergence.py command(s) that make the budgets `keys` ('s4': detection,
+  'seg_s4': segmentation), joined by ' and ' (one line)."""
+  detection = [k for k in keys if not k.startswith('seg_')]
+  segmentation = [k[len('seg_'):] for k in keys if k.startswith('seg_')]
+  commands = []
+  if detection:
+    commands.append(f'python benchmarks/convergence.py --policies={",".join(detection)}')
+  if segmentation:
+    commands.append('python benchmarks/convergence.py --task=segmentation '
+                    f'--policies={",".join(segmentation)}')
+  return ' and '.join(commands)
+
+
 def read_budgets(path: str, policies: Sequence[str]) -> Tuple[Dict[str, int], str]:
-  """The digit-scale step budget of each policy in `policies`, from convergence.json's
-  chosen[<policy>].steps, and a line saying where they came from. One-line SuiteError
-  naming the file and the missing policies when the file does not give them all."""
+  """The digit-scale step budget of each key in `policies` (a policy, 's4', or a
+  segmentation policy, 'seg_s4': tables.Cell.budget_key), from convergence.json's
+  chosen[<key>].steps, and a line saying where they came from. One-line SuiteError naming
+  the file, the missing keys and the command that makes them when the file does not give
+  them all."""
   shown = _shown_path(path)
-  make = f'python benchmarks/convergence.py --policies={",".join(policies)}'
+  make = convergence_command(policies)
   try:
     data = _read_json(path)
   except json.JSONDecodeError as e:
@@ -102,8 +120,7 @@ def read_budgets(path: str, policies: Sequence[str]) -> Tuple[Dict[str, int], st
   if missing:
     raise SuiteError(
         f'{shown} has no step budget (chosen.<policy>.steps) for policy '
-        f'{", ".join(missing)}; make it with: python benchmarks/convergence.py '
-        f'--policies={",".join(missing)}')
+        f'{", ".join(missing)}; make it with: {convergence_command(missing)}')
   budgets = {}
   for p in policies:
     steps = chosen[p].get('steps') if isinstance(chosen[p], dict) else None
@@ -114,7 +131,8 @@ def read_budgets(path: str, policies: Sequence[str]) -> Tuple[Dict[str, int], st
   source = shown + (f' (commit {data["commit"]})' if data.get('commit') else '')
   rising = [p for p in policies if chosen[p].get('still_rising')]
   if rising:   # recorded with every run, so a table made from such budgets says so
-    source += f'; AP still rising at the largest budget for {", ".join(rising)}'
+    source += (f'; {"mIoU" if all(p.startswith("seg_") for p in rising) else "AP"} still '
+               f'rising at the largest budget for {", ".join(rising)}')
   return budgets, source
 
 
@@ -143,7 +161,7 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
                  python: str = sys.executable) -> List[str]:
   """The command line that runs cell `name` for `seed`: the cell's gin files, then extra
   gin files; the cell's bindings, its seed, folders and step budget (digit scale:
-  budgets[policy], see read_budgets), then extra bindings (last, so they win)."""
+  budgets[cell.budget_key], see read_budgets), then extra bindings (last, so they win)."""
   cell = tables_lib.CELLS[name]
   if not cell.exists(scale):
     raise SuiteError(f'cell {name} has no {scale}-scale config (benchmarks/tables.py)')
@@ -161,10 +179,10 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
     params.append(f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'"
                   if cell.binary == 'self_train' else f"TEACHER_DIR='{teacher}'")
   if scale == 'digits' and cell.policy:
-    if not budgets or cell.policy not in budgets:
-      raise SuiteError(f'cell {name}: no step budget for policy {cell.policy} '
+    if not budgets or cell.budget_key not in budgets:
+      raise SuiteError(f'cell {name}: no step budget for policy {cell.budget_key} '
                        f'(--convergence)')
-    params += cell.budget_params(budgets[cell.policy])
+    params += cell.budget_params(budgets[cell.budget_key])
   params += list(gin_params)
   cmd += [f'--gin_param={p}' for p in params]
   cmd.append(f'--model_dir={cell_dir(out_dir, scale, name, seed)}')
@@ -187,7 +205,9 @@ def _read_json(path: str) -> Optional[dict]:
 
 def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
   """A finished run's metrics: eval_metrics.json, or for self-training results.json's last
-  student (with the teacher's AP as teacher_AP and the pseudo boxes per image)."""
+  student (with the teacher's metric, e.g. AP, as teacher_AP, and the pseudo boxes per
+  image). The cell's metric (tables.Cell.metric): 'AP' (detection; COCO AP in 0-1) or
+  'mIoU' (segmentation; 0-1, as eval_metrics.json and results.json hold it)."""
   cell = tables_lib.CELLS[name]
   if cell.binary == 'self_train':
     results = _read_json(os.path.join(directory, 'results.json'))
@@ -195,8 +215,8 @@ def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
       return None
     teacher, student = results['rows'][0], results['rows'][-1]
     out = {k: v for k, v in student.items() if isinstance(v, (int, float))}
-    if METRIC in teacher:
-      out['teacher_' + METRIC] = teacher[METRIC]
+    if cell.metric in teacher:
+      out['teacher_' + cell.metric] = teacher[cell.metric]
     return out
   metrics = _read_json(os.path.join(directory, 'eval_metrics.json'))
   return {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if metrics else None
@@ -206,7 +226,8 @@ def read_pseudo_quality(directory: str) -> Dict[str, float]:
   """Precision / recall of a self-training run's last-round pseudo labels at the labeler's
   score threshold, from round_<k>/pseudo_report/report.json when that report was made against
   held-back labels (run_self_training.report_reference, or bin/pseudo_label_report.py
-  --reference afterwards); {} otherwise."""
+  --reference afterwards); for pseudo masks, the fraction of pixels ignored (below the mask
+  threshold) and, against held-back masks, their mIoU on the kept pixels; {} otherwise."""
   rounds = []
   for name in (os.listdir(directory) if os.path.isdir(directory) else ()):
     if name.startswith('round_') and name[len('round_'):].isdigit():
@@ -215,6 +236,10 @@ def read_pseudo_quality(directory: str) -> Dict[str, float]:
     return {}
   report = _read_json(os.path.join(directory, f'round_{max(rounds)}', 'pseudo_report',
                                    'report.json'))
+  seg = (report or {}).get('segmentation')
+  if seg:
+    return {k: seg[f] for k, f in (('pseudo_ignored_fraction', 'ignored_fraction'),
+                                   ('pseudo_mIoU', 'mIoU')) if seg.get(f) is not None}
   rows = ((report or {}).get('detection') or {}).get('thresholds') or []
   at = [r for r in rows if 'precision' in r and
         abs(r['score_threshold'] - report.get('labeler_score_threshold', -1)) < 1e-6]
@@ -252,9 +277,9 @@ def planned_cells(table_names: Sequence[str], scale: str, only: Sequence[str] = 
 def budgets_for(cells: Sequence[str], scale: str,
                 convergence: str) -> Tuple[Dict[str, int], Optional[str]]:
   """Step budgets for the policies of `cells` (digit scale; the full scale's gin files
-  hold the paper's steps)."""
-  policies = sorted({tables_lib.CELLS[n].policy for n in cells
-                     if tables_lib.CELLS[n].policy}) if scale == 'digits' else []
+  hold the paper's steps), keyed by tables.Cell.budget_key ('s4'; segmentation 'seg_s4')."""
+  policies = sorted({tables_lib.CELLS[n].budget_key for n in cells
+                     if tables_lib.CELLS[n].budget_key}) if scale == 'digits' else []
   return read_budgets(convergence, policies) if policies else ({}, None)
 
 
@@ -315,7 +340,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       # steps: this cell's training steps (a student's, for self-training cells); None: the
       # cell's own gin files set them (pretrain; every cell at full scale).
       record = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
-                'steps': budgets.get(cell.policy) if scale == 'digits' else None,
+                'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
                 'steps_from': budget_source if cell.policy else None}
       if metrics is None:
         counts['failed'] += 1
@@ -326,9 +351,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       counts['ran'] += 1
       with open(os.path.join(directory, DONE), 'w') as f:
         json.dump({'metrics': metrics, **record}, f, indent=1)
-      shown = metrics.get(METRIC, metrics.get('top1_accuracy'))
-      echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, '
-           f'{METRIC if METRIC in metrics else "top1"}={shown:.4f}')
+      shown = metrics.get(cell.metric)
+      echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, {cell.metric}='
+           + ('n/a' if shown is None else f'{shown:.4f}'))
   return counts
 
 
@@ -373,19 +398,22 @@ def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: 
 
 
 # --------------------------------------------------------------------------------- claims
-CLAIM_RULE = ('diff = treatment AP - control AP (x100) per seed, over the seeds both cells '
-              'finished; s.e. = sample std of diff / sqrt(n). A claim that the treatment '
-              'helps holds when mean(diff) - 2 s.e. > 0; one that it hurts, when mean(diff) + '
-              '2 s.e. < 0. n < 2: holds is null.')
+CLAIM_RULE = ('diff = treatment - control (AP, or mIoU for segmentation, x100) per seed, '
+              'over the seeds both cells finished; s.e. = sample std of diff / sqrt(n). A '
+              'claim that the treatment helps holds when mean(diff) - 2 s.e. > 0; one that it '
+              'hurts, when mean(diff) + 2 s.e. < 0. n < 2: holds is null.')
 
 
 def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[str, dict],
                  control_runs: Mapping[str, dict]) -> dict:
-  """One entry of claims.json: the claim tested on AP differences paired by seed."""
+  """One entry of claims.json: the claim tested on differences of its cells' metric (AP or
+  mIoU, x100; in treatment_ap / control_ap whatever the metric) paired by seed."""
+  metric = claim.metric
   out = {'id': claim.id, 'claim': claim.text, 'paper': claim.paper,
-         'treatment': claim.treatment, 'control': claim.control, 'direction': claim.direction}
-  t = {s: 100 * m[METRIC] for s, m in treatment_runs.items() if METRIC in m}
-  c = {s: 100 * m[METRIC] for s, m in control_runs.items() if METRIC in m}
+         'treatment': claim.treatment, 'control': claim.control, 'direction': claim.direction,
+         'metric': metric}
+  t = {s: 100 * m[metric] for s, m in treatment_runs.items() if metric in m}
+  c = {s: 100 * m[metric] for s, m in control_runs.items() if metric in m}
   seeds = sorted(set(t) & set(c), key=int)
   diffs = [t[s] - c[s] for s in seeds]
   mean, std = _mean_std(diffs)
@@ -420,14 +448,17 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
 
 
 def collect_claims(scale: str, seeds: Sequence[int], out_dir: str) -> dict:
-  """claims.json: every claim of tables_lib.CLAIMS from the finished cells' per-seed AP."""
+  """claims.json: every claim of tables_lib.CLAIMS from the finished cells' per-seed AP
+  (mIoU for the segmentation claims; each claim's `metric`)."""
   claims = []
   for claim in tables_lib.CLAIMS:
     runs = [read_runs(n, scale, seeds, out_dir)
             if n and tables_lib.CELLS[n].exists(scale) else {}
             for n in (claim.treatment, claim.control)]
     claims.append(claim_result(claim, scale, *runs))
-  return {'scale': scale, 'seeds': list(seeds), 'metric': f'COCO {METRIC} x 100',
+  return {'scale': scale, 'seeds': list(seeds),
+          'metric': f'COCO {METRIC} x 100 (segmentation claims: mIoU x 100; each claim\'s '
+                    f'metric)',
           'rule': CLAIM_RULE, 'claims': claims}
 
 
@@ -443,10 +474,12 @@ def write_claims(claims: dict, report_dir: str) -> str:
 def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict,
                   is_test_data: bool = False) -> dict:
   """The results dict from per-cell, per-seed metrics ({cell: {'seeds': {'0': {AP..}}}}).
-  AP in points (x100, the paper's unit); gains over the baseline row are taken per seed
-  (same seed: same labeled subset and init) and then averaged; std is the sample std.
-  Optional rows and columns are shown when one of their cells has a run."""
+  The table's metric (AP; mIoU for Table 6) in points (x100, the paper's unit); gains over
+  the baseline row (at `scale`) are taken per seed (same seed: same labeled subset and init)
+  and then averaged; std is the sample std. Optional rows and columns are shown when one of
+  their cells has a run."""
   table = tables_lib.TABLES[table_name]
+  metric, baseline = table.metric, table.baseline_for(scale)
   ran = lambda name: bool(name and cells.get(name, {}).get('seeds'))
   all_rows, all_cols = table.rows_for(scale, optional=True), table.columns_for(scale, True)
   cols = [c for c in all_cols if c in table.columns_for(scale)
@@ -461,21 +494,22 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
         continue
       runs = cells.get(name, {}).get('seeds', {})
       commits.update(m.get('commit') or 'unknown' for m in runs.values())
-      values = {s: 100 * m[METRIC] for s, m in runs.items() if METRIC in m}
+      values = {s: 100 * m[metric] for s, m in runs.items() if metric in m}
       entry = {'row': row, 'col': col, 'cell': name, 'seeds': sorted(values, key=int),
                'values': [values[s] for s in sorted(values, key=int)]}
       entry['mean'], entry['std'] = _mean_std(entry['values'])
-      base_name = table.cell(scale, table.baseline, col) if table.baseline else None
+      base_name = table.cell(scale, baseline, col) if baseline else None
       if base_name and base_name != name:
         base_runs = cells.get(base_name, {}).get('seeds', {})
-        gain_seeds = [s for s in entry['seeds'] if METRIC in base_runs.get(s, {})]
-        gains = [values[s] - 100 * base_runs[s][METRIC] for s in gain_seeds]
+        gain_seeds = [s for s in entry['seeds'] if metric in base_runs.get(s, {})]
+        gains = [values[s] - 100 * base_runs[s][metric] for s in gain_seeds]
         entry['gain_values'], entry['gain_seeds'] = gains, gain_seeds
         entry['gain_mean'], entry['gain_std'] = _mean_std(gains)
-      teacher = [100 * m['teacher_' + METRIC] for m in runs.values() if 'teacher_' + METRIC in m]
+      teacher = [100 * m['teacher_' + metric] for m in runs.values() if 'teacher_' + metric in m]
       if teacher:
         entry['teacher_mean'] = _mean_std(teacher)[0]
-      for key in ('pseudo_boxes_per_image', 'pseudo_precision', 'pseudo_recall'):
+      for key in ('pseudo_boxes_per_image', 'pseudo_precision', 'pseudo_recall',
+                  'pseudo_ignored_fraction', 'pseudo_mIoU'):
         got = [m[key] for m in runs.values() if m.get(key) is not None]
         if got:
           entry[key] = _mean_std(got)[0]
@@ -490,8 +524,10 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
                          cells.get(c.control, {}).get('seeds', {}))
             for c in tables_lib.CLAIMS if c.treatment in in_table and c.control in in_table]
   return {'table': table.name, 'title': table.title, 'scale': scale,
-          'seeds': list(seeds), 'metric': f'COCO {METRIC} x 100',
-          'baseline': table.baseline, 'rows': rows, 'columns': cols,
+          'seeds': list(seeds),
+          'metric': f'COCO {metric} x 100' if metric == 'AP' else f'{metric} x 100',
+          'metric_key': metric,
+          'baseline': baseline, 'rows': rows, 'columns': cols,
           'x_label': table.x_label, 'notes': table.notes, 'cells': cells, 'grid': grid,
           'commits': dict(commits), 'claims': claims, 'claim_rule': CLAIM_RULE,
           'is_test_data': bool(is_test_data)}
@@ -505,7 +541,7 @@ def _entry(results: dict, row: str, col: str) -> Optional[dict]:
 
 
 def _digits(scale: str) -> int:
-  """Decimals of AP points: the paper's 1 at full scale; 2 for the small digit-scale APs."""
+  """Decimals of AP (mIoU) points: the paper's 1 at full scale; 2 at digit scale."""
   return 1 if scale == 'full' else 2
 
 
@@ -532,6 +568,7 @@ def format_markdown(results: dict) -> str:
   baseline) and, in a second table of the same shape, what the paper's text states; then
   the claims the table tests, on differences paired by seed."""
   lines = []
+  metric = results.get('metric_key', METRIC)
   if results.get('is_test_data'):
     lines.append('**TEST DATA ONLY: fabricated numbers, not measurements.**\n')
   seeds = ', '.join(str(s) for s in results['seeds'])
@@ -571,8 +608,8 @@ def format_markdown(results: dict) -> str:
       lines.append(f'| {row} | ' + ' | '.join(vals) + ' |')
   if results['claims']:
     lines.append(f'\nClaims ({results["claim_rule"]} All claims: {CLAIMS_FILE}.)\n')
-    lines.append('| claim | treatment - control (AP) | n | expected | mean ∓ 2 s.e. | verdict '
-                 '| the paper |')
+    lines.append(f'| claim | treatment - control ({metric}) | n | expected | mean ∓ 2 s.e. '
+                 f'| verdict | the paper |')
     lines.append('| --- | ---: | ---: | --- | ---: | --- | --- |')
     for c in results['claims']:
       diff = 'n/a' if c['diff_mean'] is None else f'{c["diff_mean"]:+.{nd}f}' + (
@@ -586,12 +623,16 @@ def format_markdown(results: dict) -> str:
     if e.get('steps'):
       bits.append('/'.join(f'{s:,}' for s in e['steps']) + ' steps')
     if e.get('teacher_mean') is not None:
-      bits.append(f'teacher AP {e["teacher_mean"]:.{nd}f}')
+      bits.append(f'teacher {metric} {e["teacher_mean"]:.{nd}f}')
     if e.get('pseudo_boxes_per_image') is not None:
       bits.append(f'{e["pseudo_boxes_per_image"]:.2f} pseudo boxes/image')
     if e.get('pseudo_recall') is not None:
       bits.append(f'pseudo-label precision {100 * e["pseudo_precision"]:.0f}% / recall '
                   f'{100 * e["pseudo_recall"]:.0f}%')
+    if e.get('pseudo_ignored_fraction') is not None:
+      bits.append(f'{100 * e["pseudo_ignored_fraction"]:.0f}% of pseudo-mask pixels ignored')
+    if e.get('pseudo_mIoU') is not None:
+      bits.append(f'pseudo-mask mIoU {100 * e["pseudo_mIoU"]:.{nd}f} on the kept pixels')
     if e.get('minutes') is not None:
       bits.append(f'{e["minutes"]:.1f} min/run (median)')
     if bits:
@@ -627,7 +668,7 @@ def plot(results: dict, path: str) -> None:
   ax.set_xticks(range(len(cols)))
   ax.set_xticklabels(cols)
   ax.set_xlabel(results['x_label'])
-  ax.set_ylabel(f'gain over {results["baseline"]} (AP)')
+  ax.set_ylabel(f'gain over {results["baseline"]} ({results.get("metric_key", METRIC)})')
   title = f'{results["table"]} ({results["scale"]})'
   if results.get('is_test_data'):
     title += ' TEST DATA'
@@ -697,13 +738,13 @@ def main(argv=None) -> int:
   flags.DEFINE_string('seeds', '1', 'a count (3 -> seeds 0,1,2) or a list (0,2 or 1,)')
   flags.DEFINE_string('out_dir', os.path.join(REPO, 'runs', 'benchmarks'), 'results root')
   flags.DEFINE_string('convergence', DEFAULT_CONVERGENCE, 'digit scale: the step budget of '
-                      'each augmentation policy (chosen.<policy>.steps), made by '
-                      'benchmarks/convergence.py')
+                      'each augmentation policy (chosen.<policy>.steps; segmentation '
+                      'cells: chosen.seg_<policy>.steps), made by benchmarks/convergence.py')
   flags.DEFINE_bool('dry_run', False, 'print the commands, run nothing')
   flags.DEFINE_multi_string('only', [], 'run only this cell (repeatable)')
   flags.DEFINE_bool('optional', False, "also run the tables' optional rows and columns "
-                    "(digit scale: Table 2's S2 and S3, ImageNet Init + self-training's "
-                    'matched control)')
+                    "(digit scale: Table 2's and Table 6's S2 and S3, ImageNet Init + "
+                    "self-training's matched control)")
   flags.DEFINE_integer('max_cells', None, 'start at most this many runs')
   flags.DEFINE_bool('report_only', False, 'make the tables and claims.json from finished '
                     'cells, run nothing')

@@ -1,20 +1,22 @@
 """The paper's tables as cells: which runs make each table, and how to run each at each scale.
 
 A *cell* is one training run (one binary, its gin files and bindings) that gives one number
-(COCO AP on the validation set). A *table* arranges cells in the paper's layout (rows x
-columns), names the row each gain is measured against, and holds the numbers the paper's
-text states for it. A *claim* (CLAIMS) compares two cells seed by seed; benchmarks/suite.py
-runs the cells and writes the tables (JSON / Markdown / PNG) and claims.json.
+on the validation set: COCO AP (detection) or mIoU (segmentation, Table 6), the cell's
+`metric`. A *table* arranges cells in the paper's layout (rows x columns), names the row each
+gain is measured against, and holds the numbers the paper's text states for it. A *claim*
+(CLAIMS) compares two cells seed by seed; benchmarks/suite.py runs the cells and writes the
+tables (JSON / Markdown / PNG) and claims.json.
 
 Two scales:
   digits  gin_configs/digits/experiments/*.gin on the embedded digit scenes (the iconic digits
           stand in for ImageNet, unlabeled scenes for OpenImages / ImageNet as unlabeled data);
           a reduced grid (Table.digit_columns) that still tests the paper's claims. Every
           cell of augmentation policy sX trains its teacher, and its student, for the steps
-          benchmarks/results/convergence.json chose for sX (the suite binds them).
-  full    gin_configs/coco/<table>/<cell>.gin: the paper's settings, for Cloud TPU / GPU
-          clusters (add gin_configs/base/tpu.gin or gpus.gin with --gin_file). Their steps
-          are the paper's, in the gin files.
+          benchmarks/results/convergence.json chose for sX (the suite binds them; a
+          segmentation cell's are chosen.seg_sX, its own curve).
+  full    gin_configs/coco/<table>/<cell>.gin (Table 6: gin_configs/pascal/table6/): the
+          paper's settings, for Cloud TPU / GPU clusters (add gin_configs/base/tpu.gin or
+          gpus.gin with --gin_file). Their steps are the paper's, in the gin files.
 
 To point a cell at another config, change its `full` (or `digits`) gin files here.
 """
@@ -34,7 +36,11 @@ _PRETRAINED = _EXP + 'init_pretrained.gin'
 _SELF = _EXP + 'self_training.gin'
 _MATCHED = _EXP + 'matched_control.gin'
 _CONTINUE = _EXP + 'continue_supervised.gin'
+_SEG_CELL = _EXP + 'seg_cell.gin'
+_SEG_SELF = _EXP + 'seg_self_training.gin'
 PRETRAIN_CELL = 'pretrain'
+# The number a cell gives (its eval_metrics.json / results.json key, 0-1), per task.
+METRICS = {'detection': 'AP', 'segmentation': 'mIoU', 'classification': 'top1_accuracy'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +49,9 @@ class Cell:
   teacher that pseudo-labels; a train cell with a teacher continues that checkpoint).
   `pretrained`: needs the digit-scale pre-trained classifier (cell `pretrain`). `policy`:
   the augmentation policy whose step budget (convergence.json) the cell trains at digit
-  scale; None: the cell's own gin files set its steps. `full` None: digits only."""
+  scale; None: the cell's own gin files set its steps. `task`: what the cell trains
+  (METRICS: the number it gives; a segmentation cell's budget is chosen.seg_<policy>).
+  `full` None: digits only."""
   name: str
   binary: str                                   # a key of BINARIES
   digits: Tuple[str, ...]                       # gin files, applied in order
@@ -55,6 +63,20 @@ class Cell:
   seeded: bool = True                           # False: one run shared by every seed
   full_teacher: Optional[str] = None            # at full scale, if not `teacher`
   policy: Optional[str] = None                  # 's1'..'s4'
+  task: str = 'detection'                       # a key of METRICS
+
+  @property
+  def metric(self) -> str:
+    """The key of the cell's number in eval_metrics.json / results.json (0-1)."""
+    return METRICS[self.task]
+
+  @property
+  def budget_key(self) -> Optional[str]:
+    """The key of the cell's step budget in convergence.json's `chosen`: the policy
+    (detection, 's4') or 'seg_<policy>' (segmentation, its own curve); None: no budget."""
+    if self.policy is None:
+      return None
+    return f'seg_{self.policy}' if self.task == 'segmentation' else self.policy
 
   def teacher_for(self, scale: str) -> Optional[str]:
     return self.full_teacher if scale == 'full' and self.full_teacher else self.teacher
@@ -98,9 +120,11 @@ class Cell:
 class Table:
   """rows x columns of cells. cells[(row, col)] = cell name at digit scale, full_cells at
   full scale (default: the same names). baseline: the row gains are measured against (per
-  seed, then averaged). paper[(row, col)]: what the paper states for that cell's gain over
-  the baseline (text, with where it says so). digit_optional: rows and columns the digit
-  scale defines but runs only with --optional (they show in the report once they have runs).
+  seed, then averaged); full_baseline: at full scale, if another row. metric: what every
+  cell of the table gives (METRICS: 'AP' or 'mIoU'). paper[(row, col)]: what the paper
+  states for that cell's gain over the baseline (text, with where it says so).
+  digit_optional: rows and columns the digit scale defines but runs only with --optional
+  (they show in the report once they have runs).
   The claims a table shows are those of CLAIMS whose two cells it holds."""
   name: str
   title: str
@@ -114,6 +138,11 @@ class Table:
   full_cells: Optional[Dict[Tuple[str, str], str]] = None
   digit_optional: FrozenSet[str] = frozenset()
   notes: str = ''
+  full_baseline: Optional[str] = None
+  metric: str = 'AP'
+
+  def baseline_for(self, scale: str) -> Optional[str]:
+    return self.full_baseline if scale == 'full' and self.full_baseline else self.baseline
 
   def columns_for(self, scale: str, optional: bool = False) -> Tuple[str, ...]:
     if scale == 'full':
@@ -153,7 +182,7 @@ APPENDIX_B_ALPHAS = (0.5, 1, 2, 3)
 
 def _cells() -> Dict[str, Cell]:
   cells = {PRETRAIN_CELL: Cell(PRETRAIN_CELL, 'pretrain', (_EXP + 'pretrain.gin',),
-                               seeded=False)}
+                               seeded=False, task='classification')}
 
   def add(cell):
     cells[cell.name] = cell
@@ -215,6 +244,26 @@ def _cells() -> Dict[str, Cell]:
                    teacher=f'{base}_rand_init', full_teacher=f'r101_{base}_rand_init', **kw))
     add(Cell(f'r101_{aug}_f100_rand_init', 'train', (),
              full=(f'gin_configs/coco/appendix_e/{aug}_rand_init.gin',)))
+    # Table 6 at digit scale (semantic segmentation of the digit scenes, 20% of the labeled
+    # scenes): the Rand Init teacher, self-training (pseudo masks, pixels below 0.5 ignored)
+    # and its matched control (the self-training cell plus matched_control.gin). Budgets:
+    # convergence.json's chosen.seg_<policy> (Cell.budget_key).
+    seg = f'seg_{aug}_f20'
+    seg_digits = (_SEG_CELL, _AUG[aug])
+    kw = dict(policy=aug, task='segmentation')
+    add(Cell(f'{seg}_rand_init', 'train', seg_digits, ('LABELED_FRACTION=0.2',), **kw))
+    add(Cell(f'{seg}_self_training', 'self_train', seg_digits + (_SEG_SELF,),
+             ('LABELED_FRACTION=0.2',), teacher=f'{seg}_rand_init', **kw))
+    add(Cell(f'{seg}_matched_control', 'self_train', seg_digits + (_SEG_SELF, _MATCHED),
+             ('LABELED_FRACTION=0.2',), teacher=f'{seg}_rand_init', **kw))
+  # Table 6 at full scale: the paper's PASCAL VOC runs (NAS-FPN, ImageNet++ Init, Augment-S4,
+  # 100% of PASCAL train). The self-training cell starts from its supervised cell's folder.
+  for net in ('b7', 'l2'):
+    add(Cell(f'seg_{net}_supervised', 'train', (), task='segmentation',
+             full=(f'gin_configs/pascal/table6/{net}_supervised.gin',)))
+    add(Cell(f'seg_{net}_self_training', 'self_train', (), task='segmentation',
+             full=(f'gin_configs/pascal/table6/{net}_self_training.gin',),
+             teacher=f'seg_{net}_supervised'))
   return cells
 
 
@@ -319,25 +368,72 @@ def _appendix_b() -> Table:
             'labeled scenes; normalized alpha=1 is Table 2\'s S4 self-training cell.')
 
 
-# A Table 6 analogue (segmentation, Augment-S4) is added here once digit-scale segmentation
-# cells exist (gin files under gin_configs/digits/experiments/); the claim
-# seg_st_vs_matched_control/S4 below then names its two cells.
-TABLES = {t.name: t for t in (_table2(), _table3(), _appendix_b())}
+_SEG_RAND, _SEG_PRE = 'Rand Init', 'ImageNet++ Init'
+_SEG_PRE_ST = 'ImageNet++ Init + self-training'
+# Rows and the digit-scale cell suffix (cell = f'seg_{aug}_f20_{suffix}'); None: full scale only.
+_SEG_ROWS = ((_SEG_RAND, 'rand_init'), (_SEG_PRE, None), (_ST, 'self_training'),
+             (_SEG_PRE_ST, None), (_MC, 'matched_control'))
+
+
+def _table6() -> Table:
+  # Full scale: the paper's Table 6 (PASCAL VOC 2012 val, NAS-FPN, ImageNet++ Init,
+  # Augment-S4; EfficientNet-B7 and -L2), gin_configs/pascal/table6/. Digit scale: semantic
+  # segmentation of the digit scenes from Rand Init (no ImageNet++ stand-in), 20% of the
+  # labeled scenes, Augment-S1 and S4 (S2, S3 with --optional), with the matched control.
+  cells, full_cells = {}, {}
+  for aug in _AUGS:
+    for row, suffix in _SEG_ROWS:
+      if suffix:
+        cells[(row, aug)] = f'seg_{aug.lower()}_f20_{suffix}'
+  for col, net in (('EfficientNet-B7', 'b7'), ('EfficientNet-L2', 'l2')):
+    full_cells[(_SEG_PRE, col)] = f'seg_{net}_supervised'
+    full_cells[(_SEG_PRE_ST, col)] = f'seg_{net}_self_training'
+  return Table(
+      name='table6',
+      title='Table 6: self-training for semantic segmentation',
+      rows=tuple(r for r, _ in _SEG_ROWS), columns=('EfficientNet-B7', 'EfficientNet-L2'),
+      cells=cells, full_cells=full_cells, baseline=_SEG_RAND, full_baseline=_SEG_PRE,
+      x_label='augmentation strength (full scale: backbone)', digit_columns=_AUGS,
+      digit_optional=frozenset({'S2', 'S3'}), metric='mIoU',
+      paper={(_SEG_PRE, 'EfficientNet-B7'): '85.2 mIoU val (Table 6)',
+             (_SEG_PRE_ST, 'EfficientNet-B7'): '+1.5 (86.7 mIoU val, Table 6)',
+             (_SEG_PRE, 'EfficientNet-L2'): '88.7 mIoU val (Table 6)',
+             (_SEG_PRE_ST, 'EfficientNet-L2'): '+1.3 (90.0 val, 90.5 test, Table 6)',
+             (_ST, 'S4'): '+1.5 / +1.3 over an ImageNet++ Init teacher (B7 / L2, PASCAL, '
+                          'Table 6)'},
+      notes='Digit scale: semantic segmentation of the digit scenes (background + 10 digits, '
+            'label 255 ignored), ResNet-18 x0.5 / NAS-FPN-64 from Rand Init (the paper\'s '
+            'Table 6 starts from ImageNet++; without pre-training it reports 41.5 mIoU on '
+            'PASCAL), 20% of the labeled scenes; single-scale pseudo masks (the paper: six '
+            'scales) with pixels below 0.5 ignored; mIoU x 100 on the 500 validation scenes, '
+            'single-scale. Teachers and students train the steps benchmarks/results/'
+            'convergence.json chose for seg_<policy> (benchmarks/convergence.py '
+            '--task=segmentation). The matched control is the self-training cell with the '
+            'pseudo-loss weight 0 (same init, batches, human-loss weight, steps and '
+            'schedule). Full scale: gin_configs/pascal/table6/ (PASCAL VOC 2012 val).')
+
+
+TABLES = {t.name: t for t in (_table2(), _table3(), _appendix_b(), _table6())}
 
 
 # ----------------------------------------------------------------------------------- claims
 @dataclasses.dataclass(frozen=True)
 class Claim:
-  """treatment vs control, paired by seed (suite.claim_result). direction 'helps': the claim
-  holds when the treatment is above the control by more than 2 standard errors of the
-  paired differences; 'hurts': below by more than 2 standard errors. treatment/control None:
-  the cells do not exist yet."""
+  """treatment vs control, paired by seed (suite.claim_result), on the cells' metric (AP or
+  mIoU). direction 'helps': the claim holds when the treatment is above the control by more
+  than 2 standard errors of the paired differences; 'hurts': below by more than 2 standard
+  errors. treatment/control None: the cells do not exist yet."""
   id: str
   treatment: Optional[str]
   control: Optional[str]
   direction: str
   text: str
   paper: str
+
+  @property
+  def metric(self) -> str:
+    """The two cells' metric ('AP' when the cells do not exist yet)."""
+    return CELLS[self.treatment].metric if self.treatment else METRICS['detection']
 
 
 # Directions: every claim is that the treatment helps, except pretrain_gain/S4/100: the paper
@@ -368,9 +464,18 @@ CLAIMS = (
           appendix_b_cell('s4', 0.2, 'standard', 3, 'digits'), 'helps',
           'loss normalization beats the standard loss at alpha 3, S4, 20%',
           '+1.3 AP with S4; the standard loss is unstable at large alpha (Appendix B)'),
-    Claim('seg_st_vs_matched_control/S4', None, None, 'helps',
-          'segmentation: self-training beats its matched control, S4 (Table 6 analogue)',
-          '+1.5 mIoU from self-training, EfficientNet-B7 (Table 6)'),
+    Claim('seg_st_vs_matched_control/S1', 'seg_s1_f20_self_training',
+          'seg_s1_f20_matched_control', 'helps',
+          'segmentation: self-training beats its matched control, S1, 20% (Table 6 analogue)',
+          'not in the paper: what the pseudo masks add'),
+    Claim('seg_st_vs_matched_control/S4', 'seg_s4_f20_self_training',
+          'seg_s4_f20_matched_control', 'helps',
+          'segmentation: self-training beats its matched control, S4, 20% (Table 6 analogue)',
+          'not in the paper: what the pseudo masks add (Table 6: +1.5 mIoU over the '
+          'teacher, EfficientNet-B7)'),
+    Claim('seg_st_vs_rand_init/S4', 'seg_s4_f20_self_training', 'seg_s4_f20_rand_init',
+          'helps', 'segmentation: self-training beats its Rand Init teacher, S4, 20%',
+          '+1.5 mIoU (B7) / +1.3 (L2) over an ImageNet++ Init teacher (Table 6)'),
 )
 
 

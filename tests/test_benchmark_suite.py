@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 import suite  # noqa: E402  pylint: disable=g-import-not-at-top
 import tables  # noqa: E402  pylint: disable=g-import-not-at-top
 
-BUDGETS = {'s1': 1500, 's2': 1800, 's3': 2100, 's4': 2400}   # TEST DATA: steps per policy
+BUDGETS = {'s1': 1500, 's2': 1800, 's3': 2100, 's4': 2400,   # TEST DATA: steps per policy
+           'seg_s1': 900, 'seg_s2': 1000, 'seg_s3': 1100, 'seg_s4': 1200}  # segmentation's
 
 
 def _flag(cmd, name):
@@ -27,7 +28,9 @@ def _convergence(tmp_path, policies=('s1', 's4')):
   """A convergence.json in benchmarks/convergence.py's schema (TEST DATA)."""
   path = tmp_path / 'convergence.json'
   path.write_text(json.dumps({
-      'chosen': {p: {'steps': BUDGETS[p], 'plateau_AP_x100': 41.2, 'AP_x100': 40.6}
+      'chosen': {p: ({'steps': BUDGETS[p], 'plateau_mIoU_x100': 61.2, 'mIoU_x100': 60.6}
+                     if p.startswith('seg_') else
+                     {'steps': BUDGETS[p], 'plateau_AP_x100': 41.2, 'AP_x100': 40.6})
                  for p in policies},
       'runs': [], 'rule': 'TEST DATA', 'commit': 'c0ffee'}))
   return str(path)
@@ -208,14 +211,16 @@ class FakeRunner:
     if name in self.fail:
       return 3
     ap = 0.1 + 0.01 * len(self.calls)
+    metric = tables.CELLS[name].metric      # segmentation cells: mIoU, as their binaries
     if cmd[1] == 'bin/self_train.py':
-      rows = [{'model': 'teacher', 'AP': 0.1}, {'model': 'student_round_1', 'AP': ap,
-                                               'pseudo_boxes_per_image': 2.5}]
+      rows = [{'model': 'teacher', metric: 0.1},
+              {'model': 'student_round_1', metric: ap,
+               'pseudo_boxes_per_image': None if metric == 'mIoU' else 2.5}]
       with open(os.path.join(model_dir, 'results.json'), 'w') as f:
-        json.dump({'rows': rows, 'metric': 'AP'}, f)
+        json.dump({'rows': rows, 'metric': metric}, f)
     else:
       with open(os.path.join(model_dir, 'eval_metrics.json'), 'w') as f:
-        json.dump({'step': 300, 'AP': ap}, f)
+        json.dump({'step': 300, metric: ap}, f)
     return 0
 
 
@@ -419,7 +424,8 @@ def test_claims_json_pairs_seeds_and_tests_two_standard_errors(tmp_path):
   assert 'one paired seed' in one['reason']
   assert by_id['st_vs_matched_control/S1/20']['reason'] == 'no seed finished both cells'
   seg = by_id['seg_st_vs_matched_control/S4']
-  assert (seg['n'], seg['holds'], seg['reason']) == (0, None, 'no cells')
+  assert (seg['n'], seg['holds'], seg['reason']) == (0, None, 'no seed finished both cells')
+  assert seg['metric'] == 'mIoU' and helps['metric'] == 'AP'
   # every claims.json field the brief names is there
   for c in by_id.values():
     assert {'id', 'treatment', 'control', 'treatment_ap', 'control_ap', 'seeds', 'diff_mean',
@@ -475,6 +481,248 @@ def test_collect_results_reads_finished_cells(tmp_path):
   assert all(e['values'] for e in res['grid'])
   assert res['claims'][0]['n'] == 1 and res['claims'][0]['holds'] is None
   assert not res['is_test_data']
+
+
+# ------------------------------------------------------- Table 6: segmentation self-training
+_SEG_ALL = ('s1', 's4', 'seg_s1', 'seg_s4')
+
+
+def test_segmentation_cells_parse_as_gin(tmp_path):
+  """Table 6's digit cells: SegmentationTask on the half-width NAS-FPN model, their own step
+  budget (seg_<policy>), pseudo masks thresholded at 0.5, mIoU headline; the
+  matched control is the self-training cell with the pseudo-loss weight 0."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
+  cli.register_configurables()
+  macro = lambda name: gin.query_parameter(f'{name}/macro.value')
+  ref = lambda name: gin.query_parameter(name).selector
+  pseudo = 'rethink_st.pseudo_label.run.run_pseudo_label'
+  try:
+    for name in ('seg_s1_f20_rand_init', 'seg_s4_f20_self_training',
+                 'seg_s4_f20_matched_control'):
+      cmd = suite.cell_command(name, 'digits', 1, str(tmp_path), budgets=BUDGETS)
+      gin.clear_config()
+      config_io.parse_gin(_flag(cmd, 'gin_file'), _flag(cmd, 'gin_param'))
+      policy = tables.CELLS[name].policy
+      assert macro('CELL_SEED') == 1 and macro('LABELED_FRACTION') == 0.2
+      assert macro('CELL_STEPS') == BUDGETS['seg_' + policy] != BUDGETS[policy]
+      assert ref('TASK/macro.value') == 'rethink_st.training.tasks.SegmentationTask'
+      assert ref('rethink_st.training.tasks.SegmentationTask.model_fn') == (
+          'rethink_st.modeling.segmentation.build_segmentation_model')
+      assert gin.query_parameter('rethink_st.training.tasks.SegmentationTask.num_classes') == 11
+      assert gin.query_parameter('rethink_st.modeling.segmentation.build_segmentation_model.'
+                                 'decoder') == 'nasfpn'
+      assert gin.query_parameter(
+          'rethink_st.modeling.backbones.build_backbone.depth_multiplier') == 0.5
+      if tables.CELLS[name].binary != 'self_train':
+        continue
+      assert macro('STUDENT_STEPS') == BUDGETS['seg_' + policy]
+      assert gin.query_parameter('rethink_st.self_training.run_self_training.metric') == 'mIoU'
+      assert macro('PSEUDO_MASK_THRESHOLD') == 0.5
+      assert gin.query_parameter(f'{pseudo}.scales') == (1.0,)   # the model is built at 128 px
+      assert gin.query_parameter(
+          'student/rethink_st.training.run.run_train.global_batch_size') == 32
+      assert gin.query_parameter('rethink_st.training.student.StudentTrainer.'
+                                 'pseudo_fraction') == 0.5
+      assert macro('LOSS_MODE') == 'normalized'
+      mc = name.endswith('_matched_control')
+      try:
+        got = gin.query_parameter('rethink_st.losses.LossNormalizer.matched_control')
+      except ValueError:
+        got = False
+      assert got is mc, name
+  finally:
+    gin.clear_config()
+
+
+def test_table6_dry_run_commands_budgets_and_matched_control(tmp_path):
+  lines, out = [], str(tmp_path / 'runs')
+  suite.run_cells(['table6'], 'digits', [0], out, dry_run=True, echo=lines.append,
+                  convergence=_convergence(tmp_path, _SEG_ALL))
+  commands = {_flag(c, 'model_dir')[0].split(os.sep)[-2]: c
+              for c in (shlex.split(l) for l in lines)}
+  assert list(commands) == [f'seg_{p}_f20_{k}'   # row by row, teachers first
+                            for k in ('rand_init', 'self_training', 'matched_control')
+                            for p in ('s1', 's4')]
+  for name, cmd in commands.items():
+    policy = name.split('_')[1]
+    files = _flag(cmd, 'gin_file')
+    assert files[:2] == ['gin_configs/digits/experiments/seg_cell.gin',
+                         f'gin_configs/digits/augment_{policy}.gin'], name
+    params = _flag(cmd, 'gin_param')
+    steps = BUDGETS['seg_' + policy]
+    assert f'CELL_STEPS={steps}' in params and 'LABELED_FRACTION=0.2' in params
+    if name.endswith('_rand_init'):
+      assert cmd[1] == 'bin/train_teacher.py' and len(files) == 2
+      continue
+    assert cmd[1] == 'bin/self_train.py' and f'STUDENT_STEPS={steps}' in params
+    assert 'gin_configs/digits/experiments/seg_self_training.gin' in files
+    teacher = suite.cell_dir(out, 'digits', f'seg_{policy}_f20_rand_init', 0)
+    assert f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'" in params
+  # the matched control is the self-training command plus matched_control.gin, nothing else
+  for policy in ('s1', 's4'):
+    st = commands[f'seg_{policy}_f20_self_training']
+    mc = commands[f'seg_{policy}_f20_matched_control']
+    added, removed = [a for a in mc if a not in st], [a for a in st if a not in mc]
+    assert added == ['--gin_file=gin_configs/digits/experiments/matched_control.gin',
+                     '--model_dir=' + suite.cell_dir(out, 'digits', f'seg_{policy}_f20_'
+                                                     'matched_control', 0)]
+    assert removed == ['--model_dir=' + suite.cell_dir(out, 'digits', f'seg_{policy}_f20_'
+                                                       'self_training', 0)]
+  # --optional adds S2, S3 (their seg budgets)
+  lines = []
+  suite.run_cells(['table6'], 'digits', [0], out, dry_run=True, optional=True,
+                  echo=lines.append, convergence=_convergence(tmp_path, tuple(BUDGETS)))
+  assert len(lines) == 12
+  # full scale: the paper's PASCAL runs, the self-training cell after its supervised teacher
+  lines = []
+  suite.run_cells(['table6'], 'full', [0], out, dry_run=True, echo=lines.append,
+                  convergence=str(tmp_path / 'absent.json'))
+  full = [shlex.split(l) for l in lines]
+  assert [_flag(c, 'gin_file') for c in full] == [
+      [f'gin_configs/pascal/table6/{n}.gin'] for n in
+      ('b7_supervised', 'l2_supervised', 'b7_self_training', 'l2_self_training')]
+  teacher = suite.cell_dir(out, 'full', 'seg_b7_supervised', 0)
+  assert (f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'"
+          in _flag(full[2], 'gin_param'))
+  assert not any('STEPS' in p for c in full for p in _flag(c, 'gin_param'))
+
+
+def test_missing_segmentation_budget_is_one_line_naming_its_command(tmp_path):
+  runner, out = FakeRunner(), str(tmp_path / 'runs')
+  detection_only = _convergence(tmp_path, ('s1', 's4'))     # what convergence.py made so far
+  with pytest.raises(suite.SuiteError) as e:
+    suite.run_cells(['table6'], 'digits', [0], out, convergence=detection_only, runner=runner)
+  message = str(e.value)
+  assert '\n' not in message and detection_only in message
+  assert 'for policy seg_s1, seg_s4;' in message
+  assert message.endswith('make it with: python benchmarks/convergence.py '
+                          '--task=segmentation --policies=s1,s4')
+  assert not runner.calls and not os.path.exists(out)
+  # both tasks missing: one command per task on the same line
+  with pytest.raises(suite.SuiteError, match=r'not found.*--policies=s1,s4 and python '
+                     r'benchmarks/convergence.py --task=segmentation --policies=s1,s4$'):
+    suite.run_cells(['table2', 'table6'], 'digits', [0], out,
+                    convergence=str(tmp_path / 'nothing.json'))
+  # detection tables do not need the segmentation budgets
+  suite.run_cells(['table2'], 'digits', [0], out, dry_run=True, echo=lambda s: None,
+                  convergence=detection_only)
+  code, _, err = _run_suite('--table=table6', '--dry_run', f'--convergence={detection_only}')
+  assert code == 1 and err.count('\n') == 1 and 'policy seg_s1, seg_s4' in err
+
+
+def test_table6_runs_reads_miou_and_reports_it(tmp_path):
+  """FakeRunner writes mIoU (0-1) where the segmentation binaries do: eval_metrics.json and
+  results.json; the suite records, tabulates and claims on it (TEST DATA)."""
+  out, log = str(tmp_path / 'runs'), []
+  counts = suite.run_cells(['table6'], 'digits', [0], out, runner=FakeRunner(), echo=log.append,
+                           convergence=_convergence(tmp_path, _SEG_ALL))
+  assert counts['ran'] == 6
+  assert any(l.endswith('mIoU=0.1100') for l in log), log
+  done = json.load(open(os.path.join(
+      suite.cell_dir(out, 'digits', 'seg_s4_f20_self_training', 0), suite.DONE)))
+  assert done['metrics']['teacher_mIoU'] == 0.1 and 'mIoU' in done['metrics']
+  assert done['steps'] == BUDGETS['seg_s4'] and 'AP' not in done['metrics']
+  # a pseudo-mask report against held-back masks (as run_self_training writes it)
+  report_dir = os.path.join(suite.cell_dir(out, 'digits', 'seg_s4_f20_self_training', 0),
+                            'round_1', 'pseudo_report')
+  os.makedirs(report_dir)
+  with open(os.path.join(report_dir, 'report.json'), 'w') as f:
+    json.dump({'kind': 'segmentation', 'labeler_score_threshold': None,
+               'segmentation': {'ignored_fraction': 0.25, 'mIoU': 0.7}}, f)
+  res = suite.collect_results('table6', 'digits', [0], out)
+  assert res['metric'] == 'mIoU x 100' and res['baseline'] == 'Rand Init'
+  assert res['columns'] == ['S1', 'S4']
+  assert res['rows'] == ['Rand Init', 'Rand Init + self-training', tables._MC]
+  e = suite._entry(res, 'Rand Init + self-training', 'S4')
+  assert e['cell'] == 'seg_s4_f20_self_training' and e['teacher_mean'] == pytest.approx(10.0)
+  assert (e['pseudo_ignored_fraction'], e['pseudo_mIoU']) == (0.25, 0.7)
+  md = suite.format_markdown(res)
+  assert '### Table 6: self-training for semantic segmentation (digits scale)' in md
+  assert 'mIoU x 100 on the validation set' in md and 'teacher mIoU 10.00' in md
+  assert '25% of pseudo-mask pixels ignored, pseudo-mask mIoU 70.00 on the kept pixels' in md
+  assert '| claim | treatment - control (mIoU) |' in md
+  assert [c['id'] for c in res['claims']] == ['seg_st_vs_matched_control/S1',
+                                             'seg_st_vs_matched_control/S4',
+                                             'seg_st_vs_rand_init/S4']
+  # full scale: the paper's rows, gains over ImageNet++ Init
+  full = suite.build_results('table6', 'full', [0], {})
+  assert full['baseline'] == 'ImageNet++ Init' and full['claims'] == []
+  assert full['rows'] == ['ImageNet++ Init', 'ImageNet++ Init + self-training']
+  assert full['columns'] == ['EfficientNet-B7', 'EfficientNet-L2']
+
+
+def test_segmentation_claims_from_fabricated_miou(tmp_path):
+  """TEST DATA ONLY, hand-computed: mIoU x100, treatment - control per seed."""
+  out, report = str(tmp_path / 'runs'), str(tmp_path / 'report')
+  miou = {'seg_s4_f20_self_training': (0.62, 0.60, 0.64),
+          'seg_s4_f20_matched_control': (0.60, 0.59, 0.61),    # diffs 2, 1, 3
+          'seg_s4_f20_rand_init': (0.63, 0.58, 0.65),          # diffs -1, 2, -1
+          'seg_s1_f20_self_training': (0.70,), 'seg_s1_f20_matched_control': (0.69,)}
+  for name, values in miou.items():
+    for seed, value in enumerate(values):
+      directory = suite.cell_dir(out, 'digits', name, seed)
+      os.makedirs(directory)
+      with open(os.path.join(directory, suite.DONE), 'w') as f:
+        json.dump({'metrics': {'mIoU': value, 'pixel_accuracy': 0.9}, 'seconds': 60.0,
+                   'seed': seed, 'steps': 1200, 'commit': 'c0ffee'}, f)
+  by_id = {c['id']: c for c in suite.collect_claims('digits', [0, 1, 2], out)['claims']}
+  mc = by_id['seg_st_vs_matched_control/S4']
+  assert (mc['treatment'], mc['control']) == ('seg_s4_f20_self_training',
+                                              'seg_s4_f20_matched_control')
+  assert mc['metric'] == 'mIoU' and mc['n'] == 3
+  assert mc['treatment_ap'] == pytest.approx([62, 60, 64])
+  assert (mc['diff_mean'], mc['diff_std']) == (pytest.approx(2.0), pytest.approx(1.0))
+  assert mc['bound'] == pytest.approx(2 - 2 / math.sqrt(3)) and mc['holds'] is True
+  st = by_id['seg_st_vs_rand_init/S4']
+  assert st['diff_mean'] == pytest.approx(0.0) and st['holds'] is False
+  one = by_id['seg_st_vs_matched_control/S1']
+  assert one['n'] == 1 and one['holds'] is None and 'one paired seed' in one['reason']
+  # detection claims are untouched by mIoU-only cells
+  assert by_id['st_vs_matched_control/S4/20']['metric'] == 'AP'
+  assert by_id['st_vs_matched_control/S4/20']['n'] == 0
+  path = suite.write_claims(suite.collect_claims('digits', [0, 1, 2], out), report)
+  assert json.load(open(path))['claims'][-2]['id'] == 'seg_st_vs_matched_control/S4'
+  md = suite.format_markdown(suite.collect_results('table6', 'digits', [0, 1, 2], out))
+  assert '| +2.00 ± 1.00 | 3 | helps | +0.85 | **holds** |' in md
+
+
+def test_convergence_segmentation_keys_beside_detection(tmp_path):
+  """benchmarks/convergence.py --task=segmentation: seg_<policy> runs, records and chosen
+  budgets in the same file; detection's records are as before (TEST DATA)."""
+  import convergence  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path)
+  cmd = convergence.command('s4', 700, 0, out, task='segmentation')
+  assert _flag(cmd, 'gin_file') == ['gin_configs/digits/experiments/seg_cell.gin',
+                                    'gin_configs/digits/augment_s4.gin']
+  assert _flag(cmd, 'model_dir') == [os.path.join(out, 'seg_s4', 'steps_700', 'seed_0')]
+  assert _flag(convergence.command('s4', 700, 0, out), 'gin_file')[0] == convergence.CELL
+
+  def finished_run(key, steps, metrics):
+    directory = convergence.run_dir(out, key, steps, 0)
+    os.makedirs(directory)
+    with open(os.path.join(directory, 'eval_metrics.json'), 'w') as f:
+      json.dump({'step': steps, **metrics}, f)
+
+  finished_run('s4', 800, {'AP': 0.30, 'AP50': 0.5})
+  for steps, miou in ((500, 0.50), (1000, 0.605), (2000, 0.61)):
+    finished_run('seg_s4', steps, {'mIoU': miou, 'pixel_accuracy': 0.9})
+  runs = convergence.collect(out, 0)
+  assert runs[0] == {'policy': 's4', 'steps': 800, 'seed': 0, 'AP_x100': 30.0,
+                     'AP50_x100': 50.0, 'seconds': None, 'images_per_sec': None}
+  assert runs[1]['policy'] == 'seg_s4' and runs[1]['mIoU_x100'] == 50.0
+  chosen = convergence.choose(runs, 1.0)
+  assert chosen['s4']['steps'] == 800 and 'AP_x100' in chosen['s4']
+  assert chosen['seg_s4']['steps'] == 1000 and chosen['seg_s4']['plateau_mIoU_x100'] == 61.0
+  results = convergence.write(runs, str(tmp_path / 'results' / 'convergence'), 0, 1.0)
+  # the suite reads both budgets from that file
+  budgets, _ = suite.read_budgets(str(tmp_path / 'results' / 'convergence.json'),
+                                  ['s4', 'seg_s4'])
+  assert budgets == {'s4': 800, 'seg_s4': 1000}
+  md = convergence.markdown(results)
+  assert md.startswith('# AP against the step budget') and '| S4 | 800 | 30.00 | 50.00 |' in md
+  assert '| SEG_S4 | 1000 | 60.50 | 90.00 |' in md
+  assert '| SEG_S4 | 1000 | 60.50 | 61.00 | no |' in md
 
 
 def test_perf_table_pairs_ours_with_model_garden(tmp_path):

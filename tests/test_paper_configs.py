@@ -379,6 +379,41 @@ def test_header_names_table_expected_number_and_a_command_that_parses(path):
       assert not str(gin.query_parameter('%' + macro)).startswith('REQUIRED'), macro
 
 
+DIGIT_SEGMENTATION = ['gin_configs/digits/teacher_segmentation.gin',
+                      'gin_configs/digits/experiments/seg_cell.gin',
+                      'gin_configs/digits/experiments/seg_self_training.gin']
+
+
+@pytest.mark.parametrize('path', DIGIT_SEGMENTATION)
+def test_digit_segmentation_headers_name_table6_and_a_command_that_parses(path):
+  """The digit-scale Table 6 files (benchmarks/tables.py table6): the header names the table,
+  what to expect and a command; that command parses, is a segmentation run (mIoU; pseudo
+  masks at the paper's 0.5 for self-training) and runs the binary its stage needs."""
+  header = _header(path)
+  assert 'Table 6' in header or 'table6' in header, header
+  assert 'Expect' in header and 'mIoU' in header
+  argv = _command(header)
+  assert argv[0] == 'python' and os.path.exists(os.path.join(REPO, argv[1])), argv
+  files = [a.split('=', 1)[1] for a in argv if a.startswith('--gin_file=')]
+  params = [a.split('=', 1)[1] for a in argv if a.startswith('--gin_param=')]
+  assert path in files and any(a.startswith('--model_dir=') for a in argv)
+  gin.clear_config()
+  try:
+    config_io.parse_gin([os.path.join(REPO, f) for f in files], params)
+    assert gin.query_parameter('TASK/macro.value').selector == (
+        'rethink_st.training.tasks.SegmentationTask')
+    assert gin.query_parameter('rethink_st.modeling.backbones.build_backbone.'
+                               'depth_multiplier') == 0.5
+    assert argv[1] == ('bin/self_train.py' if _is_self_training() else 'bin/train_teacher.py')
+    if _is_self_training():
+      assert gin.query_parameter(f'{RUN_SELF_TRAINING}.metric') == 'mIoU'
+      assert gin.query_parameter('PSEUDO_MASK_THRESHOLD/macro.value') == 0.5
+      assert gin.query_parameter(f'{RUN_PSEUDO}.task') == gin.query_parameter(
+          f'{RUN_TRAIN}.task')
+  finally:
+    gin.clear_config()
+
+
 def _required_macros():
   found = {}
   for path in ALL_GIN:
