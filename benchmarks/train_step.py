@@ -102,6 +102,8 @@ def our_bindings(data_dir: str, steps: int, batch_size: int, steps_per_loop: int
       f'rethink_st.training.run.run_train.checkpoint_every = {steps}',
       'rethink_st.training.run.run_train.keep_checkpoints = 1',
       'rethink_st.training.run.run_train.eval_every = None',
+      # Model Garden's reader decodes every step; so does our side (the digits teacher caches).
+      'rethink_st.data.pipeline.build_input.cache = False',
   ]
 
 
@@ -159,6 +161,8 @@ def shared_settings() -> Dict[str, Any]:
       'schedule': str(_gin_value(optimization.build_optimizer, 'schedule')),
       'weight_decay': float(_gin_value(optimization.weight_decay_loss, 'weight_decay')),
   }
+  from rethink_st.modeling import backbones  # pylint: disable=g-import-not-at-top
+  s['depth_multiplier'] = float(_gin_value(backbones.build_backbone, 'depth_multiplier'))
   for param in ('backbone', 'decoder', 'decoder_num_filters', 'head_num_convs',
                 'head_num_filters', 'activation', 'use_sync_bn', 'norm_momentum',
                 'norm_epsilon'):
@@ -201,7 +205,8 @@ def model_garden_config(s: Dict[str, Any], data_dir: str, steps: int, batch_size
       anchor=rn_cfg.Anchor(num_scales=s['num_scales'], aspect_ratios=s['aspect_ratios'],
                            anchor_size=s['anchor_size']),
       backbone=bb_cfg.Backbone(type='resnet', resnet=bb_cfg.ResNet(
-          model_id=int(str(s['backbone']).split('-')[1]))),
+          model_id=int(str(s['backbone']).split('-')[1]),
+          depth_multiplier=s['depth_multiplier'])),
       decoder=dec_cfg.Decoder(type='fpn', fpn=dec_cfg.FPN(
           num_filters=s['decoder_num_filters'])),
       head=rn_cfg.RetinaNetHead(num_convs=s['head_num_convs'],

@@ -160,7 +160,9 @@ def run_self_training(root_dir: str,
                       metric: str = 'AP',
                       pseudo_report: bool = True,
                       report_reference=None) -> Dict[str, Any]:
-  """Runs the pipeline and returns (and writes to root_dir/results.json) each model's metrics.
+  """Runs the pipeline and returns (and writes to root_dir/results.json) each model's metrics:
+  the evaluators' raw values (COCO AP in 0-1) and the headline metric x 100 (add_x100), which
+  the printed table shows.
 
   student_init: 'teacher' (the paper's default: the student starts from the teacher's
     weights), 'random', or 'checkpoint' (student_init_checkpoint, e.g. an ImageNet model;
@@ -231,6 +233,7 @@ def run_self_training(root_dir: str,
 
   results = {'rows': rows, 'metric': metric, 'student_init': student_init,
              'seconds': time.time() - start}
+  add_x100(results)
   with tf.io.gfile.GFile(os.path.join(root_dir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1)
   print(format_table(results), flush=True)
@@ -242,13 +245,34 @@ def run_self_training(root_dir: str,
   return results
 
 
+def add_x100(results: Dict[str, Any]) -> Dict[str, Any]:
+  """Adds the headline metric x 100 (as people read AP and mIoU) beside the raw 0-1 values,
+  which stay as the evaluators wrote them: `<metric>_x100` in each row, and at the top
+  `teacher_<metric>_x100`, `student_<metric>_x100` (the last round's student) and
+  `gain_<metric>_x100` (their difference, from the raw values). None where a row has no
+  metric."""
+  metric, rows = results['metric'], results['rows']
+  for row in rows:
+    row[f'{metric}_x100'] = run_lib.x100(row.get(metric))
+  teacher = rows[0].get(metric)
+  student = rows[-1].get(metric) if len(rows) > 1 else None
+  results[f'teacher_{metric}_x100'] = run_lib.x100(teacher)
+  results[f'student_{metric}_x100'] = run_lib.x100(student)
+  results[f'gain_{metric}_x100'] = (None if teacher is None or student is None
+                                    else run_lib.x100(student - teacher))
+  return results
+
+
 def format_table(results: Dict[str, Any]) -> str:
+  """A Markdown table of each model's headline metric x 100 (2 decimals) and its gain over
+  the teacher x 100; results.json holds the raw 0-1 values."""
   metric = results['metric']
   rows = results['rows']
   base = rows[0].get(metric)
-  lines = [f'| model | {metric} | gain over teacher |', '| --- | --- | --- |']
+  lines = [f'| model | {metric} x 100 | gain over teacher (x 100) |', '| --- | --- | --- |']
   for row in rows:
     value = row.get(metric)
-    gain = '' if value is None or base is None or row is rows[0] else f'{value - base:+.4f}'
-    lines.append(f'| {row["model"]} | {value if value is None else f"{value:.4f}"} | {gain} |')
+    gain = ('' if value is None or base is None or row is rows[0] or value < 0 or base < 0
+            else f'{100.0 * (value - base):+.2f}')
+    lines.append(f'| {row["model"]} | {run_lib.format_x100(value)} | {gain} |')
   return '\n'.join(lines)

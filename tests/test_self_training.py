@@ -37,6 +37,8 @@ def demo_config(digit_scenes_dir):
       'rethink_st.modeling.detection.build_retinanet.pre_nms_score_threshold = 0.0',
       'rethink_st.modeling.detection.build_retinanet.max_num_detections = 5',
       'rethink_st.pseudo_label.run.run_pseudo_label.score_threshold = 0.0',
+      # every detection kept, so each image has exactly max_num_detections pseudo boxes
+      'rethink_st.pseudo_label.run.run_pseudo_label.class_agnostic_nms_iou = None',
       'rethink_st.pseudo_label.run.run_pseudo_label.chunk_size = 16',
       'rethink_st.pseudo_label.run.run_pseudo_label.batch_size = 8',
   ])
@@ -52,6 +54,12 @@ def test_two_rounds(demo_config, tmp_path, capsys):
                                                    'student_round_2']
   assert all('AP' in r for r in results['rows'])
   assert '| teacher |' in out and '| student_round_2 |' in out
+  assert '| model | AP x 100 | gain over teacher (x 100) |' in out
+  saved = json.load(open(os.path.join(root, 'results.json')))
+  for row in saved['rows']:   # raw 0-1 AP beside AP x 100
+    assert 0.0 <= row['AP'] <= 1.0 and row['AP_x100'] == pytest.approx(100 * row['AP'])
+  assert saved['teacher_AP_x100'] == saved['rows'][0]['AP_x100']
+  assert saved['student_AP_x100'] == saved['rows'][2]['AP_x100']
   for k in (1, 2):
     stats = json.load(open(os.path.join(root, f'round_{k}', 'pseudo', 'stats.json')))
     assert stats['images'] == 32 and stats['boxes'] == 32 * 5, k
@@ -84,6 +92,36 @@ def test_two_rounds(demo_config, tmp_path, capsys):
   assert again['rows'][1]['AP'] == results['rows'][1]['AP']
   assert again['rows'][1]['pseudo_precision'] == results['rows'][1]['pseudo_precision']
   assert os.path.getmtime(pictures[0]) == png_mtime  # the report was not redrawn
+
+
+def test_table_and_results_show_the_metric_x100_and_keep_raw_values():
+  results = {'metric': 'AP', 'rows': [
+      {'model': 'teacher', 'AP': 0.2465, 'AP50': 0.5},
+      {'model': 'student_round_1', 'AP': 0.30281},
+      {'model': 'student_round_2'}]}
+  self_training.add_x100(results)
+  # raw COCO values untouched (benchmarks/suite.py reads AP in 0-1)
+  assert [r.get('AP') for r in results['rows']] == [0.2465, 0.30281, None]
+  assert results['rows'][0]['AP50'] == 0.5
+  assert [r['AP_x100'] for r in results['rows']] == [24.65, 30.281, None]
+  assert results['teacher_AP_x100'] == 24.65 and results['student_AP_x100'] is None
+  assert results['gain_AP_x100'] is None
+  json.dumps(results)  # as results.json stores it
+  results['rows'].pop()
+  self_training.add_x100(results)
+  assert results['student_AP_x100'] == 30.281 and results['gain_AP_x100'] == 5.631
+  assert self_training.format_table(results).splitlines() == [
+      '| model | AP x 100 | gain over teacher (x 100) |',
+      '| --- | --- | --- |',
+      '| teacher | 24.65 |  |',
+      '| student_round_1 | 30.28 | +5.63 |']
+  # COCO's -1 (no ground truth) and a missing metric are not numbers to compare
+  table = self_training.format_table({'metric': 'mIoU', 'rows': [
+      {'model': 'teacher', 'mIoU': 0.8}, {'model': 'student_round_1', 'mIoU': -1.0},
+      {'model': 'student_round_2'}]})
+  assert table.splitlines()[0] == '| model | mIoU x 100 | gain over teacher (x 100) |'
+  assert table.splitlines()[2:] == ['| teacher | 80.00 |  |', '| student_round_1 | n/a |  |',
+                                    '| student_round_2 | n/a |  |']
 
 
 def test_student_rejects_a_batch_without_human_examples():

@@ -53,6 +53,11 @@ def test_teacher_trains_checkpoints_evaluates_and_resumes(teacher_config, tmp_pa
   metrics = run.run_train(model_dir)
   out = capsys.readouterr().out
   assert '[train] step 2/4' in out and 'img/s=' in out and 'eta=' in out
+  # the [eval] line shows AP x 100; eval_metrics.json keeps pycocotools' 0-1 values
+  eval_line = next(l for l in out.splitlines() if l.startswith('[eval] step 4'))
+  assert eval_line.startswith('[eval] step 4 (x 100): AP=') and 'ARmax100=' in eval_line
+  assert all(0.0 <= metrics[k] <= 1.0 for k in ('AP', 'AP50', 'ARmax100'))
+  assert f'AP50={run.format_x100(metrics["AP50"])} ' in eval_line
   assert set(['AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'ARmax1', 'ARmax10', 'ARmax100',
               'ARs', 'ARm', 'ARl']) <= set(metrics)
   assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
@@ -62,7 +67,8 @@ def test_teacher_trains_checkpoints_evaluates_and_resumes(teacher_config, tmp_pa
   operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
   assert "build_retinanet.backbone = 'resnet-10'" in operative
   with open(os.path.join(model_dir, 'eval_metrics.json')) as f:
-    assert json.load(f)['step'] == 4
+    saved = json.load(f)
+  assert saved['step'] == 4 and saved['AP'] == metrics['AP']
   assert os.listdir(os.path.join(model_dir, 'train'))  # TensorBoard events
 
   # Resume: the same folder with more steps continues from step 4, not from 0.
@@ -71,6 +77,16 @@ def test_teacher_trains_checkpoints_evaluates_and_resumes(teacher_config, tmp_pa
   out = capsys.readouterr().out
   assert 'resuming from' in out and 'ckpt-4' in out
   assert '[train] step 6/6' in out and '[train] step 2/6' not in out
+
+
+def test_eval_line_shows_fraction_metrics_x100():
+  line = run.format_metrics({'AP': 0.2734, 'AP50': 0.5, 'APl': -1.0, 'AP/digit_1': 0.1,
+                             'ARmax100': 0.41235, 'mIoU': float('nan'),
+                             'top1_accuracy': 0.9, 'loss': 0.123456})
+  assert line == (' (x 100): AP=27.34 AP50=50.00 APl=n/a ARmax100=41.23 mIoU=nan '
+                  'top1_accuracy=90.00 loss=0.1235')
+  assert run.format_metrics({'loss': 2.0}) == ': loss=2'
+  assert run.x100(0.2734) == 27.34 and run.x100(None) is None
 
 
 class _NaNAfterTwoSteps(trainer_lib.Trainer):

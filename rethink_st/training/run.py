@@ -3,11 +3,14 @@
 One function drives every stage: the task and the trainer class (supervised, student, joint)
 come from gin. Checkpoints every N steps keeping K, automatic resume from `model_dir`,
 TensorBoard summaries under model_dir/train and model_dir/eval, a progress line per loop, and
-evaluation at an interval and at the end (results in model_dir/eval_metrics.json).
+evaluation at an interval and at the end (results in model_dir/eval_metrics.json, 0-1 as the
+evaluators return them; the printed `[eval]` line shows AP, AR, mIoU and accuracies x 100).
 run_evaluate (bin/evaluate.py) writes its configs and results under model_dir/eval/.
 """
+import contextlib
 import json
 import os
+import re
 import shutil
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -15,6 +18,7 @@ import gin
 import orbit
 import tensorflow as tf, tf_keras
 from absl import logging
+from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from rethink_st import config_io
 from rethink_st.errors import UserError
@@ -76,7 +80,8 @@ def run_train(model_dir: str,
               init_checkpoint: Optional[str] = None,
               init_modules: Sequence[str] = ('backbone',),
               joint=None,
-              seed: Optional[int] = None) -> Dict[str, float]:
+              seed: Optional[int] = None,
+              deterministic: bool = True) -> Dict[str, float]:
   """Trains `task` to `train_steps` in `model_dir` (resuming if it holds a checkpoint) and
   returns the final evaluation metrics (empty if the task has no eval source).
 
@@ -85,13 +90,60 @@ def run_train(model_dir: str,
   Garden's); ignored when model_dir already holds a checkpoint (resume wins).
   joint: a JointClassification (training/joint.py) adds w * a classification loss on the
   shared backbone (the paper's joint training); works with any trainer_cls.
+  seed: seeds Python, NumPy and TensorFlow (weights, augmentation, shuffles without a seed of
+    their own); None: a different run every time.
+  deterministic: with a seed, also turn on TensorFlow's op determinism for this run, so that
+    the same seed on the same hardware and software gives bit-identical losses and weights
+    (see `seeded`); False keeps the seed but lets tf.data run random augmentation in
+    parallel (faster input, runs differ from step 2 on).
   """
   if not model_dir:
     raise UserError('--model_dir is required')
   if train_steps <= 0:
     raise UserError(f'run_train.train_steps={train_steps} must be positive')
-  if seed is not None:
-    tf_keras.utils.set_random_seed(seed)
+  with seeded(seed, deterministic):
+    return _run_train(model_dir, task, train_steps=train_steps,
+                      global_batch_size=global_batch_size, trainer_cls=trainer_cls,
+                      steps_per_loop=steps_per_loop, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, eval_every=eval_every,
+                      eval_batch_size=eval_batch_size, eval_steps=eval_steps,
+                      init_checkpoint=init_checkpoint, init_modules=init_modules, joint=joint)
+
+
+@contextlib.contextmanager
+def seeded(seed: Optional[int], deterministic: bool = True):
+  """Seeds Python, NumPy and TensorFlow with `seed` and, if `deterministic`, turns on
+  TensorFlow's op determinism until the block ends (as it was before, afterwards).
+
+  What op determinism does here (tensorflow/python/framework/config.py,
+  enable_op_determinism): every tf.data `map`/`interleave`/`batch` keeps its input order
+  whatever its `deterministic=` says, and a map function with stateful random ops (the
+  training augmentation: flip, scale jitter, crop, policy ops) runs serially, so each image
+  draws the same random numbers on every run (in parallel, calls race for the one random
+  state and images swap draws); ops with a faster nondeterministic kernel use a
+  deterministic one. The rest is already fixed by the seed: weight initialization, the
+  augmentation ops' seeds (derived from the global seed when the input function is traced),
+  a shuffle without a seed of its own (build_input's after `cache`); sources shuffle with
+  build_input's `seed` (0 unless bound) and a labeled subset is a hash of
+  (source_id, fraction_seed), the same on every run.
+  """
+  if seed is None:
+    yield
+    return
+  tf_keras.utils.set_random_seed(int(seed))
+  was_deterministic = tf_config.is_op_determinism_enabled()
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+  try:
+    yield
+  finally:
+    if deterministic and not was_deterministic:
+      tf_config.disable_op_determinism()
+
+
+def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
+               steps_per_loop, checkpoint_every, keep_checkpoints, eval_every,
+               eval_batch_size, eval_steps, init_checkpoint, init_modules, joint):
   strategy_lib.set_mixed_precision()
   strategy = strategy_lib.build_strategy()
   strategy_lib.check_global_batch_size(global_batch_size, strategy, 'run_train.global_batch_size')
@@ -160,8 +212,35 @@ def write_eval_results(model_dir: str, metrics: Dict[str, float], evaluator, ste
     json.dump({'step': step, **metrics}, f, indent=1, sort_keys=True)
   if hasattr(evaluator, 'write_results_json'):
     evaluator.write_results_json(os.path.join(model_dir, 'detections_coco.json'))
-  summary = ' '.join(f'{k}={v:.4f}' for k, v in metrics.items() if '/' not in k)
-  print(f'[eval] step {step}: {summary}', flush=True)
+  print(f'[eval] step {step}{format_metrics(metrics)}', flush=True)
+
+
+def is_fraction_metric(name: str) -> bool:
+  """A metric our evaluators report in 0-1 and people read x 100: COCO's AP and AR family,
+  mIoU, pixel and top-1 accuracy."""
+  return bool(re.fullmatch(r'A[PR]\w*|mIoU|\w*accuracy', name))
+
+
+def x100(value: Optional[float]) -> Optional[float]:
+  """A 0-1 metric x 100 (rounded to 6 decimals, so 0.2734 gives 27.34); None stays None."""
+  return None if value is None else round(100.0 * float(value), 6)
+
+
+def format_x100(value: Optional[float]) -> str:
+  """A 0-1 metric as people read it: x 100 with 2 decimals; 'n/a' for None and for COCO's
+  -1 (no ground truth of that kind, e.g. APl on small images)."""
+  if value is None or value < 0:
+    return 'n/a'
+  return f'{100.0 * value:.2f}'
+
+
+def format_metrics(metrics: Dict[str, float]) -> str:
+  """The `[eval]` line's metrics: 0-1 metrics (is_fraction_metric) x 100, labeled so;
+  others as they are; per-class entries ('AP/<class>', 'per_class_IoU/<i>') left out."""
+  shown = {k: v for k, v in metrics.items() if '/' not in k}
+  scaled = ' '.join(f'{k}={format_x100(v)}' for k, v in shown.items() if is_fraction_metric(k))
+  raw = ' '.join(f'{k}={v:.4g}' for k, v in shown.items() if not is_fraction_metric(k))
+  return ((f' (x 100): {scaled}' if scaled else ':') + (f' {raw}' if raw else ''))
 
 
 EVAL_SUBDIR = 'eval'
