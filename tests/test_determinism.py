@@ -12,6 +12,7 @@ import sys
 
 import gin
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
@@ -78,6 +79,22 @@ def test_same_seed_same_losses_and_weights_another_seed_differs(digit_scenes_dir
 
   assert losses_2 != losses_1
   assert any(not np.array_equal(weights_1[k], weights_2[k]) for k in weights_1)
+
+
+def test_seeded_turns_op_determinism_on_for_its_block_only():
+  assert not tf_config.is_op_determinism_enabled()
+  with run.seeded(None):
+    assert not tf_config.is_op_determinism_enabled()
+  with run.seeded(3, deterministic=False):
+    assert not tf_config.is_op_determinism_enabled()
+    a = tf.random.uniform([4]).numpy()
+  with pytest.raises(ValueError):
+    with run.seeded(3):
+      assert tf_config.is_op_determinism_enabled()
+      b = tf.random.uniform([4]).numpy()
+      raise ValueError('a failing run')
+  assert not tf_config.is_op_determinism_enabled()
+  np.testing.assert_array_equal(a, b)   # the seed is set either way
 
 
 if __name__ == '__main__':
