@@ -223,16 +223,24 @@ def _segmentation_markdown(results: dict, title: str) -> List[str]:
            f'for chosen.seg_sX.', '',
            '| policy | steps | mIoU | pixel accuracy | wall (min) | img/s |',
            '| --- | --- | --- | --- | --- | --- |']
+  return lines + _rows(runs, chosen, 'mIoU', 'pixel_accuracy')
+
+
+def _rows(runs, chosen, metric: str, second: str) -> List[str]:
+  """Table rows of every run (metric, second metric, wall time, img/s), then the chosen
+  budgets table; the runs table's header comes before."""
+  lines = []
   for r in runs:
     wall = f'{r["seconds"] / 60:.1f}' if r['seconds'] else ''
     ips = f'{r["images_per_sec"]:.1f}' if r['images_per_sec'] else ''
-    lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r["mIoU_x100"]:.2f} | '
-                 f'{r["pixel_accuracy_x100"]:.2f} | {wall} | {ips} |')
-  lines += ['', '| policy | chosen steps | mIoU there | plateau mIoU | still rising |',
+    lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r[metric + "_x100"]:.2f} | '
+                 f'{r[second + "_x100"]:.2f} | {wall} | {ips} |')
+  lines += ['', f'| policy | chosen steps | {metric} there | plateau {metric} | still rising |',
             '| --- | --- | --- | --- | --- |']
   for policy, c in chosen.items():
-    lines.append(f'| {policy.upper()} | {c["steps"]} | {c["mIoU_x100"]:.2f} | '
-                 f'{c["plateau_mIoU_x100"]:.2f} | {"yes" if c["still_rising"] else "no"} |')
+    lines.append(f'| {policy.upper()} | {c["steps"]} | {c[metric + "_x100"]:.2f} | '
+                 f'{c["plateau_" + metric + "_x100"]:.2f} | '
+                 f'{"yes" if c["still_rising"] else "no"} |')
   return lines
 
 
@@ -250,16 +258,7 @@ def markdown(results: dict) -> str:
            f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
            f'of the best (the plateau).', '',
            '| policy | steps | AP | AP50 | wall (min) | img/s |', '| --- | --- | --- | --- | --- | --- |']
-  for r in det_runs:
-    wall = f'{r["seconds"] / 60:.1f}' if r['seconds'] else ''
-    ips = f'{r["images_per_sec"]:.1f}' if r['images_per_sec'] else ''
-    lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r["AP_x100"]:.2f} | '
-                 f'{r["AP50_x100"]:.2f} | {wall} | {ips} |')
-  lines += ['', '| policy | chosen steps | AP there | plateau AP | still rising |',
-            '| --- | --- | --- | --- | --- |']
-  for policy, c in det_chosen.items():
-    lines.append(f'| {policy.upper()} | {c["steps"]} | {c["AP_x100"]:.2f} | '
-                 f'{c["plateau_AP_x100"]:.2f} | {"yes" if c["still_rising"] else "no"} |')
+  lines += _rows(det_runs, det_chosen, 'AP', 'AP50')
   if seg_runs:
     lines += [''] + _segmentation_markdown(
         results, '## Segmentation: mIoU against the step budget (digit-scale segmentation '
