@@ -51,20 +51,25 @@ SEG = 'seg_'          # prefix of a segmentation policy's key (folder, record, c
 TASKS = {'detection': dict(cell=CELL, prefix='', metrics=('AP', 'AP50')),
          'segmentation': dict(cell=SEG_CELL, prefix=SEG, metrics=('mIoU', 'pixel_accuracy'))}
 
-flags.DEFINE_enum('task', 'detection', list(TASKS), 'Which digit-scale teacher: detection '
-                  '(experiments/cell.gin, AP) or segmentation (experiments/seg_cell.gin, mIoU; '
-                  'keys seg_<policy>).')
-flags.DEFINE_list('policies', ['s1', 's4'], 'Augmentation policies (s1..s4).')
-flags.DEFINE_list('budgets', ['500', '1000', '2000', '3000'], 'Step budgets, one run each.')
-flags.DEFINE_integer('seed', 0, 'CELL_SEED of every run.')
-flags.DEFINE_float('tolerance', 1.0, 'A budget is converged within this many AP (x100; '
-                   'segmentation: mIoU x100) of the plateau.')
-flags.DEFINE_string('out_dir', 'runs/convergence', 'Where the runs go.')
-flags.DEFINE_string('results', 'benchmarks/results/convergence',
-                    'Prefix of the .json / .md / .png written.')
-flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings for every run.')
-flags.DEFINE_bool('report_only', False, 'Only write the results from finished runs.')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The binary's flags; defined on run only, so importing this module (tests, suite.py)
+  never clashes with another module's flags of the same name."""
+  flags.DEFINE_enum('task', 'detection', list(TASKS), 'Which digit-scale teacher: detection '
+                    '(experiments/cell.gin, AP) or segmentation (experiments/seg_cell.gin, mIoU; '
+                    'keys seg_<policy>).')
+  flags.DEFINE_list('policies', ['s1', 's4'], 'Augmentation policies (s1..s4).')
+  flags.DEFINE_list('budgets', ['500', '1000', '2000', '3000'], 'Step budgets, one run each.')
+  flags.DEFINE_integer('seed', 0, 'CELL_SEED of every run.')
+  flags.DEFINE_float('tolerance', 1.0, 'A budget is converged within this many AP (x100; '
+                     'segmentation: mIoU x100) of the plateau.')
+  flags.DEFINE_string('out_dir', 'runs/convergence', 'Where the runs go.')
+  flags.DEFINE_string('results', 'benchmarks/results/convergence',
+                      'Prefix of the .json / .md / .png written.')
+  flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings for every run.')
+  flags.DEFINE_bool('report_only', False, 'Only write the results from finished runs.')
 
 
 class ConvergenceError(ValueError):
@@ -351,4 +356,5 @@ def main(_):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
