@@ -1,11 +1,16 @@
-"""What every binary does after parsing its flags: register configurables, parse gin, save
-config.gin, call one run function; a user mistake prints one line and exits 1."""
+"""What every binary does after parsing its flags: register configurables, parse gin, lock
+its output folder, save config.gin, call one run function; a user mistake prints one line
+and exits 1, and a run that fails leaves no folder it made behind."""
+import contextlib
 import importlib
+import os
+import shutil
 from typing import Callable, Optional, Sequence
 
 from absl import logging
 
 from rethink_st import config_io
+from rethink_st import run_lock
 
 # Modules that define configurables gin files may name.
 _CONFIGURABLE_MODULES = (
@@ -48,16 +53,65 @@ def register_configurables() -> None:
 
 def run_binary(run_fn: Callable[..., object], *, gin_files: Sequence[str],
                gin_params: Sequence[str], model_dir: Optional[str], save_config: bool = True,
-               config_dir: Optional[str] = None, **kwargs):
-  """Parses gin, writes config.gin to config_dir (default model_dir), then returns
-  run_fn(model_dir, **kwargs). save_config=False leaves config.gin to run_fn (export writes
-  it into the SavedModel folder, which must be empty when the export starts)."""
+               config_dir: Optional[str] = None, lock_name: str = run_lock.LOCK_NAME,
+               **kwargs):
+  """Parses gin, locks the folder it writes (config_dir, default model_dir; `lock_name`
+  there, see run_lock), writes config.gin to it, then returns run_fn(model_dir, **kwargs).
+  The lock comes first so that a second writer stops before it touches the folder.
+  save_config=False leaves config.gin, and the lock, to run_fn (export writes config.gin
+  into the SavedModel folder, which must be empty when the export starts)."""
+  folder = config_dir or model_dir
+
   def start():
     register_configurables()
     config_io.parse_gin(gin_files, gin_params)
-    from rethink_st.training import strategy  # pylint: disable=g-import-not-at-top
-    strategy.build_strategy()  # before any op: collectives and TPUs are set up at start-up
-    if save_config and (config_dir or model_dir):
-      config_io.save_config(config_dir or model_dir)
-    return run_fn(model_dir, **kwargs)
+    with _removed_if_start_fails(folder), _locked(folder if save_config else None, lock_name):
+      from rethink_st.training import strategy  # pylint: disable=g-import-not-at-top
+      strategy.build_strategy()  # before any op: collectives and TPUs are set up at start-up
+      if save_config and folder:
+        config_io.save_config(folder)
+      return run_fn(model_dir, **kwargs)
   return config_io.call_with_user_errors(start)
+
+
+def _locked(folder: Optional[str], lock_name: str):
+  """The folder's lock, held by the chief (a cluster's workers are one writer)."""
+  if not (folder and config_io.is_chief()):
+    return contextlib.nullcontext()
+  return run_lock.hold(folder, folder, lock_name)
+
+
+# What a run writes before its real work: a folder holding only these failed at the start.
+_START_FILES = ('config.gin', 'operative_config.gin')
+
+
+@contextlib.contextmanager
+def _removed_if_start_fails(folder: Optional[str]):
+  """A run that fails having written nothing but its configs removes the folder it made
+  (and the parents it made), so a mistyped binding leaves no --model_dir with a config.gin
+  behind. A folder that existed before, or holds anything else (checkpoints, events,
+  pseudo-label chunks), stays; so does one whose lock another run holds. Local paths only."""
+  made = _first_missing(folder)
+  try:
+    yield
+  except run_lock.FolderInUse:
+    raise
+  except BaseException:
+    if made and _holds_only_start_files(made):
+      shutil.rmtree(made, ignore_errors=True)
+    raise
+
+
+def _first_missing(folder: Optional[str]) -> Optional[str]:
+  """The outermost folder on the way to `folder` that does not exist yet (None: it exists,
+  or is not a local path)."""
+  if not folder or '://' in folder:
+    return None
+  path, missing = os.path.abspath(folder), None
+  while not os.path.exists(path):
+    path, missing = os.path.dirname(path), path
+  return missing
+
+
+def _holds_only_start_files(folder: str) -> bool:
+  return all(name in _START_FILES for _, _, files in os.walk(folder) for name in files)

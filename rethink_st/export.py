@@ -29,6 +29,7 @@ import tensorflow as tf, tf_keras
 from absl import logging
 from official.vision.ops import anchor
 
+from rethink_st import run_lock
 from rethink_st.data import pipeline
 from rethink_st.errors import UserError
 from rethink_st.evaluation import segmentation
@@ -222,18 +223,28 @@ def run_export(model_dir: Optional[str], task=gin.REQUIRED, checkpoint: Optional
   (default <model_dir>/saved_model), with the gin config beside saved_model.pb:
   config.gin (as parsed) and operative_config.gin (as used). The run's own files in
   model_dir are left as they are. Returns export_dir.
+
+  Holds model_dir's writer lock (rethink_st/run_lock.py; without model_dir, that of the
+  folder holding export_dir): a run still training there, or a second export, stops it at
+  once with one line naming the holder.
   """
-  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
-  from rethink_st.training import run as run_lib  # pylint: disable=g-import-not-at-top
-  from rethink_st.training import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if not model_dir and not (checkpoint and export_dir):
     raise UserError('--model_dir is required (the trained run to export; or bind both '
                     'run_export.checkpoint and run_export.export_dir)')
+  if not checkpoint and not tf.io.gfile.isdir(model_dir):  # before the lock makes it
+    raise UserError(f'--model_dir={model_dir}: no such folder')
+  folder = model_dir or os.path.dirname(os.path.abspath(export_dir))
+  with run_lock.hold(folder, f'--model_dir={folder}' if model_dir else folder):
+    return _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite)
+
+
+def _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite) -> str:
+  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
+  from rethink_st.training import run as run_lib  # pylint: disable=g-import-not-at-top
+  from rethink_st.training import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if checkpoint:
     path = run_lib.resolve_init_checkpoint(checkpoint)
   else:
-    if not tf.io.gfile.isdir(model_dir):
-      raise UserError(f'--model_dir={model_dir}: no such folder')
     path = tf.train.latest_checkpoint(model_dir)
     if not path:
       raise UserError(f'--model_dir={model_dir}: holds no checkpoint to export (or bind '

@@ -44,6 +44,7 @@ Speed: the per-image work outside the model is kept to a few small numpy operati
   - Writing (tf.Examples, COCO JSON, counters) runs in a thread, overlapped with the next
     batch's inference.
 """
+import contextlib
 import json
 import queue
 import threading
@@ -54,6 +55,8 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from rethink_st import config_io
+from rethink_st import run_lock
 from rethink_st.data import features as F
 from rethink_st.data import tfexample
 from rethink_st.errors import UserError
@@ -307,7 +310,8 @@ def run_pseudo_label(output_dir: str,
                      merge_coco: bool = True) -> Dict[str, Any]:
   """Labels host `shard_index` of `num_shards`' share of `unlabeled_source` into output_dir.
 
-  Returns the merged stats once every host is done (else this host's counters).
+  Returns the merged stats once every host is done (else this host's counters). Holds the
+  shard's lock in output_dir for the run (another process on this shard stops at once).
   class_agnostic_nms_iou: detection: across classes, a box whose IoU with a kept,
     higher-scored box is >= this is dropped (None: no class-agnostic suppression).
   expected_images: the source's size, for the ETA when the source cannot tell.
@@ -339,68 +343,78 @@ def run_pseudo_label(output_dir: str,
     raise UserError(f'run_pseudo_label.unlabeled_source {unlabeled_source.name}: no images '
                     f'(in shard {shard_index} of {num_shards})') from None
 
-  strategy_lib.set_mixed_precision()
-  strategy = strategy_lib.build_strategy()
-  strategy_lib.check_global_batch_size(batch_size, strategy, 'run_pseudo_label.batch_size')
-  with strategy.scope():
-    model = task.build_model()
-  labeler = build_labeler(task, model, score_threshold=score_threshold,
-                          class_agnostic_nms_iou=class_agnostic_nms_iou, scales=scales,
-                          flip=flip, mask_threshold=mask_threshold)
-  detection = labeler.kind == 'detection'
-  path = _restore_teacher(model, teacher_checkpoint)
-  num_object_classes = task.num_classes - 1
-  shards.write_meta(output_dir, {
-      'kind': labeler.kind, 'num_classes': num_object_classes, 'num_shards': num_shards,
-      'chunk_size': chunk_size, 'score_threshold': score_threshold,
-      'class_agnostic_nms_iou': class_agnostic_nms_iou if detection else None,
-      'mask_threshold': mask_threshold, 'scales': None if detection else list(scales),
-      'flip': flip, 'teacher_checkpoint': path, 'source': unlabeled_source.name})
+  with _shard_lock(output_dir, shard_index, num_shards):
+    strategy_lib.set_mixed_precision()
+    strategy = strategy_lib.build_strategy()
+    strategy_lib.check_global_batch_size(batch_size, strategy, 'run_pseudo_label.batch_size')
+    with strategy.scope():
+      model = task.build_model()
+    labeler = build_labeler(task, model, score_threshold=score_threshold,
+                            class_agnostic_nms_iou=class_agnostic_nms_iou, scales=scales,
+                            flip=flip, mask_threshold=mask_threshold)
+    detection = labeler.kind == 'detection'
+    path = _restore_teacher(model, teacher_checkpoint)
+    num_object_classes = task.num_classes - 1
+    shards.write_meta(output_dir, {
+        'kind': labeler.kind, 'num_classes': num_object_classes, 'num_shards': num_shards,
+        'chunk_size': chunk_size, 'score_threshold': score_threshold,
+        'class_agnostic_nms_iou': class_agnostic_nms_iou if detection else None,
+        'mask_threshold': mask_threshold, 'scales': None if detection else list(scales),
+        'flip': flip, 'teacher_checkpoint': path, 'source': unlabeled_source.name})
 
-  start_chunk = shards.first_incomplete_chunk(output_dir, shard_index, num_shards)
-  skip = shards.consumed_images(output_dir, shard_index, num_shards)
-  if start_chunk:
-    print(f'[pseudo_label] host {shard_index}: {start_chunk} chunk(s) already complete, '
-          f'resuming at image {skip}', flush=True)
-  predict = make_predict_fn(strategy, labeler)
+    start_chunk = shards.first_incomplete_chunk(output_dir, shard_index, num_shards)
+    skip = shards.consumed_images(output_dir, shard_index, num_shards)
+    if start_chunk:
+      print(f'[pseudo_label] host {shard_index}: {start_chunk} chunk(s) already complete, '
+            f'resuming at image {skip}', flush=True)
+    predict = make_predict_fn(strategy, labeler)
 
-  total = expected_images or getattr(unlabeled_source, 'num_examples', None)
-  if total:
-    total = -(-int(total) // num_shards)  # this host's share
-  progress = _Progress(total, skip)
-  sink = _ChunkSink(output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
-                    num_object_classes, progress)
-  # Writing runs in a thread, overlapped with the next batch's inference (TensorFlow releases
-  # the GIL); at most `_QUEUE_DEPTH` batches wait, so memory stays bounded.
-  writer = _Background(sink.add_batch, depth=_QUEUE_DEPTH)
+    total = expected_images or getattr(unlabeled_source, 'num_examples', None)
+    if total:
+      total = -(-int(total) // num_shards)  # this host's share
+    progress = _Progress(total, skip)
+    sink = _ChunkSink(output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
+                      num_object_classes, progress)
+    # Writing runs in a thread, overlapped with the next batch's inference (TensorFlow releases
+    # the GIL); at most `_QUEUE_DEPTH` batches wait, so memory stays bounded.
+    writer = _Background(sink.add_batch, depth=_QUEUE_DEPTH)
 
-  def make_dataset(start, unreadable):
-    return inference_dataset(unlabeled_source, task.image_size, batch_size,
-                             num_shards=num_shards, shard_index=shard_index, skip=start,
-                             unreadable=unreadable)
+    def make_dataset(start, unreadable):
+      return inference_dataset(unlabeled_source, task.image_size, batch_size,
+                               num_shards=num_shards, shard_index=shard_index, skip=start,
+                               unreadable=unreadable)
 
-  try:
-    _label(strategy, predict, writer.put, make_dataset, skip,
-           f'{unlabeled_source.name}, host {shard_index}')
-  except BaseException:
-    writer.close(raise_error=False)
-    raise
-  writer.close()
-  sink.finish()
-  host = shards.host_stats(output_dir, shard_index, num_shards)
-  skipped = int(host.get('unreadable_skipped', 0))  # this host's, over all its runs
-  shards.mark_host_done(output_dir, shard_index, num_shards,
-                        {'images': host.get('images', 0), 'unreadable_skipped': skipped})
-  print(f'[pseudo_label] host {shard_index}/{num_shards} done: {host.get("images", 0)} '
-        f'images ({progress.rate():.1f} img/s), {skipped} unreadable skipped', flush=True)
-  if shards.all_hosts_done(output_dir, num_shards):
-    stats = shards.merge_outputs(output_dir, merge_coco=merge_coco)
-    print(f'[pseudo_label] all hosts done: {json.dumps(_summary(stats))}', flush=True)
-    return stats
-  return host
+    try:
+      _label(strategy, predict, writer.put, make_dataset, skip,
+             f'{unlabeled_source.name}, host {shard_index}')
+    except BaseException:
+      writer.close(raise_error=False)
+      raise
+    writer.close()
+    sink.finish()
+    host = shards.host_stats(output_dir, shard_index, num_shards)
+    skipped = int(host.get('unreadable_skipped', 0))  # this host's, over all its runs
+    shards.mark_host_done(output_dir, shard_index, num_shards,
+                          {'images': host.get('images', 0), 'unreadable_skipped': skipped})
+    print(f'[pseudo_label] host {shard_index}/{num_shards} done: {host.get("images", 0)} '
+          f'images ({progress.rate():.1f} img/s), {skipped} unreadable skipped', flush=True)
+    if shards.all_hosts_done(output_dir, num_shards):
+      stats = shards.merge_outputs(output_dir, merge_coco=merge_coco)
+      print(f'[pseudo_label] all hosts done: {json.dumps(_summary(stats))}', flush=True)
+      return stats
+    return host
 
 
 _QUEUE_DEPTH = 2
+
+
+def _shard_lock(output_dir: str, shard_index: int, num_shards: int):
+  """This host's shard lock (run_lock.shard_lock_name): hosts of other shards share the
+  folder, a second process on this shard stops at once. Held by the chief of a cluster."""
+  if not config_io.is_chief():
+    return contextlib.nullcontext()
+  return run_lock.hold(output_dir, f'--output_dir={output_dir} (shard {shard_index} of '
+                       f'{num_shards})', run_lock.shard_lock_name(shard_index, num_shards))
 
 
 def _label(strategy, predict, put, make_dataset, start: int, name: str) -> None:

@@ -7,6 +7,8 @@ evaluation at an interval and at the end (results in model_dir/eval_metrics.json
 evaluators return them; the printed `[eval]` line shows AP, AR, mIoU and accuracies x 100).
 run_evaluate (bin/evaluate.py) writes its configs and results under model_dir/eval/.
 A run with `run_train.seed` is bit-reproducible on the same hardware and software (`seeded`).
+A training run holds model_dir's lock (rethink_st/run_lock.py): a second run on the same
+folder stops at once, naming the first.
 """
 import contextlib
 import json
@@ -22,6 +24,7 @@ from absl import logging
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from rethink_st import config_io
+from rethink_st import run_lock
 from rethink_st.errors import UserError
 from rethink_st.training import optimization
 from rethink_st.training import strategy as strategy_lib
@@ -104,13 +107,21 @@ def run_train(model_dir: str,
     raise UserError('--model_dir is required')
   if train_steps <= 0:
     raise UserError(f'run_train.train_steps={train_steps} must be positive')
-  with seeded(seed, deterministic):
+  with _chief_lock(model_dir), seeded(seed, deterministic):
     return _run_train(model_dir, task, train_steps=train_steps,
                       global_batch_size=global_batch_size, trainer_cls=trainer_cls,
                       steps_per_loop=steps_per_loop, checkpoint_every=checkpoint_every,
                       keep_checkpoints=keep_checkpoints, eval_every=eval_every,
                       eval_batch_size=eval_batch_size, eval_steps=eval_steps,
                       init_checkpoint=init_checkpoint, init_modules=init_modules, joint=joint)
+
+
+def _chief_lock(model_dir: str):
+  """model_dir's writer lock, held by the chief; other workers write to their own scratch
+  folders (_checkpoint_dir) and are part of the chief's run."""
+  if not config_io.is_chief():
+    return contextlib.nullcontext()
+  return run_lock.hold(model_dir, f'--model_dir={model_dir}')
 
 
 @contextlib.contextmanager

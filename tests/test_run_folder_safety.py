@@ -1,0 +1,204 @@
+"""A run folder has one writer: a second teacher, pseudo-labeler (same shard) or export on a
+held folder stops at once naming the holder; stale locks are taken over, another host's are
+refused; and a failed start leaves no folder behind."""
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rethink_st import cli
+from rethink_st import config_io
+from rethink_st import export
+from rethink_st import run_lock
+from rethink_st.data import digit_scenes
+from rethink_st.data import features as F
+from rethink_st.data import sources
+from rethink_st.data import tfexample
+from rethink_st.errors import UserError
+from rethink_st.pseudo_label import run as pl_run
+from rethink_st.pseudo_label import shards
+from rethink_st.training import run
+from rethink_st.training import student
+
+import test_training  # pylint: disable=g-bad-import-order
+from helpers import one_error_line
+
+REPO = test_training.REPO
+HOST = socket.gethostname()
+
+_HOLDER = ('import sys\n'
+           'from rethink_st import run_lock\n'
+           'with run_lock.hold(sys.argv[1], sys.argv[1], sys.argv[2]):\n'
+           '  print("held", flush=True)\n'
+           '  sys.stdin.read()\n')
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder, name=run_lock.LOCK_NAME):
+  """A live process on this host holding `folder`'s lock `name` until the block ends."""
+  proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(folder), name], cwd=REPO,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'held'
+    yield proc
+  finally:
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def _parse(data_dir, *extra, steps=2):
+  gin.clear_config()
+  cli.register_configurables()
+  config_io.parse_gin([test_training.TEACHER_GIN],
+                      test_training.tiny_bindings(data_dir, steps=steps) + list(extra))
+
+
+def _write_lock(folder, **holder):
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, run_lock.LOCK_NAME)
+  with open(path, 'w') as f:
+    json.dump(dict({'started': '2026-01-01 00:00:00', 'command': 'python bin/x.py'}, **holder),
+              f)
+  return path
+
+
+# ------------------------------------------------------------------------- one writer
+def test_a_second_teacher_on_a_held_folder_stops_in_seconds_naming_the_holder(
+    digit_scenes_dir, tmp_path):
+  """The issue's probe: bin/train_teacher.py on a --model_dir another run holds."""
+  model_dir = tmp_path / 'teacher'
+  params = [f'--gin_param={b}' for b in test_training.tiny_bindings(digit_scenes_dir, steps=2)]
+  with held_by_another_process(model_dir) as holder:
+    start = time.time()
+    result = subprocess.run(
+        [sys.executable, 'bin/train_teacher.py', f'--gin_file={test_training.TEACHER_GIN}',
+         f'--model_dir={model_dir}'] + params, cwd=REPO, capture_output=True, text=True,
+        timeout=300)
+    seconds = time.time() - start
+    errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(errors) == 1 and f'host {HOST}, pid {holder.pid}' in errors[0], errors
+    assert 'is in use by another run' in errors[0] and f'kill {holder.pid}' in errors[0]
+    assert sorted(os.listdir(model_dir)) == [run_lock.LOCK_NAME]  # no config.gin written
+    assert seconds < 60, seconds  # importing TensorFlow, then stop: no model is built
+  assert not os.listdir(model_dir)  # the holder released its lock on leaving
+
+
+def test_run_train_refuses_a_held_folder_before_touching_it(digit_scenes_dir, tmp_path):
+  _parse(digit_scenes_dir)
+  model_dir = tmp_path / 'teacher'
+  with held_by_another_process(model_dir) as holder:
+    with pytest.raises(run_lock.FolderInUse, match=f'host {HOST}, pid {holder.pid}'):
+      run.run_train(str(model_dir))
+    assert sorted(os.listdir(model_dir)) == [run_lock.LOCK_NAME]
+
+
+class _PastTheLock(Exception):
+  pass
+
+
+def test_pseudo_label_hosts_share_a_folder_but_not_a_shard(digit_scenes_dir, tmp_path,
+                                                           monkeypatch):
+  """While another process holds shard 0, shard 1 of the same folder gets past its lock (to
+  the first step after it, stopped there: labeling itself, by two hosts, is
+  test_pseudo_label's) and shard 0 is refused, naming the holder."""
+  _parse(digit_scenes_dir,
+         f"unlabeled/rethink_st.data.sources.digit_scenes_source.data_dir = '{digit_scenes_dir}'",
+         'rethink_st.pseudo_label.run.run_pseudo_label.unlabeled_source = '
+         '@unlabeled/rethink_st.data.sources.digit_scenes_source()',
+         "unlabeled/rethink_st.data.sources.digit_scenes_source.split = 'unlabeled'",
+         'rethink_st.pseudo_label.run.run_pseudo_label.task = '
+         '@rethink_st.training.tasks.DetectionTask()')
+  teacher = tmp_path / 'teacher' / 'ckpt-1'
+  teacher.parent.mkdir()
+  (tmp_path / 'teacher' / 'ckpt-1.index').write_bytes(b'')  # passes the checks before the lock
+
+  def past_the_lock():
+    raise _PastTheLock()
+  monkeypatch.setattr(pl_run.strategy_lib, 'set_mixed_precision', past_the_lock)
+  out = tmp_path / 'pseudo'
+  with held_by_another_process(out, run_lock.shard_lock_name(0, 2)) as holder:
+    with pytest.raises(_PastTheLock):
+      pl_run.run_pseudo_label(str(out), teacher_checkpoint=str(teacher), num_shards=2,
+                              shard_index=1)
+    assert sorted(os.listdir(out)) == [run_lock.shard_lock_name(0, 2)]  # shard 1's released
+    with pytest.raises(run_lock.FolderInUse,
+                       match=rf'--output_dir={out} \(shard 0 of 2\) is in use.*pid {holder.pid}'):
+      pl_run.run_pseudo_label(str(out), teacher_checkpoint=str(teacher), num_shards=2,
+                              shard_index=0)
+
+
+def test_export_refuses_a_held_run_folder(tmp_path):
+  model_dir = tmp_path / 'teacher'
+  with held_by_another_process(model_dir) as holder:
+    with pytest.raises(run_lock.FolderInUse, match=f'--model_dir={model_dir} is in use.*'
+                       f'pid {holder.pid}'):
+      export.run_export(str(model_dir), task=None)
+  assert not (model_dir / 'saved_model').exists()
+
+
+def test_stale_lock_of_a_gone_process_is_taken_over(tmp_path, capsys):
+  gone = subprocess.Popen(['true'])
+  gone.wait()
+  path = _write_lock(tmp_path / 'a', host=HOST, pid=gone.pid)
+  with run_lock.hold(str(tmp_path / 'a'), 'a'):
+    assert json.load(open(path))['pid'] == os.getpid()
+  assert 'took over the stale lock of pid' in capsys.readouterr().out
+  assert not os.path.exists(path)
+  # A live pid that now belongs to a process started at another time (pid reuse) is stale
+  # too; with its own start time it is the holder.
+  with held_by_another_process(tmp_path / 'unused') as live:
+    _write_lock(tmp_path / 'b', host=HOST, pid=live.pid, pid_start='1')
+    with run_lock.hold(str(tmp_path / 'b'), 'b'):
+      pass
+    _write_lock(tmp_path / 'c', host=HOST, pid=live.pid,
+                pid_start=run_lock._process_start(live.pid))
+    with pytest.raises(run_lock.FolderInUse, match=f'pid {live.pid}'):
+      run_lock.acquire(str(tmp_path / 'c'), 'c')
+
+
+def test_another_hosts_lock_is_refused_saying_how_to_remove_it(tmp_path):
+  path = _write_lock(tmp_path / 'run', host='tpu-host-7', pid=1234)
+  line = one_error_line(lambda: config_io.call_with_user_errors(
+      run_lock.acquire, str(tmp_path / 'run'), '--model_dir=run'))
+  assert line == ('error: --model_dir=run is in use by another run (host tpu-host-7, pid '
+                  '1234, since 2026-01-01 00:00:00, command: python bin/x.py); if that run '
+                  f'is gone, delete {path}')
+
+
+def test_lock_is_reentrant_and_released_on_an_exception(tmp_path):
+  folder = str(tmp_path / 'run')
+  path = os.path.join(folder, run_lock.LOCK_NAME)
+  with pytest.raises(KeyError):
+    with run_lock.hold(folder, 'run'):
+      with run_lock.hold(folder, 'run'):  # the run function inside bin/*.py's hold
+        pass
+      assert os.path.exists(path)
+      raise KeyError('boom')
+  assert not os.path.exists(path)
+
+
+# ------------------------------------------------------------------ clean starts
+def test_a_failed_start_leaves_no_new_folder(digit_scenes_dir, tmp_path):
+  model_dir = tmp_path / 'new' / 'teacher'
+  bindings = test_training.tiny_bindings(digit_scenes_dir) + [
+      'rethink_st.training.run.run_train.train_steps = -1']
+  line = one_error_line(lambda: cli.run_binary(
+      run.run_train, gin_files=[test_training.TEACHER_GIN], gin_params=bindings,
+      model_dir=str(model_dir)))
+  assert 'run_train.train_steps=-1 must be positive' in line
+  assert not (tmp_path / 'new').exists()
+  # A folder that was there before stays, even empty.
+  (tmp_path / 'old').mkdir()
+  one_error_line(lambda: cli.run_binary(
+      run.run_train, gin_files=[test_training.TEACHER_GIN], gin_params=bindings,
+      model_dir=str(tmp_path / 'old')))
+  assert os.listdir(tmp_path / 'old') == ['config.gin']
