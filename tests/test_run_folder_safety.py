@@ -1,6 +1,7 @@
-"""A run folder has one writer: a second teacher, pseudo-labeler (same shard) or export on a
-held folder stops at once naming the holder; stale locks are taken over, another host's are
-refused; and a failed start leaves no folder behind."""
+"""A run folder has one writer, and the mistakes that used to pass silently are loud: a second
+teacher, pseudo-labeler or export on a held folder stops at once naming the holder; stale
+locks are taken over; an interrupted save's ckpt-N_temp is removed on start; a failed start
+leaves no folder; an empty pseudo set is reported at student start and in TensorBoard."""
 import contextlib
 import json
 import os
@@ -202,3 +203,89 @@ def test_a_failed_start_leaves_no_new_folder(digit_scenes_dir, tmp_path):
       run.run_train, gin_files=[test_training.TEACHER_GIN], gin_params=bindings,
       model_dir=str(tmp_path / 'old')))
   assert os.listdir(tmp_path / 'old') == ['config.gin']
+
+
+# ------------------------------------------------------------------ empty pseudo set
+def _write_pseudo_folder(data_dir, out, boxes_per_image=0, n=8):
+  """A finished one-host pseudo-label folder of n tiny unlabeled scenes, each with
+  `boxes_per_image` copies of its first true box."""
+  shards.write_meta(out, {'kind': 'detection', 'num_classes': 10, 'num_shards': 1})
+  writer = shards.ChunkWriter(shards.chunk_prefix(out, 0, 1, 0))
+  counters = shards.Counters(10, 'detection')
+  for ex in digit_scenes.read_examples(data_dir, 'unlabeled', n):
+    k = boxes_per_image
+    labels = {F.BOXES: np.repeat(ex[F.BOXES][:1], k, 0), F.CLASSES: ex[F.CLASSES][:1].repeat(k),
+              F.SCORES: np.ones(k, np.float32), F.IS_CROWD: np.zeros(k, np.int64)}
+    writer.write(tfexample.encode_example(
+        {F.SOURCE_ID: ex[F.SOURCE_ID], F.IMAGE: ex[F.IMAGE], **labels}))
+    counters.add_detection(labels[F.CLASSES], labels[F.SCORES])
+  writer.close(None, counters.to_dict())
+  shards.mark_host_done(out, 0, 1, {})
+  shards.merge_outputs(out, merge_coco=False)
+  return out
+
+
+def _train_events(model_dir):
+  """(scalar tag -> values, text tag -> strings) of a run's train/ event files."""
+  scalars, texts = {}, {}
+  for path in tf.io.gfile.glob(os.path.join(model_dir, 'train', 'events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(path):
+      for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
+        value = tf.make_ndarray(v.tensor) if v.HasField('tensor') else v.simple_value
+        if v.metadata.plugin_data.plugin_name == 'text':
+          texts.setdefault(v.tag, []).append(np.asarray(value).reshape(-1)[0].decode())
+        else:
+          scalars.setdefault(v.tag, []).append(float(np.asarray(value)))
+  return scalars, texts
+
+
+def test_student_start_reports_an_empty_pseudo_set_and_removes_an_interrupted_save(
+    digit_scenes_dir, tmp_path, capsys):
+  """Two start-up checks of run_train, on one short run (training is the slow part): the
+  empty pseudo set is warned about before the first step and is in TensorBoard (scalar and
+  text); the ckpt-N_temp folder a killed save left is removed, another *_temp is not."""
+  pseudo = _write_pseudo_folder(digit_scenes_dir, str(tmp_path / 'pseudo'))
+  _parse(digit_scenes_dir, 'rethink_st.training.tasks.DetectionTask.eval_source = None',
+         'rethink_st.training.run.run_train.trainer_cls = '
+         '@rethink_st.training.student.StudentTrainer',
+         'rethink_st.training.student.StudentTrainer.pseudo_source = '
+         '@rethink_st.pseudo_label.source.pseudo_label_source()',
+         f"rethink_st.pseudo_label.source.pseudo_label_source.directory = '{pseudo}'",
+         steps=1)
+  model_dir = tmp_path / 'student'
+  leftover = model_dir / 'ckpt-7_temp'
+  leftover.mkdir(parents=True)
+  (leftover / 'part-00000-of-00001.data-00000-of-00001').write_bytes(b'\0' * (3 << 20))
+  (model_dir / 'notes_temp').mkdir()
+  run.run_train(str(model_dir))
+  out = capsys.readouterr().out.splitlines()
+  assert f'[train] removed {leftover}, left by an interrupted checkpoint save (3.0 MB)' in out
+  assert not leftover.exists() and (model_dir / 'notes_temp').exists()
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-1')
+  warning = (f'[student] WARNING: the pseudo-label set {pseudo} has 0 boxes per image over 8 '
+             'images, below StudentTrainer.min_pseudo_boxes_per_image=0.1')
+  assert any(l.startswith(warning) for l in out), out
+  assert out.index(next(l for l in out if l.startswith(warning))) < min(
+      i for i, l in enumerate(out) if l.startswith('[train] step'))  # at start
+  assert 'pseudo_set_boxes_per_image=0 ' in next(l for l in out if l.startswith('[train] step'))
+  scalars, texts = _train_events(str(model_dir))
+  assert scalars['pseudo_set_boxes_per_image'] == [0.0]
+  assert texts['pseudo_set/warning'][0].startswith(warning[len('[student] WARNING: '):])
+
+
+def test_pseudo_set_floors(digit_scenes_dir, tmp_path, capsys):
+  """Above the floor: no warning; no image at all: an error; segmentation: labeled pixels."""
+  from rethink_st.pseudo_label import source as pl_source  # pylint: disable=g-import-not-at-top
+  dense = pl_source.pseudo_label_source(
+      _write_pseudo_folder(digit_scenes_dir, str(tmp_path / 'dense'), boxes_per_image=1))
+  assert dense.pseudo_set['boxes_per_image'] == 1.0
+  floors = {'boxes_per_image': ('min_pseudo_boxes_per_image', 0.1),
+            'labeled_pixel_fraction': ('min_pseudo_labeled_pixel_fraction', 0.01)}
+  assert student.check_pseudo_set(dense.pseudo_set, floors) is None
+  assert 'WARNING' not in capsys.readouterr().out
+  with pytest.raises(UserError, match='holds no pseudo-labeled image'):
+    student.check_pseudo_set({'images': 0, 'boxes_per_image': 0.0, 'directory': 'p'}, floors)
+  seg = pl_source.pseudo_set_density({'kind': 'segmentation', 'images': 2, 'pixels': 1000,
+                                      'ignored_pixels': 995})
+  assert seg == {'images': 2, 'labeled_pixel_fraction': pytest.approx(0.005)}
+  assert 'of its pixels labeled' in student.check_pseudo_set(seg, floors)

@@ -288,6 +288,12 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
+def complete_stats(out_dir: str) -> Dict[str, Any]:
+  """Merged counters of every complete chunk of the folder (what stats.json holds once all
+  hosts are done; also for a folder still being labeled)."""
+  return merge_stats(_read_json(p + '.stats.json') for p in _complete_prefixes(out_dir))
+
+
 def host_stats(out_dir: str, shard_index: int, num_shards: int) -> Dict[str, Any]:
   """Merged counters of one host's complete chunks."""
   return merge_stats(_read_json(p + '.stats.json')

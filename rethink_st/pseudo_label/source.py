@@ -2,7 +2,10 @@
 
 It reads the chunks' tf.Examples, which hold the kept pseudo boxes only; the detections below
 the score threshold or dropped by class-agnostic suppression are in the COCO JSON files
-alone, for the report."""
+alone, for the report. The source carries `pseudo_set` (`pseudo_set_density`), how densely
+the folder labels its images, which the student reports and warns about."""
+from typing import Any, Dict
+
 import gin
 import tensorflow as tf
 
@@ -25,5 +28,22 @@ def pseudo_label_source(directory: str, require_complete: bool = True) -> source
                     f'(not all {meta["num_shards"]} hosts wrote their .done file)')
   if not shards.list_tfrecords(directory):
     raise UserError(f'pseudo_label_source.directory={directory}: no complete chunk')
-  return sources.tfrecord_source(shards.tfrecord_pattern(directory),
-                                 num_classes=int(meta['num_classes']))
+  source = sources.tfrecord_source(shards.tfrecord_pattern(directory),
+                                   num_classes=int(meta['num_classes']))
+  source.pseudo_set = dict(pseudo_set_density(shards.complete_stats(directory)),
+                           directory=directory)
+  return source
+
+
+def pseudo_set_density(stats: Dict[str, Any]) -> Dict[str, float]:
+  """How densely a pseudo-label folder labels its images, from its merged counters: images,
+  and boxes_per_image (detection) or labeled_pixel_fraction (segmentation: the pixels that
+  carry a label rather than the ignore value). A teacher too weak for its score threshold
+  gives a set with almost no label, which a student trains on without any error."""
+  images = int(stats.get('images', 0))
+  if stats.get('kind') == 'segmentation':
+    pixels = int(stats.get('pixels', 0))
+    labeled = 1.0 - stats.get('ignored_pixels', 0) / pixels if pixels else 0.0
+    return {'images': images, 'labeled_pixel_fraction': labeled}
+  return {'images': images,
+          'boxes_per_image': stats.get('boxes', 0) / images if images else 0.0}

@@ -8,7 +8,8 @@ evaluators return them; the printed `[eval]` line shows AP, AR, mIoU and accurac
 run_evaluate (bin/evaluate.py) writes its configs and results under model_dir/eval/.
 A run with `run_train.seed` is bit-reproducible on the same hardware and software (`seeded`).
 A training run holds model_dir's lock (rethink_st/run_lock.py): a second run on the same
-folder stops at once, naming the first.
+folder stops at once, naming the first; and, holding it, it removes what an interrupted
+checkpoint save left (`remove_interrupted_saves`).
 """
 import contextlib
 import json
@@ -124,6 +125,26 @@ def _chief_lock(model_dir: str):
   return run_lock.hold(model_dir, f'--model_dir={model_dir}')
 
 
+# What tf.train.Checkpoint leaves when a save is cut short: the shards it writes to
+# <prefix>_temp/ before merging them into <prefix> (TF's functional_saver, local paths).
+_INTERRUPTED_SAVE = re.compile(r'ckpt-\d+_temp')
+
+
+def remove_interrupted_saves(ckpt_dir: str) -> None:
+  """Deletes the `ckpt-N_temp` folders of saves that were interrupted (a killed run leaves
+  one, as large as a checkpoint, that nothing ever reads or removes). Only safe while holding
+  the folder's lock: a live run's save in progress looks the same."""
+  for name in sorted(tf.io.gfile.listdir(ckpt_dir)):
+    path = os.path.join(ckpt_dir, name.rstrip('/'))
+    if not (_INTERRUPTED_SAVE.fullmatch(name.rstrip('/')) and tf.io.gfile.isdir(path)):
+      continue
+    size = sum(tf.io.gfile.stat(os.path.join(d, f)).length
+               for d, _, files in tf.io.gfile.walk(path) for f in files)
+    tf.io.gfile.rmtree(path)
+    print(f'[train] removed {path}, left by an interrupted checkpoint save '
+          f'({size / 2**20:.1f} MB)', flush=True)
+
+
 @contextlib.contextmanager
 def seeded(seed: Optional[int], deterministic: bool = True):
   """Seeds Python, NumPy and TensorFlow with `seed` and, if `deterministic`, turns on
@@ -168,6 +189,7 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
   has_eval = task.eval_source is not None
   ckpt_dir = _checkpoint_dir(model_dir)
   tf.io.gfile.makedirs(ckpt_dir)
+  remove_interrupted_saves(ckpt_dir)
 
   with strategy.scope():
     model = task.build_model()

@@ -11,11 +11,18 @@ for detection always, as an image without pseudo boxes is background, a real foc
 ignored. Without it the human loss keeps its own weight (see `LossNormalizer`). Besides the
 normalizer's losses, averages, ratio and applied weights, each step reports
 `pseudo_positives_per_image` (detection: positive anchors, segmentation: labelled pixels).
+
+A pseudo-label folder that labels almost nothing (a teacher too weak for its score
+threshold) trains a student without any error, so the student checks the folder's own
+figure at start (`pseudo_label_source`'s `pseudo_set`: boxes per image, or the labeled pixel
+fraction): below its floor it prints a warning and writes it to TensorBoard as text; the
+figure itself is a scalar of every loop (`pseudo_set_boxes_per_image`).
 """
 from typing import Any, Dict, Optional
 
 import gin
 import tensorflow as tf
+from absl import logging
 
 from rethink_st import losses as losses_lib
 from rethink_st.errors import UserError
@@ -49,15 +56,24 @@ class StudentTrainer(trainer_lib.Trainer):
     pseudo-labeler's shards); it must have the task's label space.
   pseudo_fraction: share of each global batch taken from pseudo labels (paper: 0.5).
   normalizer: a LossNormalizer (alpha, decay, 'normalized' or 'standard', matched_control).
+  min_pseudo_boxes_per_image, min_pseudo_labeled_pixel_fraction: the floors below which a
+    pseudo-label set (detection, segmentation) is reported as nearly empty at start.
   """
 
   def __init__(self, *, task, model, optimizer, strategy, global_batch_size,
                pseudo_source=gin.REQUIRED, pseudo_fraction: float = 0.5,
-               normalizer: Optional[losses_lib.LossNormalizer] = None, joint=None):
+               normalizer: Optional[losses_lib.LossNormalizer] = None, joint=None,
+               min_pseudo_boxes_per_image: float = 0.1,
+               min_pseudo_labeled_pixel_fraction: float = 0.01):
     self.human_batch_size, self.pseudo_batch_size = split_batch(
         global_batch_size, pseudo_fraction, strategy.num_replicas_in_sync)
     self.pseudo_source = pseudo_source
     _check_label_space(task, pseudo_source)
+    self.pseudo_set = getattr(pseudo_source, 'pseudo_set', None) or {}
+    self.pseudo_set_warning = check_pseudo_set(self.pseudo_set, {
+        'boxes_per_image': ('min_pseudo_boxes_per_image', min_pseudo_boxes_per_image),
+        'labeled_pixel_fraction': ('min_pseudo_labeled_pixel_fraction',
+                                   min_pseudo_labeled_pixel_fraction)})
     self.normalizer = normalizer or losses_lib.LossNormalizer()
     super().__init__(task=task, model=model, optimizer=optimizer, strategy=strategy,
                      global_batch_size=global_batch_size, joint=joint)
@@ -70,6 +86,18 @@ class StudentTrainer(trainer_lib.Trainer):
   @property
   def checkpoint_items(self) -> Dict[str, Any]:
     return {**super().checkpoint_items, 'loss_normalizer': self.normalizer}
+
+  def train_loop_end(self) -> Dict[str, Any]:
+    """Adds the pseudo set's density to every loop's scalars; the warning, if any, goes to
+    TensorBoard's text once (the controller's writer is the default here)."""
+    logs = super().train_loop_end()
+    logs.update({f'pseudo_set_{k}': float(v) for k, v in self.pseudo_set.items()
+                 if k in _DENSITY_NAMES})
+    if self.pseudo_set_warning:
+      with tf.summary.record_if(True):
+        tf.summary.text('pseudo_set/warning', self.pseudo_set_warning, step=self.global_step)
+      self.pseudo_set_warning = None
+    return logs
 
   def main_dataset_fn(self, input_context):
     human = self.task.build_dataset('train', self.human_batch_size, input_context)
@@ -91,6 +119,31 @@ class StudentTrainer(trainer_lib.Trainer):
     out['pseudo_positives_per_image'] = tf.cast(pseudo['num_positives'], tf.float32) / n_p
     out.update({f'pseudo_{k}': v for k, v in self.task.label_stats(p_labels).items()})
     return out
+
+
+_DENSITY_NAMES = {'boxes_per_image': 'boxes per image',
+                  'labeled_pixel_fraction': 'of its pixels labeled'}
+
+
+def check_pseudo_set(pseudo_set: Dict[str, Any], floors: Dict[str, Any]) -> Optional[str]:
+  """A pseudo set without images stops here (one UserError line); one whose density is
+  below its floor (floors: measure -> (binding name, floor)) is reported on stdout and in
+  the log as a WARNING, and the message returned (None when all is well)."""
+  where = pseudo_set.get('directory', 'the pseudo-label source')
+  if 'images' in pseudo_set and not pseudo_set['images']:
+    raise UserError(f'StudentTrainer.pseudo_source {where} holds no pseudo-labeled image')
+  for name, (binding, floor) in floors.items():
+    value = pseudo_set.get(name)
+    if value is None or value >= floor:
+      continue
+    message = (f'the pseudo-label set {where} has {value:.3g} {_DENSITY_NAMES[name]} over '
+               f'{pseudo_set.get("images")} images, below StudentTrainer.{binding}={floor}: '
+               'the student gets next to no pseudo label (check the teacher and the '
+               "labeler's threshold)")
+    print(f'[student] WARNING: {message}', flush=True)
+    logging.warning('%s', message)
+    return message
+  return None
 
 
 def _check_label_space(task, pseudo_source) -> None:
