@@ -1,7 +1,8 @@
 """A run folder has one writer, and the mistakes that used to pass silently are loud: a second
 teacher, pseudo-labeler or export on a held folder stops at once naming the holder; stale
 locks are taken over; an interrupted save's ckpt-N_temp is removed on start; a failed start
-leaves no folder; an empty pseudo set is reported at student start and in TensorBoard."""
+leaves no folder; an empty pseudo set is reported at student start and in TensorBoard; a
+mistyped digit-scenes folder is an error, not a new dataset."""
 import contextlib
 import json
 import os
@@ -203,6 +204,22 @@ def test_a_failed_start_leaves_no_new_folder(digit_scenes_dir, tmp_path):
       run.run_train, gin_files=[test_training.TEACHER_GIN], gin_params=bindings,
       model_dir=str(tmp_path / 'old')))
   assert os.listdir(tmp_path / 'old') == ['config.gin']
+
+
+def test_a_mistyped_digit_scenes_folder_is_an_error_not_a_new_dataset(
+    digit_scenes_dir, tmp_path, monkeypatch):
+  made = []
+  monkeypatch.setattr(digit_scenes, 'make_digit_scenes',
+                      lambda data_dir, overwrite=False: made.append(data_dir))
+  typo = str(tmp_path / 'digit_scenez')
+  with pytest.raises(UserError, match=r'digit_scenes_source.data_dir=.*digit_scenez holds no '
+                     r'digit-scenes dataset.*digit_scenes_source.generate = True'):
+    sources.digit_scenes_source('train', data_dir=typo)
+  assert not made and not os.path.exists(typo)
+  with pytest.raises(UserError):  # with the flag, generation is asked for (recorded here,
+    sources.digit_scenes_source('train', data_dir=typo, generate=True)  # so no meta.json)
+  assert made == [typo]
+  assert sources.digit_scenes_source('train', data_dir=digit_scenes_dir).num_examples == 48
 
 
 # ------------------------------------------------------------------ empty pseudo set

@@ -595,12 +595,21 @@ def make_digit_scenes(data_dir: str, *,
   return data_dir
 
 
-def ensure_digit_scenes(data_dir: Optional[str] = None) -> str:
+def ensure_digit_scenes(data_dir: Optional[str] = None, generate: bool = False,
+                        what: str = 'data_dir') -> str:
   """Returns the dataset directory (default_data_dir() if None), generating the default set
-  first if its meta.json is absent."""
-  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  first if its meta.json is absent. Another folder without a dataset is generated only with
+  `generate`; else one UserError line naming `what` (a mistyped path would otherwise start
+  a new dataset, silently, instead of reading the one meant)."""
+  default = os.path.abspath(os.path.expanduser(default_data_dir()))
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default))
   if is_complete(data_dir):
     return data_dir
+  if data_dir != default and not generate:
+    raise UserError(f'{what}={data_dir} holds no digit-scenes dataset (no {META_FILE}) and is '
+                    f'not the default folder {default}; generate one there with python '
+                    f'bin/make_digit_scenes.py --data_dir={data_dir}, or bind '
+                    'rethink_st.data.sources.digit_scenes_source.generate = True')
   print(f'rethink_st: generating the digit-scenes dataset in {data_dir} '
         f'(first run only, about a minute)', file=sys.stderr, flush=True)
   try:

@@ -8,7 +8,8 @@ Every source is a `Source` (rethink_st/data/source_base.py) yielding the decoded
     coco_json_source(annotation_file, image_dir, include_masks=True, semantic_masks=False,
                      fraction=1.0, fraction_seed=0)
     image_folder_source(directory, fraction=1.0, fraction_seed=0)
-    digit_scenes_source(split='train', data_dir=None, fraction=1.0, fraction_seed=0)
+    digit_scenes_source(split='train', data_dir=None, fraction=1.0, fraction_seed=0,
+                        generate=False)
 
 All are registered in gin as `rethink_st.data.sources.<name>`, e.g.
 
@@ -46,19 +47,23 @@ DIGIT_SCENES_NUM_CLASSES = 10
 
 @gin.configurable(module='rethink_st.data.sources')
 def digit_scenes_source(split: str = 'train', data_dir: Optional[str] = None,
-                        fraction: float = 1.0, fraction_seed: int = 0) -> TFRecordSource:
+                        fraction: float = 1.0, fraction_seed: int = 0,
+                        generate: bool = False) -> TFRecordSource:
   """The embedded digit-scenes dataset's TFRecords for `split` (10 classes, ids 1..10).
 
   `rethink_st.data.digit_scenes.ensure_digit_scenes(data_dir)` makes the dataset if it is
-  not there yet and returns its directory; its files are `{dir}/{split}.tfrecord-*`.
-  Splits: train, unlabeled, val, iconic_train, iconic_val.
+  not there yet and returns its directory; its files are `{dir}/{split}.tfrecord-*`. In the
+  default folder (data_dir None, or $RETHINK_ST_DATA_DIR) that happens on first use; in
+  another one only with `generate=True`, so a mistyped data_dir is an error, not a new
+  dataset. Splits: train, unlabeled, val, iconic_train, iconic_val.
   """
   from rethink_st.data import digit_scenes  # pylint: disable=import-outside-toplevel
   check_fraction(fraction, 'digit_scenes_source')
   if split not in digit_scenes.SPLITS:
     raise UserError(f'digit_scenes_source: unknown split={split!r}; expected one of '
                     f'{", ".join(digit_scenes.SPLITS)}')
-  directory = digit_scenes.ensure_digit_scenes(data_dir) or data_dir
+  directory = digit_scenes.ensure_digit_scenes(data_dir, generate,
+                                               what='digit_scenes_source.data_dir')
   source = TFRecordSource(f'{directory}/{split}.tfrecord-*', fraction=fraction,
                           fraction_seed=fraction_seed,
                           num_classes=DIGIT_SCENES_NUM_CLASSES,
