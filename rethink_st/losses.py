@@ -146,11 +146,13 @@ class LossNormalizer(tf.Module):
     return self._debiased(self.pseudo_ema, self.pseudo_count)
 
   def _update_averages(self, human_loss, pseudo_loss, present):
-    """avg L_h every step, avg L_p over the replicas whose pseudo term is present."""
+    """avg L_h every step, avg L_p over the replicas whose pseudo term is present; returns the
+    fraction of replicas whose term is present (this replica's 0 or 1 on one replica)."""
     ctx = tf.distribute.get_replica_context()
     h, p, n_p = tf.stop_gradient(human_loss), tf.stop_gradient(pseudo_loss), present
     if ctx is not None and ctx.num_replicas_in_sync > 1:
       h, p, n_p = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [h, p, n_p])
+    present_fraction = n_p     # of the replicas whose pseudo term is present
     p = tf.math.divide_no_nan(p, n_p)  # mean over the replicas that had a pseudo term
     self.human_ema.assign(self.decay * self.human_ema + (1 - self.decay) * h)
     self.human_count.assign_add(1.0)
@@ -158,26 +160,34 @@ class LossNormalizer(tf.Module):
     self.pseudo_ema.assign(tf.where(update_p, self.decay * self.pseudo_ema + (1 - self.decay) * p,
                                     self.pseudo_ema))
     self.pseudo_count.assign_add(tf.where(update_p, 1.0, 0.0))
+    return present_fraction
 
   def __call__(self, human_loss: tf.Tensor, pseudo_loss: tf.Tensor,
                pseudo_has_labels: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Updates the averages and returns `output_names` (see the class docstring).
 
     Call in replica context; `human_loss`/`pseudo_loss`/`pseudo_has_labels` are this replica's.
+    Over several replicas the term is present for the step when any replica has it: all give L_h
+    the weight 1 / (1 + alpha), and a replica with the term weights it by R / (replicas that
+    have it), so the mean of the replicas' totals is what one replica would compute.
     """
     present = tf.logical_and(tf.cast(pseudo_has_labels, tf.bool),
                              tf.math.is_finite(pseudo_loss))
     pseudo_loss = tf.where(present, pseudo_loss, tf.zeros_like(pseudo_loss))
-    self._update_averages(human_loss, pseudo_loss, tf.cast(present, tf.float32))
+    fraction = self._update_averages(human_loss, pseudo_loss, tf.cast(present, tf.float32))
     ratio = tf.math.divide_no_nan(self.human_average, self.pseudo_average)
     ratio = tf.stop_gradient(tf.where(self.pseudo_count > 0, ratio, 1.0))
-    alpha = tf.where(present, self.alpha, 0.0)  # this step's alpha: 0 when L_p is absent
+    # The step's alpha is 0 only when no replica has a pseudo term, so every replica gives L_h
+    # the same weight. A replica with the term carries the share of those without it (1 /
+    # fraction), so the mean over replicas is the one-replica total. One replica: unchanged.
+    alpha = tf.where(fraction > 0, self.alpha, 0.0)
+    share = tf.where(present, tf.math.divide_no_nan(1.0, fraction), 0.0)
     if self.mode == 'normalized':
       human_weight = 1.0 / (1.0 + alpha)
-      pseudo_weight = alpha * ratio / (1.0 + alpha)
+      pseudo_weight = share * alpha * ratio / (1.0 + alpha)
     else:
       human_weight = tf.ones_like(alpha)
-      pseudo_weight = alpha
+      pseudo_weight = share * alpha
     if self.matched_control:
       pseudo_weight = tf.zeros_like(pseudo_weight)
     return {'total_loss': human_weight * human_loss + pseudo_weight * pseudo_loss,

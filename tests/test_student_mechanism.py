@@ -474,7 +474,8 @@ def two_replica_run():
       results[name].append({
           'replicas': strategy.num_replicas_in_sync,
           **{n: local(getattr(trainer.normalizer, n)) for n in NORMALIZER_VARIABLES},
-          **{n: local(out[n]) for n in ('human_loss_avg', 'pseudo_loss_avg', 'loss_ratio')}})
+          **{n: local(out[n]) for n in ('human_loss_avg', 'pseudo_loss_avg', 'loss_ratio',
+                                        'human_weight', 'pseudo_weight')}})
   return results
 
 
@@ -489,7 +490,7 @@ print('RESULTS ' + json.dumps(test_student_mechanism.two_replica_run()))
 """
 
 
-def test_two_replicas_keep_the_one_replica_averages():
+def test_two_replicas_keep_the_one_replica_averages_and_weights():
   proc = subprocess.run([sys.executable, '-c', _TWO_REPLICAS, HERE], capture_output=True,
                         text=True, timeout=300,
                         env=dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2'))
@@ -502,6 +503,12 @@ def test_two_replicas_keep_the_one_replica_averages():
     for name in NORMALIZER_VARIABLES + ('human_loss_avg', 'pseudo_loss_avg', 'loss_ratio'):
       assert len(a[name]) == 2 and a[name][0] == a[name][1], (k, name, a[name])  # in sync
       np.testing.assert_allclose(a[name][0], b[name][0], rtol=1e-6, err_msg=f'step {k + 1} {name}')
+    # The weights: every replica gives L_h the one-replica weight (also the replica without
+    # pseudo labels at steps 2 and 5), and the replicas' pseudo weights average to it.
+    np.testing.assert_allclose(a['human_weight'], b['human_weight'] * 2, rtol=1e-6,
+                               err_msg=f'step {k + 1} human_weight')
+    np.testing.assert_allclose(np.mean(a['pseudo_weight']), b['pseudo_weight'][0], rtol=1e-6,
+                               err_msg=f'step {k + 1} pseudo_weight')
   assert [s['human_count'][0] for s in two] == [1, 2, 3, 4, 5]
   assert [s['pseudo_count'][0] for s in two] == [1, 2, 2, 3, 4]
 
