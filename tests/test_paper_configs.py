@@ -15,10 +15,12 @@
 
 Configs that share a model reuse it: they are ordered by model and each model is built once
 (7 models for 75 configs), then dropped; each distinct input pipeline pulls one batch once.
-Measured on the 2 shared cores: 2 min 04 s of CPU; 2 min 18 s wall at load average 5, 9 min
-wall at load average 9.5 (other engineers' runs). Most of it is building the 7 models
-(EfficientNet-L2 at 512 x 512 about 20 s and 2 GB; it is built at full size, as parameter
-counts do not depend on the input size).
+Models are built with zero-initialized variables (conftest.zero_initialized_variables: same
+shapes, no random draws; nothing here runs them on data), and every model with a published
+parameter count is checked against it here (test_modeling_params.check_published_count), so
+no full-size network is built twice in a session. scripts/test.sh runs this file on one
+xdist worker (--dist loadfile), so the model cache holds. Most of the time is building the 7
+models (EfficientNet-L2 at 512 x 512 about 2 GB) and tracing the augmentation at full size.
 """
 import contextlib
 import gc
@@ -44,6 +46,7 @@ from rethink_st.data import tfexample
 from rethink_st.training import optimization
 from rethink_st.training import student as student_lib
 from helpers import one_error_line
+import test_modeling_params
 
 cli.register_configurables()
 
@@ -87,6 +90,16 @@ def _scope(name):
 def _model_key():
   """What the model depends on besides the task's input size and classes."""
   return repr([sorted(gin.get_bindings(name).items()) for name in MODEL_CONFIGURABLES])
+
+
+def model_identity():
+  """(task kind, backbone name) of the bound config's model, as test_modeling_params.PUBLISHED
+  names the models with a published parameter count."""
+  selector = gin.query_parameter(f'{RUN_TRAIN}.task').selector
+  kind = {'DetectionTask': 'detection', 'SegmentationTask': 'segmentation'}[
+      selector.rsplit('.', 1)[-1]]
+  builder = MODEL_CONFIGURABLES[0 if kind == 'detection' else 1]
+  return kind, gin.get_bindings(builder)['backbone']
 
 
 def _order_key(path):
@@ -200,13 +213,18 @@ def test_every_gin_file_parses(path):
 _CACHE = {'model_key': None, 'model': None, 'pipelines': set()}
 
 
-def _model_for(task):
+def _model_for(task, zero_initialized_variables):
   key = (_model_key(), type(task).__name__, task.image_size, task.num_classes)
   if _CACHE['model_key'] != key:
     _CACHE.update(model_key=None, model=None)
     tf_keras.backend.clear_session()
     gc.collect()
-    _CACHE.update(model_key=key, model=task.build_model())
+    with zero_initialized_variables():   # structure only: never run on data here
+      _CACHE.update(model_key=key, model=task.build_model())
+    # Each network is built once per session, here: its published size is checked here too.
+    kind, backbone = model_identity()
+    assert kind == task.kind
+    test_modeling_params.check_published_count(_CACHE['model'], kind, backbone)
   return _CACHE['model']
 
 
@@ -245,7 +263,7 @@ def _peak_learning_rate(scope, batch, steps):
 
 
 @pytest.mark.parametrize('path', PAPER_BY_MODEL)
-def test_paper_config_builds_model_and_pipeline(path, user_inputs):
+def test_paper_config_builds_model_and_pipeline(path, user_inputs, zero_initialized_variables):
   _parse(path, user_inputs['params'])
   header = _header(path)
   expected = _expected(path)
@@ -271,7 +289,7 @@ def test_paper_config_builds_model_and_pipeline(path, user_inputs):
     assert lr == pytest.approx(expected['lr'], rel=0.01)
 
     # The full-size model at the real input size, agreeing with the pipeline's labels.
-    model = _model_for(task)
+    model = _model_for(task, zero_initialized_variables)
     assert tuple(model.backbone.input_shape) == (None, *task.image_size, 3)
     head = model.head.get_config()
     assert head['num_classes'] == task.num_classes
