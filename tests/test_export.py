@@ -17,6 +17,7 @@ from official.vision.ops import preprocess_ops
 from rethink_st import export
 from rethink_st.errors import UserError
 from rethink_st.modeling import anchors as anchors_lib
+from rethink_st.modeling import detection
 
 INPUT_SIZE = (64, 64)
 ANCHORS = anchors_lib.anchor_config(min_level=3, max_level=5)
@@ -172,7 +173,6 @@ def test_overwrite_replaces_the_export(tmp_path):
 
 
 def test_builder_retinanet_exports_and_matches(tmp_path):
-  detection = pytest.importorskip('rethink_st.modeling.detection')
   model = detection.build_retinanet(input_size=(128, 128), num_classes=NUM_CLASSES,
                                     backbone='resnet-10', decoder_num_filters=8,
                                     head_num_convs=1, head_num_filters=8,
