@@ -19,7 +19,7 @@ run); cells that depend on it are skipped. Cells run one at a time, seed by seed
 At digit scale every cell of augmentation policy sX trains the steps --convergence (default
 benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX
 (segmentation cells: for seg_sX, made with --task=segmentation): its teacher CELL_STEPS, its
-student as many (STUDENT_STEPS). Without a budget a requested cell needs, the suite stops
+student tables.student_steps of that (STUDENT_STEPS: half, at twice the batch). Without a budget a requested cell needs, the suite stops
 before running anything.
 
 The tables (benchmarks/tables.py) are then made from the finished cells:

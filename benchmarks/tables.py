@@ -102,18 +102,33 @@ class Cell:
     """Digit-scale bindings that make this cell train `steps` (its policy's budget).
 
     A teacher trains CELL_STEPS; a student (self-training, its matched control, Appendix B)
-    starts from that teacher and trains as long (STUDENT_STEPS), as the paper's students do;
-    a continued cell (the same-compute control) trains as long as the student, and its
+    starts from that teacher and trains student_steps(steps) (STUDENT_STEPS); a continued
+    cell (the same-compute control) trains as long as the student, and its
     continue_supervised.gin binds train_steps literally, so the binding here (given after
     the gin files) overrides it."""
     if self.policy is None:
       return ()
     params = [f'CELL_STEPS={steps}']
     if self.binary == 'self_train':
-      params.append(f'STUDENT_STEPS={steps}')
+      params.append(f'STUDENT_STEPS={student_steps(steps)}')
     elif self.teacher:
-      params.append(f'rethink_st.training.run.run_train.train_steps={steps}')
+      params.append(f'rethink_st.training.run.run_train.train_steps={student_steps(steps)}')
     return tuple(params)
+
+
+# Digit scale: a student trains this fraction of its teacher's step budget. Its batch is twice
+# the teacher's (16 human + 16 pseudo), so it sees as many images as its teacher did. The
+# paper's students start from the teacher's weights "to save training time" (Appendix C: a
+# student from scratch needed 2.25x as long); its appendix_c gin files give a teacher-init
+# student as many steps as the teacher. Half keeps a self-training cell at a teacher's cost on
+# two CPU cores; the matched control (pseudo-loss weight 0) and the same-compute control train
+# exactly as long, so (student - control) is measured at equal training either way.
+STUDENT_FRACTION = 0.5
+
+
+def student_steps(teacher_steps: int) -> int:
+  """A digit-scale student's steps for a teacher budget of `teacher_steps` (at least 1)."""
+  return max(1, int(round(teacher_steps * STUDENT_FRACTION)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,9 +79,9 @@ def test_digit_cells_parse_as_gin(tmp_path):
     policy = name[:2]
     assert macro('CELL_STEPS') == BUDGETS[policy]
     if name == 's4_f100_rand_init_continued':
-      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == 2400
+      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == 1200
     if tables.CELLS[name].binary == 'self_train':
-      assert macro('STUDENT_STEPS') == BUDGETS[policy]
+      assert macro('STUDENT_STEPS') == BUDGETS[policy] // 2
     if name == 's1_f20_matched_control':
       assert gin.query_parameter('rethink_st.losses.LossNormalizer.matched_control') is True
   assert macro('LABELED_FRACTION') == 0.2
@@ -130,14 +130,14 @@ def test_budgets_from_convergence_json_reach_every_command(tmp_path):
     steps = BUDGETS[name[:2]]
     assert f'CELL_STEPS={steps}' in params, name
     student = cmd[1] == 'bin/self_train.py'
-    assert (f'STUDENT_STEPS={steps}' in params) == student, name
+    assert (f'STUDENT_STEPS={steps // 2}' in params) == student, name
     continued = name.endswith('_continued')
-    assert (f'rethink_st.training.run.run_train.train_steps={steps}' in params) == continued
+    assert (f'rethink_st.training.run.run_train.train_steps={steps // 2}' in params) == continued
     if continued:   # after continue_supervised.gin, which binds train_steps = 300
-      assert cmd.index(f'--gin_param=rethink_st.training.run.run_train.train_steps={steps}') > (
+      assert cmd.index(f'--gin_param=rethink_st.training.run.run_train.train_steps={steps // 2}') > (
           cmd.index('--gin_file=gin_configs/digits/experiments/continue_supervised.gin'))
   assert 'CELL_STEPS=1500' in _flag(by_cell['s1_f20_self_training'], 'gin_param')
-  assert 'STUDENT_STEPS=2400' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
+  assert 'STUDENT_STEPS=1200' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
 
 
 def test_a_missing_policy_stops_the_suite_with_one_line_before_anything_runs(tmp_path):
@@ -516,7 +516,7 @@ def test_segmentation_cells_parse_as_gin(tmp_path):
           'rethink_st.modeling.backbones.build_backbone.depth_multiplier') == 0.5
       if tables.CELLS[name].binary != 'self_train':
         continue
-      assert macro('STUDENT_STEPS') == BUDGETS['seg_' + policy]
+      assert macro('STUDENT_STEPS') == BUDGETS['seg_' + policy] // 2
       assert gin.query_parameter('rethink_st.self_training.run_self_training.metric') == 'mIoU'
       assert macro('PSEUDO_MASK_THRESHOLD') == 0.5
       assert gin.query_parameter(f'{pseudo}.scales') == (1.0,)   # the model is built at 128 px
@@ -555,7 +555,7 @@ def test_table6_dry_run_commands_budgets_and_matched_control(tmp_path):
     if name.endswith('_rand_init'):
       assert cmd[1] == 'bin/train_teacher.py' and len(files) == 2
       continue
-    assert cmd[1] == 'bin/self_train.py' and f'STUDENT_STEPS={steps}' in params
+    assert cmd[1] == 'bin/self_train.py' and f'STUDENT_STEPS={steps // 2}' in params
     assert 'gin_configs/digits/experiments/seg_self_training.gin' in files
     teacher = suite.cell_dir(out, 'digits', f'seg_{policy}_f20_rand_init', 0)
     assert f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'" in params
