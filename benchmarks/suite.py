@@ -8,10 +8,10 @@
       --gin_file=gin_configs/base/tpu.gin --gin_param="TPU_ADDRESS='my-tpu'" \
       --out_dir=gs://my-bucket/rethink_st/suite                  # the paper's scale
 
-Each cell is one subprocess of an existing binary (bin/pretrain.py, bin/train_teacher.py,
-bin/self_train.py), in its own folder  <out_dir>/<scale>/cells/<cell>/seed_<s>/  with its
-log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time, command,
-steps and the git commit it ran from) and is skipped on the next run, so the suite is
+Each cell is one subprocess of an existing binary (bin/train_teacher.py, which also
+pre-trains, or bin/self_train.py), in its own folder  <out_dir>/<scale>/cells/<cell>/seed_<s>/
+with its log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time,
+command, steps and the git commit it ran from) and is skipped on the next run, so the suite is
 resumable: kill it and start it again. A cell that fails gets suite_failed.json (retried next
 run); cells that depend on it are skipped. Cells run one at a time, seed by seed (all of seed
 0 first, so a partial run already gives whole tables).

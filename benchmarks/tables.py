@@ -24,8 +24,7 @@ import dataclasses
 from typing import Dict, FrozenSet, Optional, Tuple
 
 SCALES = ('digits', 'full')
-BINARIES = {'pretrain': 'bin/pretrain.py', 'train': 'bin/train_teacher.py',
-            'self_train': 'bin/self_train.py'}
+BINARIES = {'train': 'bin/train_teacher.py', 'self_train': 'bin/self_train.py'}
 POLICIES = ('s1', 's2', 's3', 's4')
 
 _EXP = 'gin_configs/digits/experiments/'
@@ -196,7 +195,7 @@ APPENDIX_B_ALPHAS = (0.5, 1, 2, 3)
 
 
 def _cells() -> Dict[str, Cell]:
-  cells = {PRETRAIN_CELL: Cell(PRETRAIN_CELL, 'pretrain', (_EXP + 'pretrain.gin',),
+  cells = {PRETRAIN_CELL: Cell(PRETRAIN_CELL, 'train', (_EXP + 'pretrain.gin',),
                                seeded=False, task='classification')}
 
   def add(cell):

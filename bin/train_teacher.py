@@ -1,6 +1,13 @@
-"""Trains a teacher (detection or segmentation, by gin) from labeled data.
+"""Trains a model from labeled data: a teacher (detection or segmentation), a supervised
+baseline, or a pre-trained backbone (classification, the ImageNet-init stand-in); the task,
+data and schedule come from gin. It resumes from the latest checkpoint in --model_dir.
 
   python bin/train_teacher.py --gin_file=gin_configs/digits/teacher.gin --model_dir=runs/teacher
+  python bin/train_teacher.py --gin_file=gin_configs/digits/experiments/pretrain.gin \\
+      --model_dir=runs/pretrain
+
+Anything else is a gin binding, e.g.
+--gin_param="rethink_st.training.run.run_train.train_steps=100".
 """
 import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags

@@ -1,16 +1,30 @@
-"""What every binary does after parsing its flags: register configurables, parse gin, lock
-its output folder, save config.gin, call one run function; a user mistake prints one line
-and exits 1, and a run that fails leaves no folder it made behind."""
+"""What every binary does after parsing its flags: register configurables, parse gin, apply
+and check its stage flags, lock its output folder, save config.gin, call one run function; a
+user mistake prints one line and exits 1, and a run that fails leaves no folder it made behind.
+
+Stage flags (`--teacher`, `--pseudo_labels`, `--checkpoint`, `--unlabeled`) each set exactly one
+gin binding (`FlagBinding`; the table is in README.md, "The pipeline and its binaries"). The
+flag is applied after the gin files and --gin_param, so it is in the run's config.gin; it
+replaces a value the gin files bind (with a line saying so), and a --gin_param that binds the
+same parameter to another value is an error naming both. A flag's path is checked before any
+folder is made.
+"""
 import contextlib
+import dataclasses
 import importlib
 import os
 import shutil
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from absl import logging
+import gin
+import tensorflow as tf
 
 from rethink_st import config_io
 from rethink_st import run_lock
+from rethink_st.data import sources
+from rethink_st.errors import UserError
+from rethink_st.pseudo_label import source as pseudo_label_source
 
 # Modules that define configurables gin files may name.
 _CONFIGURABLE_MODULES = (
@@ -51,20 +65,183 @@ def register_configurables() -> None:
       logging.debug('configurable module %s is not present', name)
 
 
+# ------------------------------------------------------------------------------ stage flags
+# The gin binding each stage flag sets (module-qualified, as gin files name them).
+LABELER_TEACHER = 'rethink_st.pseudo_label.run.run_pseudo_label.teacher_checkpoint'
+UNLABELED = 'rethink_st.pseudo_label.run.run_pseudo_label.unlabeled_source'
+STUDENT_TEACHER = 'rethink_st.training.run.run_train.init_checkpoint'
+PSEUDO_LABELS = 'rethink_st.pseudo_label.source.pseudo_label_source.directory'
+PSEUDO_LABELS_REQUIRE_COMPLETE = (
+    'rethink_st.pseudo_label.source.pseudo_label_source.require_complete')  # read, not set
+SELF_TRAINING_TEACHER = 'rethink_st.self_training.run_self_training.teacher_dir'
+EVALUATE_CHECKPOINT = 'rethink_st.training.run.run_evaluate.checkpoint'
+EXPORT_CHECKPOINT = 'rethink_st.export.run_export.checkpoint'
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagBinding:
+  """A binary's flag that sets one gin binding.
+
+  flag: the flag's name (`teacher` for --teacher); value: what it was given (None: not given,
+  the gin config decides); binding: the gin parameter it sets; check: called with
+  (`--flag`, value) before any folder is made, raises a UserError naming both;
+  required: the binary cannot run without it.
+  """
+  flag: str
+  value: Optional[str]
+  binding: str
+  check: Optional[Callable[[str, str], None]] = None
+  required: bool = False
+
+  @property
+  def where(self) -> str:
+    return f'--{self.flag}'
+
+
+def check_checkpoint(where: str, path: str) -> None:
+  """`path` is a folder holding a checkpoint, or a checkpoint prefix (<prefix>.index exists)."""
+  if tf.io.gfile.isdir(path):
+    if tf.train.latest_checkpoint(path) is None:
+      raise UserError(f'{where}={path}: holds no checkpoint')
+  elif not tf.io.gfile.exists(path + '.index'):
+    raise UserError(f'{where}={path}: no such folder or checkpoint')
+
+
+def check_checkpoint_folder(where: str, path: str) -> None:
+  """`path` is a folder holding a checkpoint (a run folder, not a checkpoint prefix)."""
+  if not tf.io.gfile.isdir(path):
+    raise UserError(f'{where}={path}: no such folder')
+  check_checkpoint(where, path)
+
+
+def check_pseudo_labels(where: str, path: str) -> None:
+  """`path` is a finished pseudo-label folder with at least one complete chunk (the student
+  checks its label space against the task's when it starts)."""
+  require_complete = _bound_value(PSEUDO_LABELS_REQUIRE_COMPLETE) is not False
+  pseudo_label_source.check_folder(path, where, require_complete)
+
+
+def check_unlabeled(where: str, spec: str) -> None:
+  """`spec` names images: 'digit_scenes:<split>', an existing folder, or a glob that matches
+  a file (the run function opens the source, and reads its first image, before labeling)."""
+  if not spec.strip():
+    raise UserError(f'{where}: empty; give digit_scenes:<split>, an image folder or a '
+                    'TFRecord glob')
+  if spec.startswith(sources.DIGIT_SCENES_PREFIX) or tf.io.gfile.isdir(spec):
+    return
+  if not tf.io.gfile.glob(spec):
+    raise UserError(f'{where}={spec}: no such folder, and no file matches it as a TFRecord glob')
+
+
+def pseudo_label_flags(teacher: Optional[str], unlabeled: Optional[str]):
+  """bin/pseudo_label.py: --teacher (a run folder or checkpoint prefix), --unlabeled."""
+  return (FlagBinding('teacher', teacher, LABELER_TEACHER, check_checkpoint),
+          FlagBinding('unlabeled', unlabeled, UNLABELED, check_unlabeled))
+
+
+def train_student_flags(teacher: Optional[str], pseudo_labels: Optional[str]):
+  """bin/train_student.py: --teacher (its weights start the student), --pseudo_labels."""
+  return (FlagBinding('teacher', teacher, STUDENT_TEACHER, check_checkpoint),
+          FlagBinding('pseudo_labels', pseudo_labels, PSEUDO_LABELS, check_pseudo_labels))
+
+
+def self_train_flags(teacher: Optional[str]):
+  """bin/self_train.py: --teacher, a trained teacher's run folder (no teacher is trained)."""
+  return (FlagBinding('teacher', teacher, SELF_TRAINING_TEACHER, check_checkpoint_folder),)
+
+
+def evaluate_flags(checkpoint: Optional[str]):
+  """bin/evaluate.py: --checkpoint, a run folder (its latest checkpoint) or a prefix."""
+  return (FlagBinding('checkpoint', checkpoint, EVALUATE_CHECKPOINT, check_checkpoint,
+                      required=True),)
+
+
+def export_flags(checkpoint: Optional[str]):
+  """bin/export.py: --checkpoint, a run folder (its latest checkpoint) or a prefix."""
+  return (FlagBinding('checkpoint', checkpoint, EXPORT_CHECKPOINT, check_checkpoint,
+                      required=True),)
+
+
+def checkpoint_folder(checkpoint: Optional[str]) -> Optional[str]:
+  """The run folder of --checkpoint: the folder itself, or the one holding a prefix."""
+  if not checkpoint:
+    return None
+  return checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+
+
+_UNSET = object()
+
+
+def _bound_value(binding: str) -> Any:
+  """The binding's value in the parsed config (a macro evaluated), _UNSET if not bound."""
+  try:
+    value = gin.query_parameter(binding)
+  except ValueError:
+    return _UNSET
+  if (isinstance(value, gin.config.ConfigurableReference) and
+      value.configurable.wrapped is gin.config.macro):
+    try:
+      value = value.scoped_configurable_fn()
+    except TypeError:  # a macro without a value: the reference stands for itself
+      pass
+  return value
+
+
+def _same(a: Any, b: Any) -> bool:
+  if isinstance(a, str) and isinstance(b, str):
+    a, b = (v.rstrip('/') if '://' in v else os.path.normpath(v) for v in (a, b))
+  return a == b
+
+
+def parse_gin_and_flags(gin_files: Sequence[str], gin_params: Sequence[str],
+                        flag_bindings: Sequence[FlagBinding] = ()) -> None:
+  """Parses the gin files, then each --gin_param, then binds each given stage flag.
+
+  A flag replaces a value the gin files bind (a line says so); a --gin_param that binds the
+  flag's parameter (or the macro it names) to another value is a UserError naming both.
+  Then each flag's check runs; a missing required flag is a UserError."""
+  given = [f for f in flag_bindings if f.value is not None]
+  config_io.parse_gin(gin_files, [])
+  value = {f.binding: _bound_value(f.binding) for f in given}
+  set_by: Dict[str, str] = {}   # binding -> the last --gin_param that changed its value
+  for param in gin_params:
+    config_io.parse_gin([], [param])
+    for f in given:
+      now = _bound_value(f.binding)
+      if now is not value[f.binding] and not _same(now, value[f.binding]):
+        value[f.binding], set_by[f.binding] = now, param
+  for f in flag_bindings:
+    if f.value is None:
+      if f.required:
+        raise UserError(f'{f.where} is required ({f.binding})')
+      continue
+    bound = value[f.binding]
+    if bound is not _UNSET and bound is not None and not _same(bound, f.value):
+      if f.binding in set_by:
+        raise UserError(f'{f.where}={f.value} and --gin_param="{set_by[f.binding]}" both set '
+                        f'{f.binding}, differently; give one of them')
+      print(f'[flags] {f.where}={f.value} replaces {f.binding} = {bound!r} of the gin files',
+            flush=True)
+    if f.check:
+      f.check(f.where, f.value)
+    gin.bind_parameter(f.binding, f.value)
+
+
 def run_binary(run_fn: Callable[..., object], *, gin_files: Sequence[str],
                gin_params: Sequence[str], model_dir: Optional[str], save_config: bool = True,
                config_dir: Optional[str] = None, lock_name: str = run_lock.LOCK_NAME,
-               **kwargs):
-  """Parses gin, locks the folder it writes (config_dir, default model_dir; `lock_name`
-  there, see run_lock), writes config.gin to it, then returns run_fn(model_dir, **kwargs).
-  The lock comes first so that a second writer stops before it touches the folder.
-  save_config=False leaves config.gin, and the lock, to run_fn (export writes config.gin
-  into the SavedModel folder, which must be empty when the export starts)."""
+               flag_bindings: Sequence[FlagBinding] = (), **kwargs):
+  """Parses gin and the stage flags (parse_gin_and_flags: each flag's path is checked here,
+  before any folder is made), locks the folder it writes (config_dir, default model_dir;
+  `lock_name` there, see run_lock), writes config.gin to it, then returns
+  run_fn(model_dir, **kwargs). The lock comes first so that a second writer stops before it
+  touches the folder. save_config=False leaves config.gin, and the lock, to run_fn (export
+  writes config.gin into the SavedModel folder, which must be empty when the export starts)."""
   folder = config_dir or model_dir
 
   def start():
     register_configurables()
-    config_io.parse_gin(gin_files, gin_params)
+    parse_gin_and_flags(gin_files, gin_params, flag_bindings)
     with _removed_if_start_fails(folder), _locked(folder if save_config else None, lock_name):
       from rethink_st.training import strategy  # pylint: disable=g-import-not-at-top
       strategy.build_strategy()  # before any op: collectives and TPUs are set up at start-up

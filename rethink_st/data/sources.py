@@ -18,12 +18,16 @@ All are registered in gin as `rethink_st.data.sources.<name>`, e.g.
     train/digit_scenes_source.split = 'train'
     train/digit_scenes_source.fraction = 0.2     # the paper's 20% labeled subset
 
+`source_from_spec` makes a source from one string (bin/pseudo_label.py's --unlabeled):
+'digit_scenes:<split>', an image folder, or a TFRecord glob.
+
 `fraction` keeps an example iff a stable hash of (source_id, fraction_seed) falls below it:
 the same subset on every host and run, and the 20% subset is inside the 50% one.
 """
 from typing import Optional
 
 import gin
+import tensorflow as tf
 
 from rethink_st.data import features as F  # pylint: disable=unused-import
 from rethink_st.data.coco_json_source import CocoJsonSource, coco_json_source
@@ -38,8 +42,8 @@ from rethink_st.errors import UserError
 __all__ = [
     'Source', 'TFDSSource', 'TFRecordSource', 'CocoJsonSource', 'ImageFolderSource',
     'tfds_source', 'tfrecord_source', 'coco_json_source', 'image_folder_source',
-    'digit_scenes_source', 'in_fraction', 'in_shard', 'fraction_bucket', 'check_fraction',
-    'IMAGE_EXTENSIONS', 'UserError',
+    'digit_scenes_source', 'source_from_spec', 'in_fraction', 'in_shard', 'fraction_bucket',
+    'check_fraction', 'IMAGE_EXTENSIONS', 'UserError',
 ]
 
 DIGIT_SCENES_NUM_CLASSES = 10
@@ -72,3 +76,25 @@ def digit_scenes_source(split: str = 'train', data_dir: Optional[str] = None,
   source.num_examples = int(round(
       digit_scenes.read_meta(directory)['splits'][split]['num_examples'] * fraction))
   return source
+
+
+DIGIT_SCENES_PREFIX = 'digit_scenes:'
+
+
+def source_from_spec(spec: str, where: str) -> Source:
+  """A source named by one string: 'digit_scenes:<split>' (digit_scenes_source, its data_dir
+  from gin or the default dataset), an existing folder (image_folder_source: its images,
+  searched recursively), or anything else as a TFRecord glob (tfrecord_source). Errors are
+  one UserError line starting with `<where>=<spec>`."""
+  spec = (spec or '').strip()
+  if not spec:
+    raise UserError(f'{where}: empty; give digit_scenes:<split>, an image folder or a '
+                    'TFRecord glob')
+  try:
+    if spec.startswith(DIGIT_SCENES_PREFIX):
+      return digit_scenes_source(split=spec[len(DIGIT_SCENES_PREFIX):])
+    if tf.io.gfile.isdir(spec):
+      return image_folder_source(spec)
+    return tfrecord_source(spec)
+  except UserError as e:
+    raise UserError(f'{where}={spec}: {(str(e).strip().splitlines() or [""])[0]}') from None

@@ -58,6 +58,7 @@ import tensorflow as tf
 from rethink_st import config_io
 from rethink_st import run_lock
 from rethink_st.data import features as F
+from rethink_st.data import sources
 from rethink_st.data import tfexample
 from rethink_st.errors import UserError
 from rethink_st.pseudo_label import shards
@@ -314,6 +315,8 @@ def run_pseudo_label(output_dir: str,
   shard's lock in output_dir for the run (another process on this shard stops at once).
   class_agnostic_nms_iou: detection: across classes, a box whose IoU with a kept,
     higher-scored box is >= this is dropped (None: no class-agnostic suppression).
+  unlabeled_source: a Source, or a string for `sources.source_from_spec` ('digit_scenes:<split>',
+    an image folder or a TFRecord glob; what bin/pseudo_label.py --unlabeled binds).
   expected_images: the source's size, for the ETA when the source cannot tell.
   merge_coco: also write the merged pseudo_coco.json (the chunks' COCO files always exist).
   """
@@ -336,6 +339,9 @@ def run_pseudo_label(output_dir: str,
   except UserError as e:
     raise UserError(str(e).replace('init_checkpoint=', 'run_pseudo_label.teacher_checkpoint=',
                                    1)) from None
+  if isinstance(unlabeled_source, str):
+    unlabeled_source = sources.source_from_spec(unlabeled_source,
+                                                'run_pseudo_label.unlabeled_source')
   try:  # any image, readable or not (an unreadable one is counted, not an error)
     next(iter(unlabeled_source.dataset(num_shards=num_shards, shard_index=shard_index,
                                        images_only=True, unreadable='flag').take(1)))

@@ -4,6 +4,7 @@ It reads the chunks' tf.Examples, which hold the kept pseudo boxes only; the det
 the score threshold or dropped by class-agnostic suppression are in the COCO JSON files
 alone, for the report. The source carries `pseudo_set` (`pseudo_set_density`), how densely
 the folder labels its images, which the student reports and warns about."""
+import os
 from typing import Any, Dict
 
 import gin
@@ -20,19 +21,31 @@ def pseudo_label_source(directory: str, require_complete: bool = True) -> source
 
   require_complete: stop (one line) unless every host of the labeling run has finished.
   """
-  if not tf.io.gfile.isdir(directory):
-    raise UserError(f'pseudo_label_source.directory={directory}: no such folder')
-  meta = shards.read_meta(directory)
-  if require_complete and not shards.all_hosts_done(directory, int(meta['num_shards'])):
-    raise UserError(f'pseudo_label_source.directory={directory}: labeling is not finished '
-                    f'(not all {meta["num_shards"]} hosts wrote their .done file)')
-  if not shards.list_tfrecords(directory):
-    raise UserError(f'pseudo_label_source.directory={directory}: no complete chunk')
+  meta = check_folder(directory, 'pseudo_label_source.directory', require_complete)
   source = sources.tfrecord_source(shards.tfrecord_pattern(directory),
                                    num_classes=int(meta['num_classes']))
   source.pseudo_set = dict(pseudo_set_density(shards.complete_stats(directory)),
                            directory=directory)
   return source
+
+
+def check_folder(directory: str, where: str, require_complete: bool = True) -> Dict[str, Any]:
+  """A pseudo-label folder's meta.json, or one UserError line `<where>=<directory>: ...` if it
+  is missing, not a pseudo-label folder, not finished (require_complete) or without a
+  complete chunk. `where` names what gave the folder (a binding, or bin/train_student.py's
+  --pseudo_labels)."""
+  if not tf.io.gfile.isdir(directory):
+    raise UserError(f'{where}={directory}: no such folder')
+  if not tf.io.gfile.exists(os.path.join(directory, 'meta.json')):
+    raise UserError(f'{where}={directory}: not a pseudo-label folder (no meta.json; '
+                    'bin/pseudo_label.py writes one)')
+  meta = shards.read_meta(directory)
+  if require_complete and not shards.all_hosts_done(directory, int(meta['num_shards'])):
+    raise UserError(f'{where}={directory}: labeling is not finished '
+                    f'(not all {meta["num_shards"]} hosts wrote their .done file)')
+  if not shards.list_tfrecords(directory):
+    raise UserError(f'{where}={directory}: no complete chunk')
+  return meta
 
 
 def pseudo_set_density(stats: Dict[str, Any]) -> Dict[str, float]:
