@@ -27,7 +27,6 @@ import gc
 import glob
 import os
 import re
-import shlex
 import sys
 
 import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
@@ -45,7 +44,7 @@ from rethink_st.data import features as F
 from rethink_st.data import tfexample
 from rethink_st.training import optimization
 from rethink_st.training import student as student_lib
-from helpers import one_error_line
+from helpers import documented_command, gin_header, one_error_line
 import test_modeling_params
 
 cli.register_configurables()
@@ -112,13 +111,7 @@ gin.clear_config()
 
 
 def _header(path):
-  lines = []
-  with open(os.path.join(REPO, path)) as f:
-    for line in f:
-      if not line.startswith('#'):
-        break
-      lines.append(line[1:].rstrip('\n'))
-  return '\n'.join(lines)
+  return gin_header(os.path.join(REPO, path))
 
 
 def _first_number_after(word, text):
@@ -126,16 +119,7 @@ def _first_number_after(word, text):
   return None if m is None else float(m.group(1).replace(',', ''))
 
 
-def _command(header):
-  """The documented command (backslash-continued lines after '#   python bin/...')."""
-  lines = header.split('\n')
-  start = next(i for i, l in enumerate(lines) if l.strip().startswith('python bin/'))
-  parts = []
-  for line in lines[start:]:
-    parts.append(line.strip().rstrip('\\').strip())
-    if not line.rstrip().endswith('\\'):
-      break
-  return shlex.split(' '.join(parts))
+_command = documented_command
 
 
 _FAKE_DATASETS = {}

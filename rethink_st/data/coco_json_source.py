@@ -36,11 +36,13 @@ class CocoJsonSource(source_base.Source):
   """COCO JSON annotations (loaded with pycocotools.COCO) + an image directory."""
 
   def __init__(self, annotation_file: str, image_dir: str, *, include_masks: bool = True,
-               semantic_masks: bool = False, fraction: float = 1.0, fraction_seed: int = 0):
+               semantic_masks: bool = False, fraction: float = 1.0, fraction_seed: int = 0,
+               image_ids_file=None, image_ids_mode: str = 'keep'):
     self.annotation_file, self.image_dir = annotation_file, image_dir
     self.include_masks, self.semantic_masks = bool(include_masks), bool(semantic_masks)
     super().__init__(f'coco_json_source(annotation_file={annotation_file!r})',
-                     fraction=fraction, fraction_seed=fraction_seed)
+                     fraction=fraction, fraction_seed=fraction_seed,
+                     image_ids_file=image_ids_file, image_ids_mode=image_ids_mode)
     self.coco = None
     self.category_ids, self.category_names = [], []
     self.image_ids, self.skipped_annotations = [], 0
@@ -132,6 +134,7 @@ class CocoJsonSource(source_base.Source):
     self._class_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
     self.num_classes = len(self.category_ids)
     self.image_ids = sorted(images)
+    self.check_image_ids(str(i) for i in self.image_ids)
     self.skipped_annotations = sum(1 for a in data['annotations']
                                    if a['bbox'][2] <= 0 or a['bbox'][3] <= 0)
 
@@ -209,13 +212,18 @@ class CocoJsonSource(source_base.Source):
 @gin.configurable(module=_GIN_MODULE)
 def coco_json_source(annotation_file: str, image_dir: str, include_masks: bool = True,
                      semantic_masks: bool = False, fraction: float = 1.0,
-                     fraction_seed: int = 0) -> CocoJsonSource:
+                     fraction_seed: int = 0, image_ids_file=None,
+                     image_ids_mode: str = 'keep') -> CocoJsonSource:
   """A COCO JSON file + image folder; categories sorted by id become classes 1..K.
 
   Raises UserError at construction for a missing, empty or malformed annotation file
   (not JSON; no 'images'/'annotations'/'categories'; an annotation naming a missing image or
-  category), a missing image_dir or image file, or a bad fraction.
+  category), a missing image_dir or image file, a bad fraction, or an image_ids_file
+  (keep, image_ids_mode='keep', or drop, 'drop', the image ids it lists; e.g. a
+  semi-supervised fold of bin/make_ssod_splits.py) that is malformed or lists ids the
+  annotation file does not have.
   """
   return CocoJsonSource(annotation_file, image_dir, include_masks=include_masks,
                         semantic_masks=semantic_masks, fraction=fraction,
-                        fraction_seed=fraction_seed)
+                        fraction_seed=fraction_seed, image_ids_file=image_ids_file,
+                        image_ids_mode=image_ids_mode)

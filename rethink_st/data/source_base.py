@@ -5,6 +5,7 @@ image, not batched, not repeated. Every source runs the same steps:
 
     keyed records  (source_id, cheap payload)    subclass: `_keyed_dataset`
       -> labeled fraction   keep iff in_fraction(source_id, fraction, fraction_seed)
+      -> image-id file      keep ('keep') or drop ('drop') the ids of image_ids_file
       -> host shard         keep iff in_shard(source_id, num_shards, shard_index)
       -> shuffle            optional, on the cheap payloads
       -> decode             subclass: `_decode` (image decoding happens only here)
@@ -21,6 +22,11 @@ so until the first unreadable image, then switches to 'flag').
 Both subset rules hash the example's `source_id`, never its position, so they do not depend
 on file order, shuffling, the number of hosts or the run: the 20% subset is the same on every
 host and every run, and it is contained in the 50% subset (same hash, lower threshold).
+
+`image_ids_file` names a subset explicitly instead (rethink_st/data/image_ids.py; e.g. a
+semi-supervised fold written by bin/make_ssod_splits.py): with image_ids_mode='keep' the
+source yields the images whose source_id is in the file (the labeled set), with 'drop' all
+the others (the unlabeled set), so one file gives both halves of a split.
 """
 import abc
 import os
@@ -29,6 +35,7 @@ from typing import Any, Callable, Optional
 import tensorflow as tf, tf_keras  # pylint: disable=unused-import
 
 from rethink_st.data import features as F
+from rethink_st.data import image_ids as image_ids_lib
 from rethink_st.errors import UserError
 
 # The fraction hash lands in [0, _FRACTION_BUCKETS); an example is kept iff its bucket is
@@ -79,6 +86,10 @@ def shard_for_input_context(ds: tf.data.Dataset,
   if input_context is None or input_context.num_input_pipelines <= 1:
     return ds
   return ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+IMAGE_IDS_MODES = ('keep', 'drop')
+_ID_HASH_BUCKETS = (1 << 63) - 1
 
 
 # Images decoded concurrently by `guarded_decode` (each in its own tiny nested dataset).
@@ -133,13 +144,16 @@ class Source(abc.ABC):
     num_classes: number of foreground classes (class ids are 1..num_classes, 0 is
       background), or None when the source has no class labels or does not know them.
     fraction, fraction_seed: the deterministic labeled subset (see module docstring).
+    image_ids_file, image_ids_mode: an explicit subset: keep ('keep') or drop ('drop') the
+      images listed in the file (see module docstring); None: no such filter.
   """
 
   # Shuffle buffer, in records (encoded images or record indices, not decoded images).
   shuffle_buffer_size = 1024
 
   def __init__(self, name: str, *, fraction: float = 1.0, fraction_seed: int = 0,
-               num_classes: Optional[int] = None):
+               num_classes: Optional[int] = None, image_ids_file: Optional[str] = None,
+               image_ids_mode: str = 'keep'):
     self.name = name
     self.fraction = check_fraction(fraction, name)
     try:
@@ -147,6 +161,59 @@ class Source(abc.ABC):
     except (TypeError, ValueError):
       raise UserError(f'{name}: fraction_seed={fraction_seed!r} must be an integer') from None
     self.num_classes = num_classes
+    if image_ids_mode not in IMAGE_IDS_MODES:
+      raise UserError(f'{name}: image_ids_mode={image_ids_mode!r} must be one of '
+                      f'{", ".join(IMAGE_IDS_MODES)}')
+    self.image_ids_file, self.image_ids_mode = image_ids_file, image_ids_mode
+    self.image_ids_meta = None
+    self._image_ids_keys = None   # the file's ids as source_id strings
+    if image_ids_file is not None:
+      self._image_ids_keys, self.image_ids_meta = image_ids_lib.read_image_ids_file(
+          image_ids_file, f'{name}: image_ids_file')
+      if tf.executing_eagerly():  # _filter_image_ids needs distinct hashes (~1e-10 odds)
+        hashes = tf.strings.to_hash_bucket_fast(self._image_ids_keys, _ID_HASH_BUCKETS)
+        if len(set(hashes.numpy().tolist())) != len(self._image_ids_keys):
+          raise NotImplementedError(f'{image_ids_file}: two image ids share a 63-bit hash')
+
+  def check_image_ids(self, known_source_ids) -> None:
+    """UserError unless every id of image_ids_file is one of `known_source_ids` (a source
+    that knows its ids cheaply calls this from `validate`): a file made from another dataset
+    would otherwise keep or drop nothing, silently."""
+    if self._image_ids_keys is None:
+      return
+    known = set(known_source_ids)
+    missing = [i for i in self._image_ids_keys if i not in known]
+    if missing:
+      raise UserError(
+          f'{self.name}: image_ids_file={self.image_ids_file}: {len(missing)} of its '
+          f'{len(self._image_ids_keys)} image ids are not images of this source (e.g. '
+          f'{missing[0]}); was it made from another annotation file or split?')
+
+  def source_ids(self) -> tf.data.Dataset:
+    """The source_id of every record, in the source's order, before any subset filter and
+    without decoding (e.g. to list a dataset's image ids, bin/make_ssod_splits.py)."""
+    ds = self._keyed_dataset(shuffle=False, seed=0, input_context=None)
+    return ds.map(lambda source_id, _: source_id)
+
+  def _filter_image_ids(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Keeps (image_ids_mode 'keep') or drops ('drop') the records whose source_id is in
+    image_ids_file. Membership is a binary search over the ids' 63-bit FarmHash values, then
+    an exact string comparison: constants only, no lookup-table resource to keep alive on
+    every input host."""
+    keys = tf.constant(self._image_ids_keys, tf.string)
+    hashes = tf.strings.to_hash_bucket_fast(keys, _ID_HASH_BUCKETS)
+    order = tf.argsort(hashes)
+    hashes, keys = tf.gather(hashes, order), tf.gather(keys, order)
+    last = len(self._image_ids_keys) - 1
+    keep_listed = self.image_ids_mode == 'keep'
+
+    def selected(source_id, _):
+      h = tf.strings.to_hash_bucket_fast(source_id, _ID_HASH_BUCKETS)
+      i = tf.minimum(tf.searchsorted(hashes, tf.reshape(h, [1]))[0], last)
+      listed = tf.logical_and(tf.equal(hashes[i], h), tf.equal(keys[i], source_id))
+      return tf.equal(listed, keep_listed)
+
+    return ds.filter(selected)
 
   def __repr__(self):
     return f'<{type(self).__name__} {self.name}>'
@@ -223,6 +290,8 @@ class Source(abc.ABC):
     if self.fraction < 1.0:
       fraction, fraction_seed = self.fraction, self.fraction_seed
       ds = ds.filter(lambda source_id, _: in_fraction(source_id, fraction, fraction_seed))
+    if self._image_ids_keys is not None:
+      ds = self._filter_image_ids(ds)
     if num_shards > 1:
       ds = ds.filter(lambda source_id, _: in_shard(source_id, num_shards, shard_index))
     if shuffle:

@@ -3,10 +3,11 @@
 Every source is a `Source` (rethink_st/data/source_base.py) yielding the decoded examples of
 `rethink_st.data.features`, validated at construction (bad input -> one-line UserError):
 
-    tfds_source(name, split='train', data_dir=None, fraction=1.0, fraction_seed=0)
+    tfds_source(name, split='train', data_dir=None, fraction=1.0, fraction_seed=0,
+                image_ids_file=None, image_ids_mode='keep')
     tfrecord_source(file_pattern, fraction=1.0, fraction_seed=0, num_classes=None)
     coco_json_source(annotation_file, image_dir, include_masks=True, semantic_masks=False,
-                     fraction=1.0, fraction_seed=0)
+                     fraction=1.0, fraction_seed=0, image_ids_file=None, image_ids_mode='keep')
     image_folder_source(directory, fraction=1.0, fraction_seed=0)
     digit_scenes_source(split='train', data_dir=None, fraction=1.0, fraction_seed=0,
                         generate=False)
@@ -23,6 +24,8 @@ All are registered in gin as `rethink_st.data.sources.<name>`, e.g.
 
 `fraction` keeps an example iff a stable hash of (source_id, fraction_seed) falls below it:
 the same subset on every host and run, and the 20% subset is inside the 50% one.
+`image_ids_file` keeps ('keep') or drops ('drop') the images an image-id file lists, e.g. the
+labeled and the unlabeled half of a semi-supervised fold (bin/make_ssod_splits.py).
 """
 from typing import Optional
 

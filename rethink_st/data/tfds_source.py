@@ -27,6 +27,7 @@ shard filters run before any image is decoded.
 import importlib
 from typing import Optional
 
+from absl import logging
 import gin
 import tensorflow as tf, tf_keras  # pylint: disable=unused-import
 import tensorflow_datasets as tfds
@@ -75,10 +76,12 @@ class TFDSSource(source_base.Source):
   """A TFDS dataset split (`tfds.builder(name, data_dir=data_dir)`), already prepared."""
 
   def __init__(self, name: str, split: str = 'train', data_dir: Optional[str] = None, *,
-               fraction: float = 1.0, fraction_seed: int = 0):
+               fraction: float = 1.0, fraction_seed: int = 0,
+               image_ids_file: Optional[str] = None, image_ids_mode: str = 'keep'):
     self.tfds_name, self.split, self.data_dir = name, split, data_dir
     super().__init__(f'tfds_source(name={name!r}, split={split!r})', fraction=fraction,
-                     fraction_seed=fraction_seed)
+                     fraction_seed=fraction_seed, image_ids_file=image_ids_file,
+                     image_ids_mode=image_ids_mode)
     self.builder = None
     self.kind = None
     self.validate()
@@ -109,6 +112,20 @@ class TFDSSource(source_base.Source):
     except (ValueError, KeyError) as e:
       raise UserError(f'tfds_source: TFDS dataset {self.tfds_name!r} has no split '
                       f'{self.split!r}: {_first_line(e)}') from None
+    self._warn_if_ids_file_is_for_another_split()
+
+  def _warn_if_ids_file_is_for_another_split(self) -> None:
+    """TFDS cannot list a split's ids without reading it: compare sizes instead."""
+    if self.image_ids_meta is None:
+      return
+    try:
+      size = int(self.builder.info.splits[self.split].num_examples)
+    except Exception:  # pylint: disable=broad-except
+      size = 0  # Unknown (e.g. under tfds.testing.mock_data).
+    drawn_from = self.image_ids_meta.get('num_images')
+    if size and drawn_from and int(drawn_from) != size:
+      logging.warning('%s: image_ids_file=%s was drawn from %s images; this split has %d',
+                      self.name, self.image_ids_file, drawn_from, size)
 
   def _is_project_builder(self) -> bool:
     return self.builder.name in _PROJECT_BUILDERS
@@ -208,10 +225,17 @@ class TFDSSource(source_base.Source):
 
 @gin.configurable(module=_GIN_MODULE)
 def tfds_source(name: str, split: str = 'train', data_dir: Optional[str] = None,
-                fraction: float = 1.0, fraction_seed: int = 0) -> TFDSSource:
+                fraction: float = 1.0, fraction_seed: int = 0,
+                image_ids_file: Optional[str] = None,
+                image_ids_mode: str = 'keep') -> TFDSSource:
   """A prepared TFDS dataset split, e.g. name='coco/2017', split='train'.
 
+  image_ids_file: keep (image_ids_mode='keep') or drop ('drop') the images it lists, by
+  source_id (COCO's image id for coco/2017); e.g. a semi-supervised fold of
+  bin/make_ssod_splits.py (rethink_st/data/image_ids.py).
+
   Raises UserError at construction for an unknown name, a dataset not prepared in
-  `data_dir`, an unknown split, or a bad fraction.
+  `data_dir`, an unknown split, a bad fraction, or a missing or malformed image_ids_file.
   """
-  return TFDSSource(name, split, data_dir, fraction=fraction, fraction_seed=fraction_seed)
+  return TFDSSource(name, split, data_dir, fraction=fraction, fraction_seed=fraction_seed,
+                    image_ids_file=image_ids_file, image_ids_mode=image_ids_mode)
