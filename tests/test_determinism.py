@@ -1,5 +1,9 @@
 """A seeded run is bit-reproducible on CPU: the same seed gives the same loss at every step
 and the same final weights, in this process and in a fresh one; another seed does not.
+Its input stream is a function of (seed, element index) (rethink_st/data/pipeline.py): a
+stream resumed at step k is the rest of the whole stream, every random draw of the policies
+is keyed per image, and a draw that cannot be keyed is refused. (A seeded run killed with
+kill -9 and resumed: tests/test_fault_injection.py.)
 
 Also runnable as a script (the fresh process):
     python tests/test_determinism.py DATA_DIR MODEL_DIR SEED OUT_PREFIX
@@ -16,7 +20,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
-from rethink_st import cli, config_io
+from rethink_st import augment as augment_lib, cli, config_io
+from rethink_st.data import features as F, pipeline, sources
+from rethink_st.errors import UserError
 from rethink_st.training import run, trainer as trainer_lib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +101,92 @@ def test_seeded_turns_op_determinism_on_for_its_block_only():
       raise ValueError('a failing run')
   assert not tf_config.is_op_determinism_enabled()
   np.testing.assert_array_equal(a, b)   # the seed is set either way
+
+
+# --- the input stream of a seeded run ---------------------------------------------------------
+
+def _batches(data_dir, position, count, input_context=None):
+  """`count` batches of the digit teacher's training input (cached scenes, shuffled after the
+  cache, S1, anchor labels) as flat lists of numpy arrays."""
+  tf.random.set_seed(position.seed)   # as run_train's `seeded` does (the shuffles read it)
+  ds = pipeline.build_input(
+      sources.digit_scenes_source(split='train', data_dir=data_dir), task='detection',
+      global_batch_size=4, is_training=True, output_size=(128, 128), cache=True,
+      shuffle_buffer=64, input_context=input_context, position=position)
+  return [[x.numpy() for x in tf.nest.flatten(batch)] for batch in ds.take(count)]
+
+
+def _same(a, b):
+  return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_seeded_stream_resumed_at_step_k_is_the_rest_of_the_whole_stream(digit_scenes_dir):
+  """48 scenes, 4 per step: step 13 is in the second (reshuffled) epoch. Per input pipeline
+  too (2 pipelines, 1 replica each: 2 images of each pipeline per step)."""
+  whole = _batches(digit_scenes_dir, pipeline.Position(1, 0), 16)
+  resumed = _batches(digit_scenes_dir, pipeline.Position(1, 13), 3)
+  assert all(_same(a, b) for a, b in zip(resumed, whole[13:])) and len(resumed) == 3
+  assert not _same(whole[0], whole[12])             # epoch 2 is not epoch 1 again
+  assert not _same(_batches(digit_scenes_dir, pipeline.Position(2, 0), 1)[0], whole[0])
+  # the student's pseudo stream (same source here) draws its own order and augmentation
+  assert not _same(_batches(digit_scenes_dir, pipeline.Position(1, 0).of('pseudo'), 1)[0],
+                   whole[0])
+  context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                       num_replicas_in_sync=2)
+  whole_1 = _batches(digit_scenes_dir, pipeline.Position(1, 0), 8, context)
+  assert whole_1[0][0].shape[0] == 2
+  resumed_1 = _batches(digit_scenes_dir, pipeline.Position(1, 5), 3, context)
+  assert all(_same(a, b) for a, b in zip(resumed_1, whole_1[5:])) and len(resumed_1) == 3
+
+
+def _scene():
+  """A 64 x 64 scene of noise with three boxes, their instance masks and a semantic mask."""
+  rng = np.random.default_rng(0)
+  boxes = np.float32([[0.1, 0.1, 0.5, 0.4], [0.3, 0.5, 0.9, 0.9], [0.6, 0.1, 0.8, 0.3]])
+  masks = np.zeros([3, 64, 64], np.uint8)
+  semantic = np.zeros([64, 64, 1], np.uint8)
+  for i, (y0, x0, y1, x1) in enumerate((boxes * 64).astype(int)):
+    masks[i, y0:y1, x0:x1] = 1
+    semantic[y0:y1, x0:x1] = i + 1
+  return {F.IMAGE: rng.integers(0, 256, [64, 64, 3], np.uint8), F.BOXES: boxes,
+          F.CLASSES: np.int64([1, 2, 3]), F.INSTANCE_MASKS: masks, F.SEMANTIC_MASK: semantic}
+
+
+@pytest.mark.parametrize('policy,masks', [('s2', False), ('s2', True), ('s4', False)])
+def test_every_draw_of_the_policies_is_keyed_by_the_image_not_its_position(policy, masks):
+  """S2/S3's AutoAugment (Model Garden's ops; with masks, ours; TranslateY_Only_BBoxes draws
+  inside a loop) and S4's RandAugment under a keyed parser: images 0-5 and then 5-0 again
+  come out the same, as they would not with stateful draws (each call advances them)."""
+  scene = {k: tf.constant(v) for k, v in _scene().items()
+           if masks or k not in (F.INSTANCE_MASKS, F.SEMANTIC_MASK)}
+  augment = augment_lib.Augment(policy, output_size=(64, 64))
+  order = [0, 1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 0]
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(order, tf.int64)).map(
+      lambda i: (i, scene)).map(pipeline.keyed_parser(
+          lambda example: augment(example)[F.IMAGE], (7, 1)))
+  images = [x.numpy() for x in ds]
+  assert all(np.array_equal(images[i], images[len(order) - 1 - i]) for i in range(6))
+  assert len({x.tobytes() for x in images[:6]}) == 6    # and each image its own draws
+
+
+def test_draws_in_a_loop_are_keyed_per_iteration_and_stateful_draws_are_refused():
+  def five_draws(_):
+    def body(i, acc):
+      return i + 1, acc.write(i, tf.random.uniform([]))
+    return tf.while_loop(lambda i, _: i < 5, body,
+                         [0, tf.TensorArray(tf.float32, size=5)])[1].stack()
+
+  def keyed(fn, skip=0):
+    ds = tf.data.Dataset.range(4).enumerate().skip(skip)
+    return [x.numpy() for x in ds.map(pipeline.keyed_parser(fn, (3, 4)))]
+
+  values = keyed(five_draws)
+  assert all(len(set(v)) == 5 for v in values)       # a new number every iteration
+  assert len({v.tobytes() for v in values}) == 4     # and every element
+  assert _same(keyed(five_draws, skip=2), values[2:])
+  # tf.image's random ops draw from TF's stateful kernels directly: not keyable.
+  with pytest.raises(UserError, match='stateful random ops .*RandomUniform'):
+    keyed(lambda x: tf.image.random_flip_left_right(tf.fill([2, 2, 1], x)))
 
 
 if __name__ == '__main__':

@@ -73,8 +73,9 @@ class StubTask:
     model.build((None, 2, 2, 1))
     return model
 
-  def build_dataset(self, split, global_batch_size, input_context=None, source=None):
-    del split, global_batch_size, input_context
+  def build_dataset(self, split, global_batch_size, input_context=None, source=None,
+                    position=None):
+    del split, global_batch_size, input_context, position
     return self.datasets['pseudo' if source is not None else 'human']
 
   def label_stats(self, labels):
@@ -351,9 +352,9 @@ def _recording_student(record, stop_at_step=None, stop_after_step=None, read_dat
   read_data=False: no input pipelines are built (for a run stopped before its first step)."""
   class RecordingStudent(student_lib.StudentTrainer):
 
-    def attach_datasets(self, train=True, eval_batch_size=None):
+    def attach_datasets(self, train=True, eval_batch_size=None, position=None):
       if read_data:
-        return super().attach_datasets(train, eval_batch_size)
+        return super().attach_datasets(train, eval_batch_size, position)
       import orbit  # pylint: disable=g-import-not-at-top
       orbit.StandardTrainer.__init__(self, tf.data.Dataset.range(1))
       return None

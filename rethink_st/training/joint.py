@@ -53,12 +53,14 @@ class JointClassification:
     self.head = classification.build_classification_head(
         model.backbone, self.num_classes, input_size=self.image_size)
 
-  def dataset_fn(self, input_context) -> tf.data.Dataset:
+  def dataset_fn(self, input_context, position=None) -> tf.data.Dataset:
+    """The classification batches (`position`: build_input's, for a seeded run)."""
     from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
     with gin.config_scope('classification'):
       return pipeline.build_input(
           self.source, task='classification', global_batch_size=self.global_batch_size,
-          is_training=True, output_size=self.image_size, input_context=input_context)
+          is_training=True, output_size=self.image_size, input_context=input_context,
+          position=position)
 
   def loss(self, inputs) -> tf.Tensor:
     images, labels = inputs

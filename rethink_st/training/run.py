@@ -6,7 +6,9 @@ TensorBoard summaries under model_dir/train and model_dir/eval, a progress line 
 evaluation at an interval and at the end (results in model_dir/eval_metrics.json, 0-1 as the
 evaluators return them; the printed `[eval]` line shows AP, AR, mIoU and accuracies x 100).
 run_evaluate (bin/evaluate.py) writes its configs and results under model_dir/eval/.
-A run with `run_train.seed` is bit-reproducible on the same hardware and software (`seeded`).
+A run with `run_train.seed` is bit-reproducible on the same hardware and software (`seeded`),
+also when it is killed and resumed: its input continues where the checkpoint's step says
+(`pipeline.Position`; a run without a seed starts its input afresh on resume).
 A training run holds model_dir's lock (rethink_st/run_lock.py): a second run on the same
 folder stops at once, naming the first; and, holding it, it removes what an interrupted
 checkpoint save left (`remove_interrupted_saves`).
@@ -26,6 +28,7 @@ from tensorflow.python.framework import config as tf_config  # pylint: disable=g
 
 from rethink_st import config_io
 from rethink_st import run_lock
+from rethink_st.data import pipeline
 from rethink_st.errors import UserError
 from rethink_st.training import optimization
 from rethink_st.training import strategy as strategy_lib
@@ -95,14 +98,14 @@ def run_train(model_dir: str,
   Garden's); ignored when model_dir already holds a checkpoint (resume wins).
   joint: a JointClassification (training/joint.py) adds w * a classification loss on the
   shared backbone (the paper's joint training); works with any trainer_cls.
-  seed: seeds Python, NumPy and TensorFlow (weights, augmentation, shuffles without a seed of
-    their own); None: a different run every time.
+  seed: seeds Python, NumPy and TensorFlow (weights) and the training input: shuffles and
+    augmentation are a function of (seed, element index), and a resumed run's input starts
+    at the checkpoint's step (`pipeline.Position`), so that it reads what an uninterrupted
+    run reads. None: a different run every time, and a resumed run's input starts afresh.
   deterministic: with a seed, also turn on TensorFlow's op determinism for this run, so that
-    the same seed on the same hardware and software gives bit-identical losses and weights
-    (see `seeded`; measured on 2 CPU cores: no slowdown, as the serial augmentation still
-    feeds ~400 img/s against the model's ~15). False keeps the seed but lets tf.data run
-    the random augmentation in parallel (for many-core hosts whose input would otherwise
-    limit the step rate); runs then differ from the first steps on.
+    the same seed on the same hardware and software gives bit-identical losses and weights,
+    resumed or not (see `seeded`). False keeps the seed and the input stream but lets ops
+    use faster nondeterministic kernels (GPU), so runs may differ in the last bits.
   """
   if not model_dir:
     raise UserError('--model_dir is required')
@@ -114,7 +117,8 @@ def run_train(model_dir: str,
                       steps_per_loop=steps_per_loop, checkpoint_every=checkpoint_every,
                       keep_checkpoints=keep_checkpoints, eval_every=eval_every,
                       eval_batch_size=eval_batch_size, eval_steps=eval_steps,
-                      init_checkpoint=init_checkpoint, init_modules=init_modules, joint=joint)
+                      init_checkpoint=init_checkpoint, init_modules=init_modules, joint=joint,
+                      seed=seed)
 
 
 def _chief_lock(model_dir: str):
@@ -152,16 +156,15 @@ def seeded(seed: Optional[int], deterministic: bool = True):
 
   What op determinism does here (tensorflow/python/framework/config.py,
   enable_op_determinism): every tf.data `map`/`interleave`/`batch` keeps its input order
-  whatever its `deterministic=` says, and a map function with stateful random ops (the
-  training augmentation: flip, scale jitter, crop, policy ops) runs serially, so each image
-  draws the same random numbers on every run (in parallel, calls race for the one random
-  state and images swap draws); ops with a faster nondeterministic kernel use a
-  deterministic one. The rest is already fixed by the seed: weight initialization, the
-  augmentation ops' seeds (derived from the global seed when the input function is traced),
-  a shuffle without a seed of its own (build_input's after `cache`); sources shuffle with
-  build_input's `seed` (0 unless bound) and a labeled subset is a hash of
-  (source_id, fraction_seed), the same on every run. Evaluation and pseudo-labeling draw no
-  random numbers and read in order: they give the same output for the same weights.
+  whatever its `deterministic=` says, a map function with stateful random ops runs serially,
+  and ops with a faster nondeterministic kernel use a deterministic one. The rest is fixed
+  by the seed: weight initialization, and the training input, which run_train keys by the
+  seed (`pipeline.Position`): the augmentation's draws are stateless, keyed per element (so
+  its map runs in parallel even under op determinism), the shuffle after `cache` is seeded
+  from it; sources shuffle with build_input's `seed` (0 unless bound) and a labeled subset
+  is a hash of (source_id, fraction_seed), the same on every run. Evaluation and
+  pseudo-labeling draw no random numbers and read in order: they give the same output for
+  the same weights.
   """
   if seed is None:
     yield
@@ -179,7 +182,7 @@ def seeded(seed: Optional[int], deterministic: bool = True):
 
 def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
                steps_per_loop, checkpoint_every, keep_checkpoints, eval_every,
-               eval_batch_size, eval_steps, init_checkpoint, init_modules, joint):
+               eval_batch_size, eval_steps, init_checkpoint, init_modules, joint, seed):
   strategy_lib.set_mixed_precision()
   strategy = strategy_lib.build_strategy()
   strategy_lib.check_global_batch_size(global_batch_size, strategy, 'run_train.global_batch_size')
@@ -196,13 +199,18 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
     optimizer = optimization.build_optimizer(global_batch_size, train_steps)
     trainer = trainer_cls(task=task, model=model, optimizer=optimizer, strategy=strategy,
                           global_batch_size=global_batch_size, joint=joint)
-    trainer.attach_datasets(train=True, eval_batch_size=eval_batch_size if has_eval else None)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **trainer.checkpoint_items)
 
   latest = tf.train.latest_checkpoint(ckpt_dir)
   if latest:
     check_checkpoint_matches(checkpoint, latest, f'--model_dir={model_dir}')
     print(f'[train] resuming from {latest}', flush=True)
+  # Built after the restore: a seeded run's input starts at the restored step.
+  position = (None if seed is None
+              else pipeline.Position(int(seed), int(optimizer.iterations.numpy())))
+  with strategy.scope():
+    trainer.attach_datasets(train=True, eval_batch_size=eval_batch_size if has_eval else None,
+                            position=position)
 
   def init_fn():
     if init_path:

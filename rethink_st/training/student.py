@@ -100,9 +100,12 @@ class StudentTrainer(trainer_lib.Trainer):
     return logs
 
   def main_dataset_fn(self, input_context):
-    human = self.task.build_dataset('train', self.human_batch_size, input_context)
+    position = self.input_position
+    human = self.task.build_dataset('train', self.human_batch_size, input_context,
+                                    position=position)
     pseudo = self.task.build_dataset('train', self.pseudo_batch_size, input_context,
-                                     source=self.pseudo_source)
+                                     source=self.pseudo_source,
+                                     position=position and position.of('pseudo'))
     return tf.data.Dataset.zip((human, pseudo)).prefetch(tf.data.AUTOTUNE)
 
   def compute_losses(self, inputs):

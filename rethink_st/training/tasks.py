@@ -51,15 +51,15 @@ class Task:
 
   def build_dataset(self, split: str, global_batch_size: int,
                     input_context: Optional[tf.distribute.InputContext] = None,
-                    source=None) -> tf.data.Dataset:
+                    source=None, position=None) -> tf.data.Dataset:
     """Batched (images, labels) under gin scope `split` (so `train/Augment.policy` applies
-    to training only)."""
+    to training only); `position`: build_input's, for a seeded training stream."""
     from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
     with gin.config_scope(split):
       return pipeline.build_input(
           source if source is not None else self.source(split), task=self.kind,
           global_batch_size=global_batch_size, is_training=(split == TRAIN),
-          output_size=self.image_size, input_context=input_context)
+          output_size=self.image_size, input_context=input_context, position=position)
 
   # --- steps -----------------------------------------------------------------------------
   label_stat_names: Tuple[str, ...] = ()

@@ -59,6 +59,7 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.train_metrics = {n: tf_keras.metrics.Mean(n, dtype=tf.float32)
                           for n in self.metric_names}
     self.evaluator = None
+    self.input_position = None
     self._loop_start = None
 
   @property
@@ -67,16 +68,24 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return {'classification_head': self.joint.head} if self.joint is not None else {}
 
   def main_dataset_fn(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-    return self.task.build_dataset('train', self.global_batch_size, input_context)
+    return self.task.build_dataset('train', self.global_batch_size, input_context,
+                                   position=self.input_position)
 
   def train_dataset_fn(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     main = self.main_dataset_fn(input_context)
     if self.joint is None:
       return main
-    return tf.data.Dataset.zip((main, self.joint.dataset_fn(input_context)))
+    position = self.input_position and self.input_position.of('classification')
+    return tf.data.Dataset.zip((main, self.joint.dataset_fn(input_context, position)))
 
-  def attach_datasets(self, train: bool = True, eval_batch_size: Optional[int] = None) -> None:
-    """Distributed train/eval datasets; eval only when eval_batch_size is given."""
+  def attach_datasets(self, train: bool = True, eval_batch_size: Optional[int] = None,
+                      position=None) -> None:
+    """Distributed train/eval datasets; eval only when eval_batch_size is given.
+
+    position: a `pipeline.Position` for a seeded run (its seed and the step it resumes at):
+    the training streams start there (build_input); None: they start afresh.
+    """
+    self.input_position = position
     if train:
       dataset = self.strategy.distribute_datasets_from_function(self.train_dataset_fn)
       orbit.StandardTrainer.__init__(self, dataset, options=orbit.StandardTrainerOptions())
