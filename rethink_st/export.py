@@ -28,6 +28,7 @@ import gin
 import tensorflow as tf, tf_keras
 from absl import logging
 from official.vision.ops import anchor
+from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
 
 from rethink_st import run_lock
 from rethink_st.data import pipeline
@@ -202,7 +203,12 @@ def export_saved_model(model: tf_keras.Model,
     settings.update(scales=list(scales), flip=flip, size_divisor=size_divisor,
                     masks='argmax class per original-image pixel')
   signature = module.serve.get_concrete_function()
-  tf.saved_model.save(module, export_dir, signatures={'serving_default': signature})
+  # Served through the signature: tf_keras' traces of every layer's call functions (for
+  # tf_keras.models.load_model, which cannot load this tf.Module anyway) are not saved. They
+  # were 3/4 of a small RetinaNet's export time and 2/3 of its load time on 2 CPU cores.
+  with keras_saved_model_utils.keras_option_scope(save_traces=False,
+                                                  in_tf_saved_model_scope=False):
+    tf.saved_model.save(module, export_dir, signatures={'serving_default': signature})
   settings_path = os.path.join(export_dir, SETTINGS_FILE)
   tf.io.gfile.makedirs(os.path.dirname(settings_path))
   with tf.io.gfile.GFile(settings_path, 'w') as f:

@@ -1,11 +1,12 @@
 """What the binaries do around their run functions, on one tiny teacher trained as
-bin/train_teacher.py trains it: evaluation at an interval during training, the stages
-chained by their flags alone (bin/pseudo_label.py --teacher --unlabeled,
+bin/train_teacher.py trains it (conftest.tiny_teacher): evaluation at an interval during
+training, the stages chained by their flags alone (bin/pseudo_label.py --teacher --unlabeled,
 bin/train_student.py --teacher --pseudo_labels), bin/export.py and bin/evaluate.py
 --checkpoint (outputs and configs, the training run's files untouched), the stage flags'
 one-line errors (a bad path, a --gin_param that disagrees), bin/show_augment.py's
-digit-scale default, one-line errors for bad gin input, and TF_USE_LEGACY_KERAS set by
-importing the package."""
+digit-scale default, one-line errors for bad gin input, and, in a fresh interpreter,
+TF_USE_LEGACY_KERAS set by importing the package and every bin/*.py importing."""
+import glob
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from rethink_st.training import run
 
 import test_training
 from helpers import one_error_line
+from helpers import run_bin
 
 TEACHER_GIN = test_training.TEACHER_GIN
 RUN_FILES = ('config.gin', 'operative_config.gin', 'eval_metrics.json', 'detections_coco.json')
@@ -41,12 +43,6 @@ def _read(path):
     return f.read()
 
 
-def _binary(name, *args):
-  """Runs bin/<name>.py with `args` in a fresh process; returns it (stdout, stderr, code)."""
-  return subprocess.run([sys.executable, os.path.join('bin', f'{name}.py'), *args],
-                        cwd=test_training.REPO, capture_output=True, text=True, timeout=600)
-
-
 def _gin_params(bindings):
   return [f'--gin_param={b}' for b in bindings]
 
@@ -58,17 +54,12 @@ def _config(path):
 
 
 @pytest.fixture(scope='module')
-def trained_run(digit_scenes_dir, tmp_path_factory):
+def trained_run(tiny_teacher, tmp_path_factory):
   """4 steps of the tiny teacher with evaluation every 2 steps: what bin/train_teacher.py
-  runs (in this process, which saves importing TensorFlow again). Returns (model_dir,
-  data_dir)."""
-  model_dir = str(tmp_path_factory.mktemp('run') / 'teacher')
-  gin.clear_config()
-  cli.run_binary(run.run_train, gin_files=[TEACHER_GIN], model_dir=model_dir,
-                 gin_params=_bindings(digit_scenes_dir) + [
-                     'rethink_st.training.run.run_train.eval_every = 2'])
-  gin.clear_config()
-  return model_dir, digit_scenes_dir
+  runs (conftest.tiny_teacher, trained once per session), copied for this file, whose
+  export and evaluation write into it. Returns (model_dir, data_dir)."""
+  return (tiny_teacher.copy_to(tmp_path_factory.mktemp('run') / 'teacher'),
+          tiny_teacher.data_dir)
 
 
 def _scalar_steps(folder, tag):
@@ -97,15 +88,16 @@ STUDENT_GIN = os.path.join(test_training.REPO, 'gin_configs', 'digits', 'student
 
 def test_teacher_pseudo_label_student_chained_by_flags_alone(trained_run, tmp_path):
   """bin/train_teacher.py (trained_run) -> bin/pseudo_label.py --teacher --unlabeled ->
-  bin/train_student.py --teacher --pseudo_labels, the last two in their own processes: no
-  --gin_param names a stage's input (those below only shrink the model and the data). Each
-  flag's binding is in the stage's config.gin, and was used (operative_config.gin,
-  meta.json); the student's config.gin alone gives the same inputs again."""
+  bin/train_student.py --teacher --pseudo_labels, the last two run as scripts with their
+  absl flags (helpers.run_bin): no --gin_param names a stage's input (those below only
+  shrink the model and the data). Each flag's binding is in the stage's config.gin, and was
+  used (operative_config.gin, meta.json); the student's config.gin alone gives the same
+  inputs again."""
   teacher, data_dir = trained_run
   pseudo, student = str(tmp_path / 'pseudo'), str(tmp_path / 'student')
   unlabeled = os.path.join(data_dir, 'unlabeled.tfrecord-*')
   tiny = _gin_params(_bindings(data_dir))
-  done = _binary('pseudo_label', f'--gin_file={DEMO_GIN}', *tiny, f'--teacher={teacher}',
+  done = run_bin('pseudo_label', f'--gin_file={DEMO_GIN}', *tiny, f'--teacher={teacher}',
                  f'--unlabeled={unlabeled}', f'--output_dir={pseudo}')
   assert done.returncode == 0, done.stderr[-3000:]
   config = _config(os.path.join(pseudo, 'config.gin'))
@@ -120,7 +112,7 @@ def test_teacher_pseudo_label_student_chained_by_flags_alone(trained_run, tmp_pa
   with open(os.path.join(pseudo, 'stats.json')) as f:
     assert json.load(f)['images'] == 32      # the tiny set's unlabeled split
 
-  done = _binary('train_student', f'--gin_file={STUDENT_GIN}', *tiny,
+  done = run_bin('train_student', f'--gin_file={STUDENT_GIN}', *tiny,
                  '--gin_param=rethink_st.training.run.run_train.train_steps = 2',
                  '--gin_param=rethink_st.training.tasks.DetectionTask.eval_source = None',
                  f'--teacher={teacher}', f'--pseudo_labels={pseudo}', f'--model_dir={student}')
@@ -367,6 +359,9 @@ def test_malformed_line_is_one_line_naming_it(text, tmp_path):
 
 # ------------------------------------------------------------ TF_USE_LEGACY_KERAS
 def test_importing_the_package_first_selects_tf_keras():
+  """In a fresh interpreter: importing rethink_st first selects tf_keras; then every
+  bin/*.py runs its top level there (imports, flag definitions; not main), which the tests
+  that call the binaries in-process (helpers.run_bin) leave unchecked."""
   env = {k: v for k, v in os.environ.items() if k != 'TF_USE_LEGACY_KERAS'}
   env['TF_CPP_MIN_LOG_LEVEL'] = '3'
   code = ('import os, rethink_st\n'
@@ -375,7 +370,18 @@ def test_importing_the_package_first_selects_tf_keras():
           # tf.keras is a lazy loader object that forwards to tf_keras, not the module itself.
           "assert tf.keras.__name__.startswith('tf_keras'), tf.keras.__name__\n"
           'assert tf.keras.Model is tf_keras.Model\n'
-          "print('ok')\n")
+          "print('ok')\n"
+          'import glob, runpy, sys\n'
+          'from absl import flags\n'
+          "for path in sorted(glob.glob('bin/*.py')):\n"
+          '  defined = set(flags.FLAGS)\n'
+          "  runpy.run_path(path, run_name='imported')\n"
+          '  for name in set(flags.FLAGS) - defined:\n'   # the binaries share flag names
+          '    delattr(flags.FLAGS, name)\n'
+          '  print(path)\n')
   done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
                         text=True, timeout=300, cwd=test_training.REPO)
-  assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr[-2000:]
+  assert done.returncode == 0, done.stderr[-2000:]
+  scripts = sorted(os.path.join('bin', os.path.basename(p))
+                   for p in glob.glob(os.path.join(test_training.REPO, 'bin', '*.py')))
+  assert len(scripts) >= 10 and done.stdout.split() == ['ok'] + scripts, done.stdout

@@ -2,8 +2,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from rethink_st.data import digit_scenes as ds
 from rethink_st.data import features as F
 from rethink_st.errors import UserError
+from helpers import run_bin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -359,22 +358,21 @@ def test_tfds_builder_builds_and_loads(tmp_path):
 
 
 def test_binaries_make_and_show(tmp_path):
-  env = dict(os.environ, PYTHONPATH=REPO)
+  """bin/make_digit_scenes.py and bin/show_digit_scenes.py run as scripts with their absl
+  flags (helpers.run_bin, in this process)."""
   params = [f'--gin_param=make_digit_scenes.{k}={v}' for k, v in SMALL.items()]
   data_dir = str(tmp_path / 'bin')
-  subprocess.run([sys.executable, os.path.join(REPO, 'bin', 'make_digit_scenes.py'),
-                  f'--data_dir={data_dir}', *params], check=True, env=env,
-                 capture_output=True, timeout=120)
+  made = run_bin('make_digit_scenes', f'--data_dir={data_dir}', *params)
+  assert made.returncode == 0, made.stderr[-2000:]
   assert json.load(open(os.path.join(data_dir, 'meta.json')))['splits']['train'][
       'num_examples'] == 4
-  again = subprocess.run([sys.executable, os.path.join(REPO, 'bin', 'make_digit_scenes.py'),
-                          f'--data_dir={data_dir}', '--gin_param=make_digit_scenes.seed=-3'],
-                         env=env, capture_output=True, text=True, timeout=120)
+  again = run_bin('make_digit_scenes', f'--data_dir={data_dir}',
+                  '--gin_param=make_digit_scenes.seed=-3')
   assert again.returncode == 1
   assert again.stderr.strip().splitlines()[-1] == (
       'error: make_digit_scenes.seed must be an integer >= 0, got -3')
   out = str(tmp_path / 'grid.png')
-  subprocess.run([sys.executable, os.path.join(REPO, 'bin', 'show_digit_scenes.py'),
-                  f'--data_dir={data_dir}', '--split=iconic_val', '--num=2', f'--output={out}'],
-                 check=True, env=env, capture_output=True, timeout=120)
+  shown = run_bin('show_digit_scenes', f'--data_dir={data_dir}', '--split=iconic_val',
+                  '--num=2', f'--output={out}')
+  assert shown.returncode == 0, shown.stderr[-2000:]
   assert os.path.getsize(out) > 1000

@@ -1,8 +1,6 @@
 """Tests for rethink_st.evaluation.pseudo_label_report on hand-made pseudo-label folders."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +13,8 @@ from rethink_st.data import tfexample
 from rethink_st.errors import UserError
 from rethink_st.evaluation import pseudo_label_report as plr
 from rethink_st.pseudo_label import shards
+from helpers import run_bin
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
@@ -404,21 +402,17 @@ def test_bad_input_is_one_clear_error(detection_case, segmentation_case, tmp_pat
 
 
 def test_binary(detection_case, tmp_path):
+  """bin/pseudo_label_report.py run as a script with its absl flags (helpers.run_bin, in
+  this process)."""
   pseudo_dir, ref = detection_case
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2')
   out = str(tmp_path / 'r')
-  bin_path = os.path.join(REPO, 'bin', 'pseudo_label_report.py')
-  done = subprocess.run([sys.executable, bin_path, f'--pseudo_dir={pseudo_dir}',
-                         f'--output_dir={out}', f'--reference={ref}',
-                         '--gin_param=write_report.thresholds=(0.5,)'],
-                        env=env, capture_output=True, text=True, timeout=120)
+  done = run_bin('pseudo_label_report', f'--pseudo_dir={pseudo_dir}', f'--output_dir={out}',
+                 f'--reference={ref}', '--gin_param=write_report.thresholds=(0.5,)')
   assert done.returncode == 0, done.stderr[-2000:]
   report = json.load(open(os.path.join(out, 'report.json')))
   assert [r['precision'] for r in report['detection']['thresholds']] == [0.5]
   assert os.path.exists(os.path.join(out, 'config.gin'))
-  bad = subprocess.run([sys.executable, bin_path, f'--pseudo_dir={tmp_path}/none',
-                        f'--output_dir={out}'], env=env, capture_output=True, text=True,
-                       timeout=120)
+  bad = run_bin('pseudo_label_report', f'--pseudo_dir={tmp_path}/none', f'--output_dir={out}')
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines()[-1] == (
       f'error: --pseudo_dir={tmp_path}/none: no such folder')

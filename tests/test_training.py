@@ -47,11 +47,10 @@ def teacher_config(digit_scenes_dir):
   gin.clear_config()
 
 
-def test_teacher_trains_checkpoints_evaluates_and_resumes(teacher_config, tmp_path, capsys):
-  model_dir = str(tmp_path / 'teacher')
-  config_io.save_config(model_dir)
-  metrics = run.run_train(model_dir)
-  out = capsys.readouterr().out
+def test_teacher_trains_checkpoints_evaluates_and_resumes(tiny_teacher, teacher_config, tmp_path,
+                                                         capsys):
+  # conftest.tiny_teacher: 4 steps, evaluated at steps 2 and 4, made once for the session
+  out, metrics = tiny_teacher.stdout, tiny_teacher.metrics
   assert '[train] step 2/4' in out and 'img/s=' in out and 'eta=' in out
   # the [eval] line shows AP x 100; eval_metrics.json keeps pycocotools' 0-1 values
   eval_line = next(l for l in out.splitlines() if l.startswith('[eval] step 4'))
@@ -60,6 +59,7 @@ def test_teacher_trains_checkpoints_evaluates_and_resumes(teacher_config, tmp_pa
   assert f'AP50={run.format_x100(metrics["AP50"])} ' in eval_line
   assert set(['AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'ARmax1', 'ARmax10', 'ARmax100',
               'ARs', 'ARm', 'ARl']) <= set(metrics)
+  model_dir = tiny_teacher.copy_to(tmp_path / 'teacher')   # the resume below writes to it
   assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
   for name in ('config.gin', 'operative_config.gin', 'eval_metrics.json',
                'detections_coco.json'):
@@ -111,9 +111,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_config, tmp_path)
         assert np.all(np.isfinite(value)), name
 
 
-def test_model_dir_with_another_models_checkpoint(teacher_config, tmp_path):
-  model_dir = str(tmp_path / 'other')
-  run.run_train(model_dir, eval_every=None)
+def test_model_dir_with_another_models_checkpoint(tiny_teacher, teacher_config, tmp_path):
+  model_dir = tiny_teacher.copy_to(tmp_path / 'other')   # a checkpoint of the 32-filter model
   gin.bind_parameter('rethink_st.modeling.detection.build_retinanet.decoder_num_filters', 48)
   with pytest.raises(UserError, match='holds a checkpoint of a different model'):
     run.run_train(model_dir)
