@@ -16,7 +16,9 @@ kept, padded bottom/right), the model, and the mapping back to the original imag
              over `scales` and flips when asked); masks [B, H, W] int32, their argmax;
              image_info [B, 4, 2].
 
-A copy of the export settings is written to `<export_dir>/assets.extra/rethink_st_export.json`;
+A copy of the export settings is written to `<export_dir>/assets.extra/rethink_st_export.json`,
+with the task's label space (`label_space`: the dataset's category id and name of each class
+id, e.g. a custom COCO JSON's; rethink_st/data/label_space.py);
 run_export (bin/export.py) also writes the gin config there beside saved_model.pb
 (`config.gin`, `operative_config.gin`), by default in `<model_dir>/saved_model`.
 """
@@ -149,7 +151,8 @@ def export_saved_model(model: tf_keras.Model,
                        scales: Sequence[float] = (1.0,),
                        flip: bool = False,
                        size_divisor: int = 1,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False,
+                       label_space=None) -> str:
   """Writes `model` as a SavedModel with a uint8-image `serving_default` signature.
 
   Args:
@@ -165,6 +168,8 @@ def export_saved_model(model: tf_keras.Model,
     scales, flip, size_divisor: segmentation only; multi-scale/flip inference as in
       `rethink_st.evaluation.segmentation.predict_probabilities`.
     overwrite: replace a non-empty export_dir.
+    label_space: a LabelSpace, recorded in the settings file: class id c (detection_classes,
+      mask values) is category_ids[c - 1], named category_names[c - 1].
 
   Returns:
     export_dir.
@@ -178,6 +183,9 @@ def export_saved_model(model: tf_keras.Model,
   _check_export_dir(export_dir, overwrite)
   settings = {'task': task, 'input_size': list(input_size), 'batch_size': batch_size,
               'input': 'images: uint8 [B, H, W, 3]'}
+  if label_space is not None:
+    settings['label_space'] = dict(label_space.to_json(),
+                                   class_ids=list(range(1, label_space.num_classes + 1)))
   if task == 'detection':
     if not hasattr(model, 'detection_generator'):
       raise UserError('export_saved_model: task=detection needs a RetinaNet model with a '
@@ -267,8 +275,10 @@ def _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite) 
   kwargs = {}
   if kind == 'segmentation':
     kwargs = dict(scales=task.eval_scales, flip=task.eval_flip, size_divisor=task.size_divisor)
+  from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
   out = export_saved_model(model, export_dir, task=kind, input_size=task.image_size,
-                           batch_size=batch_size, overwrite=overwrite, **kwargs)
+                           batch_size=batch_size, overwrite=overwrite,
+                           label_space=label_space.label_space_of(task), **kwargs)
   # Written after the export: export_saved_model wants an empty (or new) export_dir.
   config_io.save_config(out)
   config_io.save_operative_config(out)

@@ -224,3 +224,45 @@ def test_bad_fraction(tmp_path):
   ann, img_dir, _ = make_dataset(tmp_path)
   with pytest.raises(UserError, match=r'coco_json_source.*fraction=0'):
     sources.coco_json_source(ann, img_dir, fraction=0)
+
+
+# --- the label space (gin_configs/custom/: NUM_CLASSES checked against the file) ----------
+
+def test_label_space_is_the_files_categories_sorted_by_id(tmp_path):
+  from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
+  ann, img_dir, _ = make_dataset(tmp_path)
+  source = sources.coco_json_source(ann, img_dir, num_classes=2)
+  space = source.label_space
+  assert space.category_ids == (5, 17) and space.names == ('cat', 'dog')
+  assert space.category_map() == {1: 5, 2: 17} and not space.is_contiguous()
+  assert label_space.LabelSpace.from_json(space.to_json()) == space
+  assert space.describe() == '2 classes (5=cat, 17=dog)'
+
+
+def test_a_num_classes_other_than_the_files_is_one_line_naming_both(tmp_path):
+  ann, img_dir, _ = make_dataset(tmp_path)
+  with pytest.raises(UserError) as e:
+    sources.coco_json_source(ann, img_dir, num_classes=3)
+  assert str(e.value).splitlines()[0] == (f"coco_json_source: NUM_CLASSES (num_classes) = 3, but "
+                          f"annotation_file '{ann}' has 2 classes (5=cat, 17=dog)")
+  with pytest.raises(UserError, match=r'^coco_json_source: annotation_file is not set: '
+                                      r'REQUIRED: set TRAIN_ANNOTATIONS'):
+    sources.coco_json_source('REQUIRED: set TRAIN_ANNOTATIONS (...)', img_dir)
+
+
+def test_a_task_whose_class_count_differs_from_its_source_is_one_line(tmp_path):
+  from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
+  from rethink_st.training import tasks  # pylint: disable=g-import-not-at-top
+  ann, img_dir, _ = make_dataset(tmp_path)
+  source = sources.coco_json_source(ann, img_dir)
+  task = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=3, train_source=source)
+  assert label_space.label_space_of(task) is source.label_space
+  evaluator = task.new_evaluator()   # results in the file's category ids and names
+  assert evaluator._category_map == {1: 5, 2: 17}  # pylint: disable=protected-access
+  wrong = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=4, train_source=source)
+  with pytest.raises(UserError, match=r'^DetectionTask.num_classes=4 \(3 classes \+ '
+                                      r'background\), but its train_source coco_json_source'):
+    label_space.label_space_of(wrong)
+  assert label_space.num_classes_with_background(2) == 3
+  with pytest.raises(UserError, match='^NUM_CLASSES is not set: REQUIRED'):
+    label_space.num_classes_with_background('REQUIRED: set NUM_CLASSES')

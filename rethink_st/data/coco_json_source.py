@@ -2,7 +2,11 @@
 
 Class ids: the file's categories, sorted by their `id`, become contiguous class ids 1..K
 (K = num_classes; 0 is background). `source.category_ids[c - 1]` is the file's category id of
-class c and `source.category_names[c - 1]` its name, so results can be mapped back.
+class c and `source.category_names[c - 1]` its name, so results can be mapped back;
+`source.label_space` (rethink_st/data/label_space.py) holds both and travels to pseudo
+labels, evaluation and export. `num_classes`, when bound (gin_configs/custom/ binds it to
+NUM_CLASSES), must equal K: a class count that disagrees with the file is one error line
+naming both.
 
 Per image (source_id = str(image id), images in increasing id order):
   boxes     COCO [x, y, w, h] pixels -> normalized [ymin, xmin, ymax, xmax], clipped to [0, 1],
@@ -26,6 +30,7 @@ import tensorflow as tf, tf_keras  # pylint: disable=unused-import
 from pycocotools import coco as coco_api
 
 from rethink_st.data import features as F
+from rethink_st.data import label_space as label_space_lib
 from rethink_st.data import source_base
 from rethink_st.errors import UserError
 
@@ -37,14 +42,16 @@ class CocoJsonSource(source_base.Source):
 
   def __init__(self, annotation_file: str, image_dir: str, *, include_masks: bool = True,
                semantic_masks: bool = False, fraction: float = 1.0, fraction_seed: int = 0,
-               image_ids_file=None, image_ids_mode: str = 'keep'):
+               image_ids_file=None, image_ids_mode: str = 'keep', num_classes=None):
     self.annotation_file, self.image_dir = annotation_file, image_dir
+    self.expected_num_classes = num_classes
     self.include_masks, self.semantic_masks = bool(include_masks), bool(semantic_masks)
     super().__init__(f'coco_json_source(annotation_file={annotation_file!r})',
                      fraction=fraction, fraction_seed=fraction_seed,
                      image_ids_file=image_ids_file, image_ids_mode=image_ids_mode)
     self.coco = None
     self.category_ids, self.category_names = [], []
+    self.label_space = None
     self.image_ids, self.skipped_annotations = [], 0
     self.validate()
 
@@ -55,6 +62,10 @@ class CocoJsonSource(source_base.Source):
 
   def validate(self) -> None:
     path = self.annotation_file
+    if isinstance(path, str) and path.startswith('REQUIRED'):
+      raise UserError(f'coco_json_source: annotation_file is not set: {path}')
+    if isinstance(self.image_dir, str) and self.image_dir.startswith('REQUIRED'):
+      raise UserError(f'coco_json_source: image_dir is not set: {self.image_dir}')
     if not tf.io.gfile.exists(path):
       raise UserError(f'coco_json_source: annotation_file {path!r} does not exist')
     if tf.io.gfile.isdir(path):
@@ -93,6 +104,7 @@ class CocoJsonSource(source_base.Source):
       categories[category['id']] = category.get('name', str(category['id']))
     if not categories:
       self._fail("has an empty 'categories' list")
+    self._check_num_classes(categories)
 
     for i, ann in enumerate(data['annotations']):
       if not isinstance(ann, dict):
@@ -133,10 +145,25 @@ class CocoJsonSource(source_base.Source):
     self.category_names = [categories[c] for c in self.category_ids]
     self._class_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
     self.num_classes = len(self.category_ids)
+    self.label_space = label_space_lib.LabelSpace(
+        tuple(self.category_ids), tuple(str(n) for n in self.category_names))
     self.image_ids = sorted(images)
     self.check_image_ids(str(i) for i in self.image_ids)
     self.skipped_annotations = sum(1 for a in data['annotations']
                                    if a['bbox'][2] <= 0 or a['bbox'][3] <= 0)
+
+  def _check_num_classes(self, categories) -> None:
+    expected = self.expected_num_classes
+    if expected is None:
+      return
+    if isinstance(expected, str) and expected.startswith('REQUIRED'):
+      raise UserError(f'NUM_CLASSES is not set ({expected}); annotation_file '
+                      f'{self.annotation_file!r} has {len(categories)} categories')
+    if expected != len(categories):
+      space = label_space_lib.LabelSpace(tuple(sorted(categories)), tuple(
+          str(categories[c]) for c in sorted(categories)))
+      raise UserError(f'coco_json_source: NUM_CLASSES (num_classes) = {expected!r}, but '
+                      f'annotation_file {self.annotation_file!r} has {space.describe()}')
 
   # ---- reading -----------------------------------------------------------------------------
 
@@ -213,7 +240,7 @@ class CocoJsonSource(source_base.Source):
 def coco_json_source(annotation_file: str, image_dir: str, include_masks: bool = True,
                      semantic_masks: bool = False, fraction: float = 1.0,
                      fraction_seed: int = 0, image_ids_file=None,
-                     image_ids_mode: str = 'keep') -> CocoJsonSource:
+                     image_ids_mode: str = 'keep', num_classes=None) -> CocoJsonSource:
   """A COCO JSON file + image folder; categories sorted by id become classes 1..K.
 
   Raises UserError at construction for a missing, empty or malformed annotation file
@@ -221,9 +248,10 @@ def coco_json_source(annotation_file: str, image_dir: str, include_masks: bool =
   category), a missing image_dir or image file, a bad fraction, or an image_ids_file
   (keep, image_ids_mode='keep', or drop, 'drop', the image ids it lists; e.g. a
   semi-supervised fold of bin/make_ssod_splits.py) that is malformed or lists ids the
-  annotation file does not have.
+  annotation file does not have, or a `num_classes` (the number of object categories the
+  config expects, e.g. %NUM_CLASSES; None: not checked) other than the file's.
   """
   return CocoJsonSource(annotation_file, image_dir, include_masks=include_masks,
                         semantic_masks=semantic_masks, fraction=fraction,
                         fraction_seed=fraction_seed, image_ids_file=image_ids_file,
-                        image_ids_mode=image_ids_mode)
+                        image_ids_mode=image_ids_mode, num_classes=num_classes)

@@ -7,8 +7,11 @@ Every source is a `Source` (rethink_st/data/source_base.py) yielding the decoded
                 image_ids_file=None, image_ids_mode='keep')
     tfrecord_source(file_pattern, fraction=1.0, fraction_seed=0, num_classes=None)
     coco_json_source(annotation_file, image_dir, include_masks=True, semantic_masks=False,
-                     fraction=1.0, fraction_seed=0, image_ids_file=None, image_ids_mode='keep')
+                     fraction=1.0, fraction_seed=0, image_ids_file=None, image_ids_mode='keep',
+                     num_classes=None)
     image_folder_source(directory, fraction=1.0, fraction_seed=0)
+    mask_folder_source(image_dir, mask_dir, num_classes, class_names=None,
+                       require_masks=True, fraction=1.0, fraction_seed=0)
     digit_scenes_source(split='train', data_dir=None, fraction=1.0, fraction_seed=0,
                         generate=False)
 
@@ -18,6 +21,11 @@ All are registered in gin as `rethink_st.data.sources.<name>`, e.g.
     train_input.source = @train/digit_scenes_source()
     train/digit_scenes_source.split = 'train'
     train/digit_scenes_source.fraction = 0.2     # the paper's 20% labeled subset
+
+A source's `label_space` (rethink_st/data/label_space.py: the dataset's category id and name
+of each class id) is read from a COCO JSON file; other sources have contiguous ids.
+`num_classes_with_background(num_classes)` turns a count of object categories (the custom
+templates' NUM_CLASSES) into a task's num_classes.
 
 `source_from_spec` makes a source from one string (bin/pseudo_label.py's --unlabeled):
 'digit_scenes:<split>', an image folder, or a TFRecord glob.
@@ -36,6 +44,8 @@ from rethink_st.data import features as F  # pylint: disable=unused-import
 from rethink_st.data.coco_json_source import CocoJsonSource, coco_json_source
 from rethink_st.data.image_folder_source import IMAGE_EXTENSIONS, ImageFolderSource, \
     image_folder_source
+from rethink_st.data.label_space import LabelSpace, num_classes_with_background
+from rethink_st.data.mask_folder_source import MaskFolderSource, mask_folder_source
 from rethink_st.data.source_base import Source, check_fraction, fraction_bucket, in_fraction, \
     in_shard
 from rethink_st.data.tfds_source import TFDSSource, tfds_source
@@ -46,7 +56,8 @@ __all__ = [
     'Source', 'TFDSSource', 'TFRecordSource', 'CocoJsonSource', 'ImageFolderSource',
     'tfds_source', 'tfrecord_source', 'coco_json_source', 'image_folder_source',
     'digit_scenes_source', 'source_from_spec', 'in_fraction', 'in_shard', 'fraction_bucket',
-    'check_fraction', 'IMAGE_EXTENSIONS', 'UserError',
+    'check_fraction', 'IMAGE_EXTENSIONS', 'UserError', 'MaskFolderSource',
+    'mask_folder_source', 'LabelSpace', 'num_classes_with_background',
 ]
 
 DIGIT_SCENES_NUM_CLASSES = 10

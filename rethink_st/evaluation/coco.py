@@ -85,6 +85,9 @@ class CocoDetectionEvaluator:
     per_category: also return 'AP/<name>' (AP over IoU 0.5:0.95, all areas) per category.
     rescale_boxes: divide detection boxes by image_info's scale (predictions in model-input
       pixels, as RetinaNet outputs them). False if they are already in original pixels.
+    label_space: the task's LabelSpace (rethink_st/data/label_space.py; DetectionTask passes
+      its sources'): gives category_map (dataset category ids, e.g. a custom COCO JSON's
+      non-contiguous ones) and category_names where those are not bound.
   """
 
   def __init__(self,
@@ -92,11 +95,17 @@ class CocoDetectionEvaluator:
                category_map: Optional[Mapping[int, int]] = None,
                category_names: Optional[Mapping[int, str]] = None,
                per_category: bool = False,
-               rescale_boxes: bool = True):
+               rescale_boxes: bool = True,
+               label_space=None):
     if not isinstance(max_detections, int) or max_detections <= 0:
       raise UserError(f'CocoDetectionEvaluator.max_detections={max_detections!r} is not a '
                       'positive integer')
     self._max_detections = max_detections
+    if label_space is not None:
+      if category_map is None and not label_space.is_contiguous():
+        category_map = label_space.category_map()
+      if category_names is None:
+        category_names = label_space.class_names()
     self._category_map = ({int(k): int(v) for k, v in category_map.items()}
                           if category_map else None)
     self._category_names = ({int(k): str(v) for k, v in category_names.items()}

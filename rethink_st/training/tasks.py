@@ -120,8 +120,10 @@ class DetectionTask(Task):
         }}
 
   def new_evaluator(self):
+    from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
     from rethink_st.evaluation import coco  # pylint: disable=g-import-not-at-top
-    return coco.CocoDetectionEvaluator()
+    # Results in the dataset's category ids and names (a COCO JSON source's label space).
+    return coco.CocoDetectionEvaluator(label_space=label_space.label_space_of(self))
 
 
 @gin.configurable
