@@ -10,8 +10,12 @@ output's config.gin); a --gin_param that sets the same one differently is an err
   --unlabeled   rethink_st.pseudo_label.run.run_pseudo_label.unlabeled_source
                 ('digit_scenes:<split>', a folder of images, or a TFRecord glob; default: the
                 source the gin files bind)
-Everything else (score threshold, batch size, chunk size, ...) is gin:
---gin_param="rethink_st.pseudo_label.run.run_pseudo_label.score_threshold=0.5".
+Everything else (score threshold, score floor, batch size, chunk size, ...) is gin:
+--gin_param="rethink_st.pseudo_label.run.run_pseudo_label.score_threshold=0.5". Detection
+boxes are written down to run_pseudo_label.score_floor (0.05) with their scores, so a student
+can read them at any threshold down to it (bin/train_student.py --pseudo_label_threshold);
+meta.json records the label space, the teacher checkpoint's path and sha256 and the NMS
+settings.
 
 Each host runs with its own --shard_index; a rerun skips the chunks already written. A host
 holds its shard's lock in --output_dir (writer-shard-<i>-of-<n>.lock): a second process on

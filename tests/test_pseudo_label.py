@@ -18,11 +18,13 @@ from pycocotools.coco import COCO
 from rethink_st import cli
 from rethink_st import config_io
 from rethink_st.data import features as F
+from rethink_st.data import label_space
 from rethink_st.data import pipeline
 from rethink_st.data import sources
 from rethink_st.errors import UserError
 from rethink_st.evaluation import pseudo_label_report as plr
 from rethink_st.evaluation import segmentation
+from rethink_st.pseudo_label import provenance
 from rethink_st.pseudo_label import run as pl_run
 from rethink_st.pseudo_label import shards
 from rethink_st.pseudo_label import source as pl_source
@@ -916,9 +918,24 @@ def test_empty_unlabeled_source(det_config, teacher, tmp_path):
 
 def test_pseudo_labels_of_another_label_space_stop_the_student(labeled):
   source = pl_source.pseudo_label_source(labeled[0])
+  assert source.label_space == label_space.LabelSpace.contiguous(10)   # from meta.json
   six = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=7, image_size=SIZE)
-  with pytest.raises(UserError, match='has 10 classes but the task has 6'):
+  with pytest.raises(UserError) as e:
     student._check_label_space(six, source)
+  assert str(e.value) == (
+      f'StudentTrainer.pseudo_source {labeled[0]} holds pseudo labels of another label space '
+      'than the task (10 classes, not 6): pseudo labels 10 classes (1, 2, 3, 4, 5, 6, ... (4 '
+      'more)), task 6 classes (1, 2, 3, 4, 5, 6)')
+
+  class OtherIds:   # a train source of a COCO JSON whose 10 categories are 2, 4, ..., 20
+    name = 'coco_json_source(...)'
+    label_space = label_space.LabelSpace(tuple(range(2, 21, 2)), tuple('abcdefghij'))
+
+  same_count = tasks.DetectionTask(model_fn=lambda **_: None, num_classes=11, image_size=SIZE,
+                                   train_source=OtherIds())
+  with pytest.raises(UserError, match=r'another label space than the task \(class 1 is '
+                                      r'category id 1, not 2\)'):
+    student._check_label_space(same_count, source)
 
 
 def test_not_a_pseudo_label_folder(tmp_path):
@@ -926,3 +943,79 @@ def test_not_a_pseudo_label_folder(tmp_path):
     pl_source.pseudo_label_source(str(tmp_path / 'missing'))
   with pytest.raises(UserError, match='not a pseudo-label folder'):
     pl_source.pseudo_label_source(str(tmp_path))
+
+
+# --- pseudo labels that outlive their threshold ------------------------------------------
+
+@pytest.fixture(scope='module')
+def confident_teacher(digit_scenes_dir, tmp_path_factory):
+  """The tiny RetinaNet with its class head's kernel x 8 and its bias shifted so that the
+  median of the first unlabeled image's detection scores is 0.7: scores spread on both sides
+  of 0.7 (an untrained head scores ~0.01). Returns its checkpoint folder."""
+  _parse([DEMO_GIN], _det_bindings(digit_scenes_dir))
+  tf_keras.utils.set_random_seed(1)
+  model = tasks.DetectionTask().build_model()
+  classifier = model.head._classifier  # pylint: disable=protected-access
+  classifier.kernel.assign(classifier.kernel * 8.0)
+  first = sorted(_source_images(digit_scenes_dir).items())[0][1]
+  median = float(np.median(_hand_detections(model, first)[2]))
+  logit = lambda p: np.log(p / (1.0 - p))
+  classifier.bias.assign(classifier.bias + (logit(0.7) - logit(median)))
+  folder = str(tmp_path_factory.mktemp('confident_teacher'))
+  tf.train.Checkpoint(model=model).save(os.path.join(folder, 'ckpt'))
+  gin.clear_config()
+  return folder
+
+
+def _labels_by_image(source):
+  return {ex[F.SOURCE_ID].numpy(): {k: ex[k].numpy() for k in (F.BOXES, F.CLASSES, F.SCORES,
+                                                                 F.AREA, F.IS_CROWD)}
+          for ex in source.dataset()}
+
+
+def test_a_student_at_0_7_reads_the_boxes_a_labeler_at_0_7_writes(confident_teacher,
+                                                                  digit_scenes_dir, tmp_path):
+  """Labels written down to the floor 0.05 (labeler threshold 0.5), read by a student at 0.7,
+  are exactly the labels a labeler at 0.7 writes: same images, boxes, classes, scores;
+  and the pseudo set's density at 0.7 is the same. meta.json records the floor, the label
+  space and the provenance (checkpoint path and hash, NMS settings)."""
+  _parse([DEMO_GIN], _det_bindings(digit_scenes_dir))
+  floor, at_07 = str(tmp_path / 'floor'), str(tmp_path / 'at_0.7')
+  try:
+    pl_run.run_pseudo_label(floor, teacher_checkpoint=confident_teacher, score_threshold=0.5)
+    pl_run.run_pseudo_label(at_07, teacher_checkpoint=confident_teacher, score_threshold=0.7,
+                            score_floor=0.7)
+  finally:
+    gin.clear_config()
+  meta = shards.read_meta(floor)
+  checkpoint = tf.train.latest_checkpoint(confident_teacher)
+  assert (meta['score_floor'], meta['score_threshold']) == (0.05, 0.5)
+  assert meta['teacher_checkpoint'] == checkpoint
+  assert meta['teacher_checkpoint_sha256'] == provenance.checkpoint_sha256(checkpoint)
+  assert len(meta['teacher_checkpoint_sha256']) == 64
+  assert meta['nms']['nms_iou_threshold'] == 0.5 and meta['nms']['max_num_detections'] == 10
+  assert meta['label_space'] == {'category_ids': list(range(1, 11)),
+                                 'category_names': [str(c) for c in range(1, 11)]}
+  written = np.concatenate([v[F.SCORES] for v in _read(floor).values()])
+  assert written.min() >= 0.05
+  assert np.sum(written < 0.7) > 0 and np.sum(written >= 0.7) > 0   # the threshold matters
+
+  student_07 = pl_source.pseudo_label_source(floor, score_threshold=0.7)
+  labeler_07 = pl_source.pseudo_label_source(at_07)
+  got, want = _labels_by_image(student_07), _labels_by_image(labeler_07)
+  assert sorted(got) == sorted(want) and len(got) == NUM_IMAGES
+  for sid in want:
+    for key in want[sid]:
+      np.testing.assert_array_equal(got[sid][key], want[sid][key], err_msg=f'{sid} {key}')
+  assert sum(len(v[F.SCORES]) for v in want.values()) == np.sum(written >= 0.7)
+  assert student_07.pseudo_set['boxes_per_image'] == pytest.approx(
+      labeler_07.pseudo_set['boxes_per_image'])
+  # Without a threshold of its own the student reads the labeler's (0.5, the paper's).
+  default = _labels_by_image(pl_source.pseudo_label_source(floor))
+  assert sum(len(v[F.SCORES]) for v in default.values()) == np.sum(written >= 0.5) == (
+      json.load(open(os.path.join(floor, 'stats.json')))['boxes'])
+  with pytest.raises(UserError, match=r'^pseudo_label_source.score_threshold=0.5 is below the '
+                                      r'score floor 0.7 the pseudo labels in .* were written '
+                                      r'at; label again with run_pseudo_label.score_floor'):
+    pl_source.pseudo_label_source(at_07, score_threshold=0.5)
+

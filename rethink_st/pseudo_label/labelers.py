@@ -36,11 +36,20 @@ def class_agnostic_suppressed(boxes, scores, num_detections, iou_threshold: floa
 
 
 class DetectionLabeler:
-  """Teacher detections -> kept boxes per image (original-image normalized coordinates)."""
+  """Teacher detections -> boxes per image (original-image normalized coordinates).
+
+  The tf.Example of an image holds every box of score >= `score_floor` that class-agnostic
+  suppression kept, with its score (the student applies its own threshold when it reads
+  them, `pseudo_label_source.score_threshold`); `score_threshold` is the labeler's own
+  threshold, at which the statistics count boxes (and the student's default). The floor is
+  at most the threshold."""
   kind = 'detection'
 
-  def __init__(self, model, score_threshold: float, class_agnostic_nms_iou: Optional[float]):
+  def __init__(self, model, score_threshold: float, class_agnostic_nms_iou: Optional[float],
+               score_floor: Optional[float] = None):
     self.model, self.score_threshold = model, score_threshold
+    self.score_floor = score_threshold if score_floor is None else min(score_floor,
+                                                                       score_threshold)
     self.class_agnostic_nms_iou = class_agnostic_nms_iou
 
   def predict(self, batch):
@@ -77,7 +86,7 @@ class DetectionLabeler:
     all_classes = np.asarray(pred['classes'][i, :n]).astype(np.int64)
     suppressed = (np.asarray(pred['suppressed'][i, :n], bool) if 'suppressed' in pred
                   else np.zeros(n, bool))
-    keep = (scores >= self.score_threshold) & ~suppressed
+    keep = (scores >= self.score_floor) & ~suppressed
     boxes, classes = all_boxes[keep], all_classes[keep]
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * h * w
     example = {F.BOXES: boxes, F.CLASSES: classes, F.SCORES: scores[keep],
@@ -114,9 +123,11 @@ class SegmentationLabeler:
 def build_labeler(task, model, *, score_threshold: float = 0.5,
                   class_agnostic_nms_iou: Optional[float] = 0.5,
                   scales: Sequence[float] = (1.0,), flip: bool = False,
-                  mask_threshold: float = 0.5):
+                  mask_threshold: float = 0.5, score_floor: Optional[float] = None):
+  """The task's labeler. score_floor: detection boxes written (with their scores) down to
+  min(score_floor, score_threshold); None: down to score_threshold only."""
   if isinstance(task, tasks_lib.DetectionTask):
-    return DetectionLabeler(model, score_threshold, class_agnostic_nms_iou)
+    return DetectionLabeler(model, score_threshold, class_agnostic_nms_iou, score_floor)
   if isinstance(task, tasks_lib.SegmentationTask):
     return SegmentationLabeler(model, scales, flip, mask_threshold, task.size_divisor)
   raise UserError(f'run_pseudo_label.task must be a DetectionTask or SegmentationTask, '

@@ -1,12 +1,16 @@
 """run_pseudo_label: a teacher labels an unlabeled source, sharded and resumable.
 
-Detection: boxes with score >= `score_threshold` (0.5, the paper's) are kept, after the
-model's NMS and class-agnostic suppression (`class_agnostic_nms_iou`; labelers.py). Images
-with no kept box are written too, as background. Segmentation: multi-scale (+ flip)
+Detection: after the model's NMS and class-agnostic suppression (`class_agnostic_nms_iou`;
+labelers.py), every box with score >= `score_floor` (0.05) is written with its score; the
+student keeps those >= its own threshold when it reads them (`pseudo_label_source`, default
+the labeler's `score_threshold`, 0.5, the paper's), so a threshold sweep needs one labeling
+pass. Images with no box are written too, as background. meta.json records the label space
+(category ids and names), the teacher checkpoint's path and content hash, and the NMS
+settings (provenance.py). Segmentation: multi-scale (+ flip)
 probabilities, thresholded at `mask_threshold` (labelers.py).
 
-Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline reads (kept
-boxes only), a COCO JSON of ALL the teacher's detections with their scores, the suppressed
+Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline reads (the
+boxes above the floor, with scores), a COCO JSON of ALL the teacher's detections with their scores, the suppressed
 ones flagged "suppressed": 1 (so precision and recall, with and without the suppression, can
 be read at any threshold afterwards), and stats JSON (`suppressed`: boxes at or above the
 score threshold that the suppression dropped; `class_agnostic_nms_iou`: the setting). A chunk
@@ -40,8 +44,10 @@ import tensorflow as tf
 
 from rethink_st import config_io
 from rethink_st import run_lock
+from rethink_st.data import label_space as label_space_lib
 from rethink_st.data import sources
 from rethink_st.errors import UserError
+from rethink_st.pseudo_label import provenance
 from rethink_st.pseudo_label import shards
 from rethink_st.pseudo_label.inference import (  # noqa: F401  (the names benchmarks use)
     ENCODED, SHAPE, UNREADABLE, VALID, host_values, inference_dataset, make_predict_fn)
@@ -82,6 +88,7 @@ def run_pseudo_label(output_dir: str,
                      batch_size: int = 8,
                      chunk_size: int = 1000,
                      score_threshold: float = 0.5,
+                     score_floor: float = 0.05,
                      class_agnostic_nms_iou: Optional[float] = 0.5,
                      scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
                      flip: bool = False,
@@ -92,6 +99,11 @@ def run_pseudo_label(output_dir: str,
 
   Returns the merged stats once every host is done (else this host's counters). Holds the
   shard's lock in output_dir for the run (another process on this shard stops at once).
+  score_threshold: detection: the labeler's threshold: the statistics (stats.json, the
+    report's marked row) count the boxes at or above it, and a student that binds no
+    threshold of its own (pseudo_label_source.score_threshold) keeps those.
+  score_floor: detection: every box at or above min(score_floor, score_threshold) is written
+    with its score, so a student may read them at any threshold down to it.
   class_agnostic_nms_iou: detection: across classes, a box whose IoU with a kept,
     higher-scored box is >= this is dropped (None: no class-agnostic suppression).
   unlabeled_source: a Source, or a string for `sources.source_from_spec` ('digit_scenes:<split>',
@@ -105,6 +117,8 @@ def run_pseudo_label(output_dir: str,
     raise UserError(f'--shard_index={shard_index} must be in [0, --num_shards={num_shards})')
   if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= mask_threshold <= 1.0:
     raise UserError('run_pseudo_label.score_threshold/mask_threshold must be in [0, 1]')
+  if not (isinstance(score_floor, (int, float)) and 0.0 <= score_floor <= 1.0):
+    raise UserError(f'run_pseudo_label.score_floor={score_floor!r} must be in [0, 1]')
   if class_agnostic_nms_iou is not None and not (
       isinstance(class_agnostic_nms_iou, (int, float)) and 0.0 < class_agnostic_nms_iou <= 1.0):
     raise UserError(f'run_pseudo_label.class_agnostic_nms_iou={class_agnostic_nms_iou!r} must '
@@ -118,6 +132,7 @@ def run_pseudo_label(output_dir: str,
   except UserError as e:
     raise UserError(str(e).replace('init_checkpoint=', 'run_pseudo_label.teacher_checkpoint=',
                                    1)) from None
+  space = label_space_lib.label_space_of(task)   # what the class ids mean, checked
   if isinstance(unlabeled_source, str):
     unlabeled_source = sources.source_from_spec(unlabeled_source,
                                                 'run_pseudo_label.unlabeled_source')
@@ -136,16 +151,23 @@ def run_pseudo_label(output_dir: str,
       model = task.build_model()
     labeler = build_labeler(task, model, score_threshold=score_threshold,
                             class_agnostic_nms_iou=class_agnostic_nms_iou, scales=scales,
-                            flip=flip, mask_threshold=mask_threshold)
+                            flip=flip, mask_threshold=mask_threshold, score_floor=score_floor)
     detection = labeler.kind == 'detection'
     path = _restore_teacher(model, teacher_checkpoint)
     num_object_classes = task.num_classes - 1
+    # What the labels mean and where they come from (provenance.py): they outlive the
+    # labeler's threshold, so the student can check what it reads.
     shards.write_meta(output_dir, {
+        'label_space': space.to_json(),
         'kind': labeler.kind, 'num_classes': num_object_classes, 'num_shards': num_shards,
         'chunk_size': chunk_size, 'score_threshold': score_threshold,
+        'score_floor': labeler.score_floor if detection else None,
         'class_agnostic_nms_iou': class_agnostic_nms_iou if detection else None,
+        'nms': provenance.nms_settings(model) if detection else None,
         'mask_threshold': mask_threshold, 'scales': None if detection else list(scales),
-        'flip': flip, 'teacher_checkpoint': path, 'source': unlabeled_source.name})
+        'flip': flip, 'teacher_checkpoint': path,
+        'teacher_checkpoint_sha256': provenance.checkpoint_sha256(path),
+        'source': unlabeled_source.name})
 
     start_chunk = shards.first_incomplete_chunk(output_dir, shard_index, num_shards)
     skip = shards.consumed_images(output_dir, shard_index, num_shards)
@@ -159,7 +181,7 @@ def run_pseudo_label(output_dir: str,
       total = -(-int(total) // num_shards)  # this host's share
     progress = _Progress(total, skip)
     sink = _ChunkSink(output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
-                      num_object_classes, progress)
+                      space, progress)
     # Writing runs in a thread, overlapped with the next batch's inference (TensorFlow releases
     # the GIL); at most `_QUEUE_DEPTH` batches wait, so memory stays bounded.
     writer = _Background(sink.add_batch, depth=_QUEUE_DEPTH)

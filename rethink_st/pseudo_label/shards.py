@@ -33,6 +33,9 @@ import tensorflow as tf
 from rethink_st.errors import UserError
 
 SCORE_BINS = np.linspace(0.0, 1.0, 21)  # 0.05-wide bins for score histograms
+# The written boxes' scores, in 0.001-wide bins: boxes per image at any student threshold
+# that is a multiple of 0.001 (`written_boxes_at`).
+WRITTEN_SCORE_BINS = 1000
 
 
 def chunk_prefix(out_dir: str, shard_index: int, num_shards: int, chunk: int) -> str:
@@ -207,13 +210,22 @@ class Counters:
     self.per_class = np.zeros(num_classes + 1, np.int64)  # index = class id (0: background)
     self.boxes_per_image_hist = np.zeros(21, np.int64)    # 0..19, 20+
     self.score_hist = np.zeros(len(SCORE_BINS) - 1, np.int64)  # all detections, pre-threshold
+    self.written = 0   # boxes in the tf.Examples: >= the score floor, not suppressed
+    self.written_score_hist = np.zeros(WRITTEN_SCORE_BINS, np.int64)
     self.ignored_pixels = 0
     self.pixels = 0
     self.unreadable_skipped = 0  # undecodable images in this chunk's stretch of the source
 
   def add_detection(self, kept_classes: np.ndarray, all_scores: np.ndarray,
-                    suppressed: int = 0) -> None:
+                    suppressed: int = 0, written_scores: Optional[np.ndarray] = None) -> None:
+    """kept_classes: the boxes at the labeler's threshold (counted in boxes, per_class, ...);
+    written_scores: the scores of the boxes written (default: as many as kept, unscored)."""
     self.images += 1
+    if written_scores is not None:
+      self.written += int(len(written_scores))
+      bins = np.clip((np.asarray(written_scores, np.float64) * WRITTEN_SCORE_BINS).astype(
+          np.int64), 0, WRITTEN_SCORE_BINS - 1)
+      np.add.at(self.written_score_hist, bins, 1)
     n = int(kept_classes.shape[0])
     self.boxes += n
     self.suppressed += int(suppressed)
@@ -239,7 +251,8 @@ class Counters:
       d.update(boxes=self.boxes, suppressed=self.suppressed,
                class_agnostic_nms_iou=self.class_agnostic_nms_iou,
                boxes_per_image_hist=self.boxes_per_image_hist.tolist(),
-               score_hist=self.score_hist.tolist(), score_bins=SCORE_BINS.tolist())
+               score_hist=self.score_hist.tolist(), score_bins=SCORE_BINS.tolist(),
+               written=self.written, written_score_hist=self.written_score_hist.tolist())
     else:
       d.update(pixels=self.pixels, ignored_pixels=self.ignored_pixels)
     return d
@@ -263,6 +276,17 @@ def merge_stats(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
   elif merged.get('kind') == 'segmentation':
     merged['ignored_fraction'] = merged.get('ignored_pixels', 0) / max(merged.get('pixels', 0), 1)
   return merged
+
+
+def written_boxes_at(stats: Dict[str, Any], threshold: float) -> Optional[int]:
+  """Boxes of score >= threshold among those written, from merged counters (exact for a
+  multiple of 0.001: a score s is in bin floor(1000 s)); None for a folder written before
+  the counters had them."""
+  hist = stats.get('written_score_hist')
+  if hist is None:
+    return None
+  first = int(np.ceil(round(float(threshold) * WRITTEN_SCORE_BINS, 6)))
+  return int(np.sum(hist[min(max(first, 0), WRITTEN_SCORE_BINS):]))
 
 
 def mark_host_done(out_dir: str, shard_index: int, num_shards: int, info: Dict[str, Any]) -> None:

@@ -18,11 +18,15 @@ class ChunkSink:
   counters; a chunk is closed (renamed into place) when it holds `chunk_size` images."""
 
   def __init__(self, output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
-               num_object_classes, progress):
+               label_space, progress):
     self.output_dir, self.shard_index, self.num_shards = output_dir, shard_index, num_shards
     self.chunk, self.chunk_size, self.labeler = start_chunk, chunk_size, labeler
-    self.num_object_classes, self.progress = num_object_classes, progress
-    self.categories = [{'id': c, 'name': str(c)} for c in range(1, num_object_classes + 1)]
+    self.num_object_classes, self.progress = label_space.num_classes, progress
+    # The COCO files' category ids are class ids (as their annotations'); each category
+    # carries its name and the dataset's own id (`dataset_category_id`).
+    self.categories = [{'id': c, 'name': name, 'dataset_category_id': int(dataset_id)}
+                       for c, (dataset_id, name) in enumerate(
+                           zip(label_space.category_ids, label_space.names), 1)]
     self.nms_iou = labeler.class_agnostic_nms_iou if labeler.kind == 'detection' else None
     self.writer = self.counters = None
 
@@ -47,9 +51,11 @@ class ChunkSink:
       self.writer.write(tfexample.encode_example(example, encoded_image=meta[ENCODED][i]))
       if detection:
         scores, suppressed = all_detections[F.SCORES], all_detections['suppressed']
+        written = labels[F.SCORES]   # >= the floor, not suppressed
         self.counters.add_detection(
-            labels[F.CLASSES], scores,
-            suppressed=np.count_nonzero(suppressed & (scores >= self.labeler.score_threshold)))
+            labels[F.CLASSES][written >= self.labeler.score_threshold], scores,
+            suppressed=np.count_nonzero(suppressed & (scores >= self.labeler.score_threshold)),
+            written_scores=written)
         self.writer.add_coco_image(source_id, int(shape[0]), int(shape[1]),
                                    all_detections[F.BOXES], all_detections[F.CLASSES],
                                    scores, suppressed)

@@ -1,32 +1,110 @@
 """pseudo_label_source: the pseudo-labeler's output folder as a Source for the student.
 
-It reads the chunks' tf.Examples, which hold the kept pseudo boxes only; the detections below
-the score threshold or dropped by class-agnostic suppression are in the COCO JSON files
-alone, for the report. The source carries `pseudo_set` (`pseudo_set_density`), how densely
-the folder labels its images, which the student reports and warns about."""
+Detection: the chunks' tf.Examples hold every box the labeler wrote (score >= its floor,
+`score_floor` in meta.json, not dropped by class-agnostic suppression) with its score; the
+source keeps those with score >= `score_threshold` (default: the labeler's own threshold,
+meta.json's `score_threshold`), so one labeling pass serves students at any threshold down to
+the floor. The detections below the floor or suppressed are in the COCO JSON files alone,
+for the report. Segmentation pseudo masks are used as written (their threshold is the
+labeler's `mask_threshold`).
+
+The source carries the folder's `label_space` (meta.json; the student refuses pseudo labels
+of another label space than its task's), its `score_threshold`, and `pseudo_set`
+(`pseudo_set_density`), how densely it labels its images at that threshold, which the
+student reports and warns about."""
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import gin
 import tensorflow as tf
 
+from rethink_st.data import features as F
+from rethink_st.data import label_space as label_space_lib
 from rethink_st.data import sources
 from rethink_st.errors import UserError
 from rethink_st.pseudo_label import shards
 
+THRESHOLD_BINDING = 'rethink_st.pseudo_label.source.pseudo_label_source.score_threshold'
+_BOX_KEYS = (F.CLASSES, F.IS_CROWD, F.AREA, F.BOXES, F.SCORES)
+
+
+class PseudoLabelSource(sources.TFRecordSource):
+  """A pseudo-label folder's records; detection boxes below `score_threshold` left out."""
+
+  def __init__(self, file_pattern, *, num_classes, score_threshold: Optional[float]):
+    self.score_threshold = score_threshold
+    super().__init__(file_pattern, num_classes=num_classes)
+
+  def _keep(self, example):
+    if self.score_threshold is None or F.SCORES not in example:
+      return example
+    keep = example[F.SCORES] >= tf.constant(self.score_threshold, tf.float32)
+    out = dict(example)
+    for key in _BOX_KEYS:
+      out[key] = tf.boolean_mask(example[key], keep)
+    return out
+
+  def _decode(self, source_id, serialized):
+    return self._keep(super()._decode(source_id, serialized))
+
+  def _decode_without_masks(self, source_id, serialized):
+    return self._keep(super()._decode_without_masks(source_id, serialized))
+
+
+def check_score_threshold(where: str, value) -> float:
+  """A score threshold in [0, 1], or one UserError line naming `where`."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    raise UserError(f'{where}={value!r} must be a number in [0, 1]')
+  return float(value)
+
 
 @gin.configurable
-def pseudo_label_source(directory: str, require_complete: bool = True) -> sources.TFRecordSource:
+def pseudo_label_source(directory: str, require_complete: bool = True,
+                        score_threshold: Optional[float] = None) -> PseudoLabelSource:
   """The complete chunks in `directory`, with the label space recorded in its meta.json.
 
   require_complete: stop (one line) unless every host of the labeling run has finished.
+  score_threshold: detection: keep the pseudo boxes of score >= this (bin/train_student.py
+    --pseudo_label_threshold sets it); None: the labeler's run_pseudo_label.score_threshold.
+    Below the floor the boxes were written at (meta.json's score_floor; labels made before
+    floors existed: their score_threshold) is one UserError line.
   """
   meta = check_folder(directory, 'pseudo_label_source.directory', require_complete)
-  source = sources.tfrecord_source(shards.tfrecord_pattern(directory),
-                                   num_classes=int(meta['num_classes']))
-  source.pseudo_set = dict(pseudo_set_density(shards.complete_stats(directory)),
-                           directory=directory)
+  threshold = resolve_threshold(meta, directory, score_threshold)
+  source = PseudoLabelSource(shards.tfrecord_pattern(directory),
+                             num_classes=int(meta['num_classes']), score_threshold=threshold)
+  source.label_space = label_space_of_folder(meta)
+  stats = shards.complete_stats(directory)
+  source.pseudo_set = dict(pseudo_set_density(stats, threshold, meta), directory=directory)
   return source
+
+
+def resolve_threshold(meta: Dict[str, Any], directory: str,
+                      score_threshold: Optional[float]) -> Optional[float]:
+  """The score threshold a student reads a folder at (None: segmentation, no threshold)."""
+  if meta.get('kind') != 'detection':
+    if score_threshold is not None:
+      raise UserError(f'pseudo_label_source.score_threshold={score_threshold!r}: {directory} '
+                      f'holds {meta.get("kind")} pseudo labels; a score threshold applies to '
+                      'detection boxes only')
+    return None
+  labeler = meta.get('score_threshold')   # None: a folder written without one
+  if score_threshold is None:
+    return None if labeler is None else float(labeler)
+  threshold = check_score_threshold('pseudo_label_source.score_threshold', score_threshold)
+  floor = meta.get('score_floor', labeler)
+  if floor is not None and threshold < float(floor) - 1e-9:
+    raise UserError(f'pseudo_label_source.score_threshold={threshold:g} is below the score '
+                    f'floor {floor:g} the pseudo labels in {directory} were written at; label '
+                    f'again with run_pseudo_label.score_floor <= {threshold:g}')
+  return threshold
+
+
+def label_space_of_folder(meta: Dict[str, Any]) -> label_space_lib.LabelSpace:
+  """The label space meta.json records (contiguous ids for a folder written before it did)."""
+  if meta.get('label_space'):
+    return label_space_lib.LabelSpace.from_json(meta['label_space'])
+  return label_space_lib.LabelSpace.contiguous(int(meta['num_classes']))
 
 
 def check_folder(directory: str, where: str, require_complete: bool = True) -> Dict[str, Any]:
@@ -48,15 +126,23 @@ def check_folder(directory: str, where: str, require_complete: bool = True) -> D
   return meta
 
 
-def pseudo_set_density(stats: Dict[str, Any]) -> Dict[str, float]:
+def pseudo_set_density(stats: Dict[str, Any], score_threshold: Optional[float] = None,
+                       meta: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
   """How densely a pseudo-label folder labels its images, from its merged counters: images,
-  and boxes_per_image (detection) or labeled_pixel_fraction (segmentation: the pixels that
-  carry a label rather than the ignore value). A teacher too weak for its score threshold
-  gives a set with almost no label, which a student trains on without any error."""
+  and boxes_per_image (detection, at `score_threshold`: the labeler's own count at its
+  threshold, else from the written boxes' score histogram) or labeled_pixel_fraction
+  (segmentation: the pixels that carry a label rather than the ignore value). A teacher too
+  weak for the threshold gives a set with almost no label, which a student trains on
+  without any error."""
   images = int(stats.get('images', 0))
   if stats.get('kind') == 'segmentation':
     pixels = int(stats.get('pixels', 0))
     labeled = 1.0 - stats.get('ignored_pixels', 0) / pixels if pixels else 0.0
     return {'images': images, 'labeled_pixel_fraction': labeled}
-  return {'images': images,
-          'boxes_per_image': stats.get('boxes', 0) / images if images else 0.0}
+  boxes = stats.get('boxes', 0)
+  labeler = (meta or {}).get('score_threshold')
+  if score_threshold is not None and (labeler is None or
+                                      abs(score_threshold - float(labeler)) > 1e-9):
+    written = shards.written_boxes_at(stats, score_threshold)
+    boxes = boxes if written is None else written
+  return {'images': images, 'boxes_per_image': boxes / images if images else 0.0}

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from rethink_st import losses as losses_lib
+from rethink_st.data import label_space as label_space_lib
 from rethink_st.errors import UserError
 from rethink_st.training import trainer as trainer_lib
 
@@ -52,8 +53,9 @@ def split_batch(global_batch_size: int, pseudo_fraction: float, num_replicas: in
 class StudentTrainer(trainer_lib.Trainer):
   """Trainer whose batches are (human part, pseudo part).
 
-  pseudo_source: a Source of pseudo-labeled examples (e.g. tfrecord_source over the
-    pseudo-labeler's shards); it must have the task's label space.
+  pseudo_source: a Source of pseudo-labeled examples (pseudo_label_source: the
+    pseudo-labeler's folder, its boxes at the student's score threshold); it must have the
+    task's label space (class count, category ids and names), else one UserError line.
   pseudo_fraction: share of each global batch taken from pseudo labels (paper: 0.5).
   normalizer: a LossNormalizer (alpha, decay, 'normalized' or 'standard', matched_control).
   min_pseudo_boxes_per_image, min_pseudo_labeled_pixel_fraction: the floors below which a
@@ -150,9 +152,17 @@ def check_pseudo_set(pseudo_set: Dict[str, Any], floors: Dict[str, Any]) -> Opti
 
 
 def _check_label_space(task, pseudo_source) -> None:
-  """A pseudo-label folder written for another class count stops here, in one line."""
-  expected = task.num_classes - 1  # tasks count background; sources count object classes
-  got = getattr(pseudo_source, 'num_classes', None)
-  if got is not None and got != expected:
-    raise UserError(f'StudentTrainer.pseudo_source {getattr(pseudo_source, "name", "")} has '
-                    f'{got} classes but the task has {expected} (+ background)')
+  """Pseudo labels of another label space than the task's (another class count, or the
+  same count with other category ids or names, e.g. a teacher of another dataset) stop
+  here, in one line."""
+  got = label_space_lib.of_source(pseudo_source)
+  if got is None:
+    return
+  expected = label_space_lib.label_space_of(task)
+  diff = label_space_lib.difference(expected, got)
+  if diff:
+    where = (getattr(pseudo_source, 'pseudo_set', None) or {}).get(
+        'directory', getattr(pseudo_source, 'name', ''))
+    raise UserError(f'StudentTrainer.pseudo_source {where} holds pseudo labels of another '
+                    f'label space than the task ({diff}): pseudo labels {got.describe()}, '
+                    f'task {expected.describe()}')
