@@ -15,7 +15,7 @@ import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loa
 from absl import app, flags
 
 from rethink_st import cli
-from rethink_st.evaluation import pseudo_label_report
+from rethink_st import pseudo_label_report
 
 flags.DEFINE_string('pseudo_dir', None, 'The pseudo-labeler\'s output folder.')
 flags.DEFINE_string('output_dir', None, 'Folder for the report.')

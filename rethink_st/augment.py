@@ -42,7 +42,7 @@ from official.vision.ops import augment as mg_augment
 from official.vision.ops import box_ops
 from official.vision.ops import preprocess_ops
 
-from rethink_st.data import features as F
+from rethink_st import features as F
 from rethink_st.errors import UserError
 
 IMAGE_INFO = 'image_info'        # key Augment adds: Model Garden's [4, 2] image_info

@@ -9,8 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 from rethink_st import augment as augment_lib
+from rethink_st import cli
+from rethink_st import config_io
 from rethink_st import drawing
-from rethink_st.data import features as F
+from rethink_st import features as F
+from rethink_st.data import sources
 from rethink_st.errors import UserError
 
 
@@ -79,9 +82,7 @@ def run_show_augment(output_dir: Optional[str], *, source=None,
   `source` defaults to the digit scenes' train split. Augment's own gin bindings (e.g.
   translate_const) apply to every policy. operative_config.gin goes to `config_dir`
   (default output_dir). Returns the paths."""
-  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
   if source is None:
-    from rethink_st.data import sources  # pylint: disable=g-import-not-at-top
     source = sources.digit_scenes_source('train')
   output_dir = output_dir or os.path.join('runs', 'augment')
   examples = _examples(source, num_examples)
@@ -99,7 +100,6 @@ DIGIT_SCALE_GIN = os.path.join('gin_configs', 'digits', 'augment_{policy}.gin')
 
 
 def digit_scale_gin_file(policy: str) -> str:
-  from rethink_st import config_io  # pylint: disable=g-import-not-at-top
   return os.path.join(config_io.REPO_ROOT, DIGIT_SCALE_GIN.format(policy=policy))
 
 
@@ -113,7 +113,6 @@ def run_show_augment_digit_scale(output_dir: Optional[str],
   `{output_dir}/<policy>/config.gin` (and operative_config.gin), and run_show_augment draws
   that policy to `{output_dir}/augment_<policy>.png`. Returns the PNG paths.
   """
-  from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
   output_dir = output_dir or os.path.join('runs', 'augment')
   paths = []
   for policy in augment_lib.POLICIES:

@@ -25,6 +25,7 @@ from rethink_st import run_lock
 from rethink_st.data import sources
 from rethink_st.errors import UserError
 from rethink_st.pseudo_label import source as pseudo_label_source
+from rethink_st.training import strategy
 
 # Modules that define configurables gin files may name.
 _CONFIGURABLE_MODULES = (
@@ -243,7 +244,6 @@ def run_binary(run_fn: Callable[..., object], *, gin_files: Sequence[str],
     register_configurables()
     parse_gin_and_flags(gin_files, gin_params, flag_bindings)
     with _removed_if_start_fails(folder), _locked(folder if save_config else None, lock_name):
-      from rethink_st.training import strategy  # pylint: disable=g-import-not-at-top
       strategy.build_strategy()  # before any op: collectives and TPUs are set up at start-up
       if save_config and folder:
         config_io.save_config(folder)

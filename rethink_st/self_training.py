@@ -9,7 +9,7 @@ configures all of them and a stage differs from another only by scoped bindings:
 
 Layout of `root_dir`:  teacher/  round_1/pseudo/  round_1/pseudo_report/  round_1/student/
 round_2/...  results.json. round_k/pseudo_report/ is the pseudo-label report
-(evaluation/pseudo_label_report.py): pseudo_labels.png, a grid of pseudo-labeled images, and,
+(rethink_st/pseudo_label_report.py): pseudo_labels.png, a grid of pseudo-labeled images, and,
 with `report_reference` (the unlabeled images' held-back labels), pseudo-label precision and
 recall per score threshold. With rounds > 1 the student of round k is the teacher of round
 k+1. Every stage resumes where it stopped (checkpoints, complete pseudo-label chunks, a written
@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional
 import gin
 import tensorflow as tf
 
+from rethink_st import pseudo_label_report
 from rethink_st.errors import UserError
-from rethink_st.evaluation import pseudo_label_report
 from rethink_st.pseudo_label import run as pseudo_run
 from rethink_st.pseudo_label import shards
 from rethink_st.pseudo_label import source as pseudo_source_lib

@@ -22,7 +22,7 @@ from rethink_st.data import label_space
 from rethink_st.data import pipeline
 from rethink_st.data import sources
 from rethink_st.errors import UserError
-from rethink_st.evaluation import pseudo_label_report as plr
+from rethink_st import pseudo_label_report as plr
 from rethink_st.evaluation import segmentation
 from rethink_st.pseudo_label import provenance
 from rethink_st.pseudo_label import run as pl_run

@@ -1,4 +1,5 @@
-"""Tests for rethink_st.evaluation.pseudo_label_report on hand-made pseudo-label folders."""
+"""Tests for rethink_st.pseudo_label_report (and the evaluation modules it puts together:
+pseudo_label_quality, pseudo_label_report_render) on hand-made pseudo-label folders."""
 import json
 import os
 
@@ -8,10 +9,11 @@ from PIL import Image
 
 import rethink_st  # noqa: F401
 from rethink_st import drawing
-from rethink_st.data import features as F
+from rethink_st import features as F
+from rethink_st import pseudo_label_report as plr
 from rethink_st.data import tfexample
 from rethink_st.errors import UserError
-from rethink_st.evaluation import pseudo_label_report as plr
+from rethink_st.evaluation import pseudo_label_quality
 from rethink_st.pseudo_label import shards
 from helpers import run_bin
 
@@ -119,15 +121,15 @@ def test_match_detections_is_greedy_by_score_and_class_aware():
   gt = np.array([[0, 0, 10, 10], [20, 0, 10, 10], [0, 20, 30, 30]], float)
   # The 0.5 detection overlaps gt 0 better, but the 0.9 one came first and took it.
   dets = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [20, 0, 10, 10], [5, 25, 10, 10]], float)
-  scores, status = plr.match_detections(dets, [1, 1, 2, 1], [0.5, 0.9, 0.8, 0.7], gt,
-                                        [1, 3, 1], gt_is_crowd=[0, 0, 1])
+  scores, status = pseudo_label_quality.match_detections(
+      dets, [1, 1, 2, 1], [0.5, 0.9, 0.8, 0.7], gt, [1, 3, 1], gt_is_crowd=[0, 0, 1])
   np.testing.assert_allclose(scores, [0.9, 0.8, 0.7, 0.5])
   # 0.9 -> gt 0 (TP); 0.8 class 2 on gt 1 of class 3 (FP); 0.7 inside the class-1 crowd
   # box (ignored); 0.5 finds gt 0 taken (FP).
   assert status.tolist() == [1, 0, -1, 0]
-  scores, status = plr.match_detections(np.zeros((0, 4)), [], [], gt, [1, 2, 1])
+  scores, status = pseudo_label_quality.match_detections(np.zeros((0, 4)), [], [], gt, [1, 2, 1])
   assert len(scores) == 0 and len(status) == 0
-  _, status = plr.match_detections(dets[:1], [1], [0.4], np.zeros((0, 4)), [])
+  _, status = pseudo_label_quality.match_detections(dets[:1], [1], [0.4], np.zeros((0, 4)), [])
   assert status.tolist() == [0]
 
 

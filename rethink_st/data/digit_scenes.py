@@ -50,7 +50,7 @@ import gin
 import numpy as np
 from scipy import ndimage
 
-from rethink_st.data import features as F
+from rethink_st import features as F
 from rethink_st.errors import UserError
 
 NUM_CLASSES = 10                                     # digits 0..9 -> class ids 1..10

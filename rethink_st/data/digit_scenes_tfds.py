@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
+from rethink_st import features as F
 from rethink_st.data import digit_scenes
-from rethink_st.data import features as F
 
 
 @dataclasses.dataclass

@@ -68,7 +68,7 @@ from official.vision.ops import box_ops
 from official.vision.ops import preprocess_ops
 
 from rethink_st import augment as augment_lib
-from rethink_st.data import features as F
+from rethink_st import features as F
 from rethink_st.errors import UserError
 from rethink_st.modeling import anchors as anchors_lib
 

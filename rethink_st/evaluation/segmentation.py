@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf, tf_keras
 from official.vision.ops import spatial_transform_ops
 
-from rethink_st.data.features import IGNORE_LABEL
 from rethink_st.errors import UserError
+from rethink_st.features import IGNORE_LABEL
 
 
 def _logits_of(outputs: Any) -> tf.Tensor:

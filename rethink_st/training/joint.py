@@ -14,7 +14,9 @@ import gin
 import tensorflow as tf
 
 from rethink_st import losses as losses_lib
+from rethink_st.data import pipeline
 from rethink_st.errors import UserError
+from rethink_st.modeling import classification
 
 
 @gin.configurable
@@ -44,7 +46,6 @@ class JointClassification:
 
   def build(self, model, image_size, main_global_batch_size: int, num_replicas: int) -> None:
     """Builds the head on `model.backbone`; call under the strategy scope."""
-    from rethink_st.modeling import classification  # pylint: disable=g-import-not-at-top
     self.global_batch_size = self.global_batch_size or main_global_batch_size
     if self.global_batch_size % num_replicas:
       raise UserError(f'JointClassification.global_batch_size={self.global_batch_size} is not '
@@ -55,7 +56,6 @@ class JointClassification:
 
   def dataset_fn(self, input_context, position=None) -> tf.data.Dataset:
     """The classification batches (`position`: build_input's, for a seeded run)."""
-    from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
     with gin.config_scope('classification'):
       return pipeline.build_input(
           self.source, task='classification', global_batch_size=self.global_batch_size,

@@ -30,6 +30,7 @@ from rethink_st import config_io
 from rethink_st import run_lock
 from rethink_st.data import pipeline
 from rethink_st.errors import UserError
+from rethink_st.modeling import init as init_lib
 from rethink_st.training import optimization
 from rethink_st.training import strategy as strategy_lib
 from rethink_st.training import trainer as trainer_lib
@@ -214,7 +215,6 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
 
   def init_fn():
     if init_path:
-      from rethink_st.modeling import init as init_lib  # pylint: disable=g-import-not-at-top
       init_lib.initialize_model(model, checkpoint=init_path, modules=tuple(init_modules))
 
   manager = tf.train.CheckpointManager(

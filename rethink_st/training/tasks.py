@@ -12,7 +12,10 @@ import numpy as np
 import tensorflow as tf, tf_keras
 
 from rethink_st import losses as losses_lib
+from rethink_st.data import pipeline
 from rethink_st.errors import UserError
+from rethink_st.evaluation import coco
+from rethink_st.evaluation import segmentation
 
 TRAIN, EVAL = 'train', 'eval'
 
@@ -54,7 +57,6 @@ class Task:
                     source=None, position=None) -> tf.data.Dataset:
     """Batched (images, labels) under gin scope `split` (so `train/Augment.policy` applies
     to training only); `position`: build_input's, for a seeded training stream."""
-    from rethink_st.data import pipeline  # pylint: disable=g-import-not-at-top
     with gin.config_scope(split):
       return pipeline.build_input(
           source if source is not None else self.source(split), task=self.kind,
@@ -121,7 +123,6 @@ class DetectionTask(Task):
 
   def new_evaluator(self):
     from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
-    from rethink_st.evaluation import coco  # pylint: disable=g-import-not-at-top
     # Results in the dataset's category ids and names (a COCO JSON source's label space).
     return coco.CocoDetectionEvaluator(label_space=label_space.label_space_of(self))
 
@@ -151,7 +152,6 @@ class SegmentationTask(Task):
     return losses_lib.segmentation_losses_fn(outputs, labels)
 
   def eval_outputs(self, model, images, labels):
-    from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
     masks = labels['masks']
     probs = segmentation.predict_probabilities(
         model, images, scales=self.eval_scales, flip=self.eval_flip,
@@ -159,7 +159,6 @@ class SegmentationTask(Task):
     return {'masks': masks, 'predictions': tf.argmax(probs, axis=-1, output_type=tf.int32)}
 
   def new_evaluator(self):
-    from rethink_st.evaluation import segmentation  # pylint: disable=g-import-not-at-top
     return segmentation.MeanIoUEvaluator(num_classes=self.num_classes)
 
 
