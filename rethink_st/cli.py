@@ -10,6 +10,7 @@ same parameter to another value is an error naming both. A flag's path is checke
 folder is made.
 """
 import contextlib
+import copy
 import dataclasses
 import importlib
 import os
@@ -174,15 +175,18 @@ _UNSET = object()
 
 
 def _bound_value(binding: str) -> Any:
-  """The binding's value in the parsed config (a macro evaluated), _UNSET if not bound."""
+  """The binding's value in the parsed config (a macro evaluated), _UNSET if not bound.
+
+  A macro (`%NAME`, as gin writes it in a config string) is evaluated as gin evaluates the
+  references of gin.get_bindings(resolve_references=True): by copy.deepcopy. Other
+  references (`@fn()`) stay as they are: evaluating them would build what they name."""
   try:
     value = gin.query_parameter(binding)
   except ValueError:
     return _UNSET
-  if (isinstance(value, gin.config.ConfigurableReference) and
-      value.configurable.wrapped is gin.config.macro):
+  if repr(value).startswith('%'):
     try:
-      value = value.scoped_configurable_fn()
+      value = copy.deepcopy(value)
     except TypeError:  # a macro without a value: the reference stands for itself
       pass
   return value

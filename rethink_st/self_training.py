@@ -15,6 +15,7 @@ recall per score threshold. With rounds > 1 the student of round k is the teache
 k+1. Every stage resumes where it stopped (checkpoints, complete pseudo-label chunks, a written
 report), so rerunning a killed demo continues it.
 """
+import copy
 import functools
 import inspect
 import json
@@ -68,26 +69,29 @@ def _bound(name: str) -> bool:
     return False
 
 
+def _resolved(value):
+  """A binding's value as the configurable will receive it: gin's references marked for
+  evaluation (`@source()`, `%MACRO`) evaluated, in the active scope. The one-binding form of
+  what gin.get_bindings(resolve_references=True) does for all of a configurable's bindings
+  (gin resolves them with copy.deepcopy), so that the stage's other bindings (a model, a
+  pseudo-label folder that does not exist yet) are not evaluated."""
+  return copy.deepcopy(value)
+
+
 def _check_pseudo_inputs() -> None:
   """Builds the pseudo stage's unlabeled source now, so a wrong path stops before the
   teacher trains for hours."""
-  name = 'rethink_st.pseudo_label.run.run_pseudo_label.unlabeled_source'
-  for key in ('pseudo/' + name, name):
-    if _bound(key):
-      ref = gin.query_parameter(key)
-      if hasattr(ref, 'scoped_configurable_fn'):
-        with gin.config_scope('pseudo'):
-          ref.scoped_configurable_fn()
-      return
-  raise UserError('run_pseudo_label.unlabeled_source is not bound')
+  with gin.config_scope('pseudo'):
+    bindings = gin.get_bindings(pseudo_run.run_pseudo_label, resolve_references=False)
+    if 'unlabeled_source' not in bindings:
+      raise UserError('run_pseudo_label.unlabeled_source is not bound')
+    _resolved(bindings['unlabeled_source'])
 
 
 def _binding(configurable, name: str):
   """`name`'s value for `configurable` in the active gin scope (scoped, else unscoped
   binding, else the signature's default), macros evaluated; None when it has none."""
-  value = gin.get_bindings(configurable, resolve_references=False).get(name)
-  if isinstance(value, gin.config.ConfigurableReference):
-    value = value.scoped_configurable_fn()
+  value = _resolved(gin.get_bindings(configurable, resolve_references=False).get(name))
   if value is None:
     init = configurable.__init__ if inspect.isclass(configurable) else configurable
     value = inspect.signature(init).parameters[name].default

@@ -152,6 +152,34 @@ def test_bad_ratio_stops_before_the_teacher_trains(demo_config, tmp_path, capsys
   assert not os.path.exists(root / 'teacher') and not os.path.exists(root / 'round_1')
 
 
+def test_a_macro_bound_student_batch_is_checked_before_the_teacher_trains(demo_config, tmp_path,
+                                                                         capsys):
+  # The values come from gin's public API (get_bindings, references resolved one at a time):
+  # a macro is evaluated in the student's scope, as run_train would receive it.
+  gin.parse_config(['STUDENT_BATCH = 4',
+                    'student/rethink_st.training.run.run_train.global_batch_size = %STUDENT_BATCH',
+                    'rethink_st.training.student.StudentTrainer.pseudo_fraction = 0.9'])
+  root = tmp_path / 'st'
+  with pytest.raises(UserError, match=r'^StudentTrainer\.pseudo_fraction=0\.9 with global '
+                     r'batch 4 gives 0 human \+ 4 pseudo examples'):
+    self_training.run_self_training(str(root))
+  assert 'stage 1: teacher' not in capsys.readouterr().out
+
+
+def test_a_wrong_unlabeled_source_stops_before_the_teacher_trains(demo_config, tmp_path,
+                                                                  capsys):
+  # demo.gin: run_pseudo_label.unlabeled_source = @unlabeled/digit_scenes_source(); the
+  # reference is built in the pseudo stage's scope, so its scoped data_dir is the one read.
+  missing = tmp_path / 'no_scenes'
+  gin.bind_parameter('unlabeled/rethink_st.data.sources.digit_scenes_source.data_dir',
+                     str(missing))
+  root = tmp_path / 'st'
+  with pytest.raises(UserError, match=str(missing)):
+    self_training.run_self_training(str(root))
+  assert 'stage 1: teacher' not in capsys.readouterr().out
+  assert not os.path.exists(root / 'teacher')
+
+
 def test_bad_student_init(demo_config, tmp_path):
   with pytest.raises(UserError, match="student_init='imagenet'"):
     self_training.run_self_training(str(tmp_path / 'st'), student_init='imagenet')
