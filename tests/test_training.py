@@ -1,6 +1,7 @@
 """Teacher training end to end on the tiny digit scenes: Orbit loop, checkpoints, resume,
 configs, evaluation JSON, and the stops for a NaN loss and a foreign checkpoint."""
 import json
+import logging
 import os
 
 import gin
@@ -48,7 +49,7 @@ def teacher_config(digit_scenes_dir):
 
 
 def test_teacher_trains_checkpoints_evaluates_and_resumes(tiny_teacher, teacher_config, tmp_path,
-                                                         capsys):
+                                                         capsys, caplog):
   # conftest.tiny_teacher: 4 steps, evaluated at steps 2 and 4, made once for the session
   out, metrics = tiny_teacher.stdout, tiny_teacher.metrics
   assert '[train] step 2/4' in out and 'img/s=' in out and 'eta=' in out
@@ -73,10 +74,39 @@ def test_teacher_trains_checkpoints_evaluates_and_resumes(tiny_teacher, teacher_
 
   # Resume: the same folder with more steps continues from step 4, not from 0.
   gin.bind_parameter('rethink_st.training.run.run_train.train_steps', 6)
-  run.run_train(model_dir)
+  with caplog.at_level(logging.INFO):   # the absl log, at a binary's default verbosity
+    run.run_train(model_dir)
   out = capsys.readouterr().out
   assert 'resuming from' in out and 'ckpt-4' in out
   assert '[train] step 6/6' in out and '[train] step 2/6' not in out
+  # One loop (steps 5-6) and the final evaluation: each value once, in the [train] or
+  # [eval] line; Orbit's messages are in the log (not printed), without the values.
+  log = '\n'.join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+  assert 'saved checkpoint' in log and 'saved checkpoint' not in out
+  for name in METRICS_PER_LOOP + METRICS_PER_EVAL:
+    assert (out + log).count(name) == 1, (name, out, log)
+
+
+# What the tiny teacher's [train] and [eval] lines show (its losses, learning rate, speed,
+# COCO metrics): each name must appear once per loop / per evaluation.
+METRICS_PER_LOOP = ('total_loss', 'cls_loss', 'box_loss', 'weight_decay', 'lr=', 'img/s',
+                    'eta=')
+METRICS_PER_EVAL = ('AP50', 'AP75', 'APs', 'ARmax1=', 'ARmax100')
+
+
+def test_each_metric_is_printed_once_per_interval(tiny_teacher):
+  # conftest.tiny_teacher: 4 steps in loops of 2, evaluated at steps 2 and 4 (as
+  # bin/train_teacher.py runs it, stdout captured).
+  out = tiny_teacher.stdout
+  train_lines = [l for l in out.splitlines() if l.startswith('[train] step')]
+  eval_lines = [l for l in out.splitlines() if l.startswith('[eval] step')]
+  assert [l.split()[2] for l in train_lines] == ['2/4', '4/4'], out
+  assert [l.split()[2] for l in eval_lines] == ['2', '4'], out
+  for name in METRICS_PER_LOOP:
+    assert out.count(name) == 2 and all(name in l for l in train_lines), (name, out)
+  for name in METRICS_PER_EVAL:
+    assert out.count(name) == 2 and all(name in l for l in eval_lines), (name, out)
+  assert 'output:' not in out and 'saved checkpoint' not in out   # Orbit's own prints
 
 
 def test_eval_line_shows_fraction_metrics_x100():

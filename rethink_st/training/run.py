@@ -223,23 +223,29 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
   config_io.save_operative_config(model_dir)
   progress = trainer_lib.ProgressAction(optimizer.iterations, train_steps, global_batch_size,
                                         checkpoint_manager=manager)
-  controller = orbit.Controller(
-      strategy=strategy, trainer=trainer, evaluator=trainer if has_eval else None,
-      global_step=optimizer.iterations, steps_per_loop=min(steps_per_loop, train_steps),
-      checkpoint_manager=manager, train_actions=[progress],
-      summary_dir=os.path.join(model_dir, 'train'),
-      eval_summary_dir=os.path.join(model_dir, 'eval'))
-  metrics = None
-  if has_eval and eval_every:
-    # Evaluates every eval_every steps and once at train_steps (None if nothing was left to
-    # train: a finished run resumed).
-    metrics = controller.train_and_evaluate(train_steps=train_steps, eval_steps=eval_steps,
-                                            eval_interval=eval_every)
-  else:
-    controller.train(train_steps)
-  if has_eval:
-    if metrics is None:
+
+  def eval_line(output):   # each evaluation's [eval] line (the chief's)
+    if config_io.is_chief():
+      print_eval_line(int(optimizer.iterations.numpy()), output)
+
+  with trainer_lib.orbit_messages_to_log():
+    controller = orbit.Controller(
+        strategy=strategy, trainer=trainer, evaluator=trainer if has_eval else None,
+        global_step=optimizer.iterations, steps_per_loop=min(steps_per_loop, train_steps),
+        checkpoint_manager=manager, train_actions=[progress], eval_actions=[eval_line],
+        summary_dir=os.path.join(model_dir, 'train'),
+        eval_summary_dir=os.path.join(model_dir, 'eval'))
+    metrics = None
+    if has_eval and eval_every:
+      # Evaluates every eval_every steps and once at train_steps (None if nothing was left to
+      # train: a finished run resumed).
+      metrics = controller.train_and_evaluate(train_steps=train_steps, eval_steps=eval_steps,
+                                              eval_interval=eval_every)
+    else:
+      controller.train(train_steps)
+    if has_eval and metrics is None:
       metrics = controller.evaluate(steps=eval_steps) or {}
+  if has_eval:
     metrics = {k: float(v) for k, v in metrics.items()}
     write_eval_results(model_dir, metrics, trainer.evaluator, int(optimizer.iterations.numpy()))
   if not config_io.is_chief():
@@ -257,7 +263,12 @@ def write_eval_results(model_dir: str, metrics: Dict[str, float], evaluator, ste
     json.dump({'step': step, **metrics}, f, indent=1, sort_keys=True)
   if hasattr(evaluator, 'write_results_json'):
     evaluator.write_results_json(os.path.join(model_dir, 'detections_coco.json'))
-  print(f'[eval] step {step}{format_metrics(metrics)}', flush=True)
+
+
+def print_eval_line(step: int, metrics: Dict[str, Any]) -> None:
+  """The `[eval]` line of one evaluation (format_metrics)."""
+  print(f'[eval] step {step}{format_metrics({k: float(v) for k, v in metrics.items()})}',
+        flush=True)
 
 
 def is_fraction_metric(name: str) -> bool:
@@ -335,6 +346,8 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
   step = int(tf.train.load_variable(path, step_key)) if step_key in variables else 0
   metrics = {k: float(v) for k, v in evaluator.evaluate(tf.constant(eval_steps)).items()}
   write_eval_results(out_dir, metrics, evaluator.evaluator, step, name=results_name)
+  if config_io.is_chief():
+    print_eval_line(step, metrics)
   print(f'[eval] {path} -> {os.path.join(out_dir, results_name)}', flush=True)
   return metrics
 

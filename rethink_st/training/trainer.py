@@ -4,10 +4,18 @@
 task's forward pass and loss on each replica (`compute_losses`, which the student and joint
 trainers override), adds weight decay, divides by the replicas (global-batch semantics),
 applies loss scaling under float16, and updates one running mean per reported loss.
+
+What a training run prints: one `[train]` line per loop (ProgressAction: step, every loss,
+learning rate, img/s, ETA) and one `[eval]` line per evaluation; each value once.
+TensorBoard gets every value (Orbit's summaries). Orbit's controller both logs and prints its
+own messages, the loop's outputs among them (`orbit_messages_to_log` sends them to the absl
+log only).
 """
+import contextlib
 import math
 import time
 from typing import Any, Dict, Optional, Sequence
+from unittest import mock
 
 import numpy as np
 import orbit
@@ -215,6 +223,28 @@ class ProgressAction:
             f'lr={float(np.asarray(output.get("learning_rate", 0.0))):.4g} '
             f'img/s={ips:.1f} eta={_fmt_seconds(eta)} {extra}')
     print(line, flush=True)
+
+
+# Orbit's controller message that carries a loop's outputs (all losses, all eval metrics).
+_ORBIT_OUTPUT = '| output:'
+
+
+def _orbit_message(message: str) -> None:
+  if _ORBIT_OUTPUT in message:
+    logging.debug(message)   # repeats the [train] / [eval] line: seen with --v=1
+  else:
+    logging.info(message)    # restoring, training until step N, checkpoint saved
+
+
+@contextlib.contextmanager
+def orbit_messages_to_log():
+  """While the block runs, orbit.Controller's messages go to the absl log only: Orbit 1.x
+  (orbit/controller.py `_log`) logs each one at INFO and prints it to stdout too, so that
+  every loss and every eval metric would be shown three times (our line, Orbit's INFO line,
+  Orbit's print). Its messages with a loop's outputs go to DEBUG (they repeat the [train] and
+  [eval] lines), the others (restoring, training until, checkpoint saved) stay at INFO."""
+  with mock.patch.object(orbit.controller, '_log', _orbit_message):
+    yield
 
 
 def _fmt_seconds(s: float) -> str:
