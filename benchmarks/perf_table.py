@@ -16,6 +16,12 @@ Rows come from each JSON's paired measurements: a `median` dict of {ours, model_
 numbers, a `runs` list whose entries differ by `implementation` (or `side`) and agree on
 the rest of their configuration, or pseudo_label.py's `timing.rounds` (median over rounds).
 Tagged results (<name>_<tag>.json, e.g. input_pipeline_640.json) are rows of their own.
+
+MFU rows (model FLOPs utilization, in % of the machine's float32 matmul peak): after the
+benchmarks, benchmarks/machine_peak.py measures that peak and the model's FLOPs per image
+(machine_peak.json); each train_step / pseudo_label figure becomes img/s x FLOPs/img / peak
+FLOP/s (wall), and img/CPU-s x FLOPs/img / peak FLOP per CPU-second (per CPU-second). The
+train step's row needs train_step.json's model to have machine_peak.json's parameter count.
 Writes benchmarks/results/perf_table.md (and .json).
 """
 import glob
@@ -29,10 +35,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, 'results')
 BENCHMARKS = ('input_pipeline', 'train_step', 'pseudo_label')
+LIMIT = 'machine_peak'   # runs after BENCHMARKS: MFU rows of train_step and pseudo_label
 OURS, MG = 'ours', 'model_garden'
 _IMPL_KEYS = ('implementation', 'side', 'impl')
 _UNITS = {'images_per_sec': 'img/s (wall)', 'img_per_sec': 'img/s (wall)',
-          'images_per_cpu_sec': 'img/CPU-s', 'img_per_cpu_sec': 'img/CPU-s'}
+          'images_per_cpu_sec': 'img/CPU-s', 'img_per_cpu_sec': 'img/CPU-s',
+          'mfu': 'MFU % (wall)', 'mfu_per_cpu_sec': 'MFU % (per CPU-s)'}
+_MFU_OF = {'images_per_sec': ('mfu', 'gflops_per_sec'),
+           'img_per_sec': ('mfu', 'gflops_per_sec'),
+           'images_per_cpu_sec': ('mfu_per_cpu_sec', 'gflops_per_cpu_sec'),
+           'img_per_cpu_sec': ('mfu_per_cpu_sec', 'gflops_per_cpu_sec')}
 
 
 def _number(v) -> bool:
@@ -102,12 +114,61 @@ def rows_from_result(name: str, result: Dict[str, Any]) -> List[Dict[str, Any]]:
   return rows
 
 
-def format_table(rows: Sequence[Dict[str, Any]], missing: Sequence[str] = ()) -> str:
+def _load(path: str) -> Optional[Dict[str, Any]]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from None
+
+
+def mfu_rows(rows: Sequence[Dict[str, Any]], results_dir: str = RESULTS):
+  """MFU rows of the train_step and pseudo_label throughput rows, from machine_peak.json.
+
+  Returns (rows, notes): a note says why a benchmark got no MFU row."""
+  peak_result = _load(os.path.join(results_dir, f'{LIMIT}.json'))
+  if peak_result is None:
+    return [], [f'{LIMIT}: no results (python benchmarks/{LIMIT}.py)']
+  peak, model = peak_result['peak'].get('float32'), peak_result['model']
+  if not peak:
+    return [], [f'{LIMIT}.json: no float32 peak']
+  flops = {'train_step': model['train_flops_per_image'],
+           'pseudo_label': model['predict_flops_per_image']}
+  train = _load(os.path.join(results_dir, 'train_step.json')) or {}
+  train_params = (train.get('setup') or {}).get('params', {}).get(OURS)
+  notes, out = [], []
+  if train_params is not None and train_params != model['params']:
+    notes.append(f'train_step: no MFU row: train_step.json measured a model of '
+                 f'{train_params:,} parameters, {LIMIT}.json counted the FLOPs of one of '
+                 f'{model["params"]:,} (rerun one of them with the other\'s gin config)')
+    flops.pop('train_step')
+  for row in rows:
+    if row['benchmark'] not in flops or row['measure'] not in _MFU_OF:
+      continue
+    measure, peak_key = _MFU_OF[row['measure']]
+    per_image = flops[row['benchmark']]
+    step = 'train step' if row['benchmark'] == 'train_step' else 'predict'
+    mfu = {side: 100.0 * row[side] * per_image / (peak[peak_key] * 1e9) for side in (OURS, MG)}
+    out.append({'benchmark': row['benchmark'],
+                'configuration': f'{step} {per_image / 1e9:.2f} GFLOP/img; float32 matmul peak '
+                                 f'{peak[peak_key]:.0f} GFLOP/{"s" if measure == "mfu" else "CPU-s"}',
+                'measure': measure, OURS: mfu[OURS], MG: mfu[MG],
+                'ratio': mfu[OURS] / mfu[MG] if mfu[MG] else None})
+  return out, notes
+
+
+def format_table(rows: Sequence[Dict[str, Any]], missing: Sequence[str] = (),
+                 notes: Sequence[str] = ()) -> str:
   lines = ['# Performance: rethink-st vs Model Garden', '',
            'Same model / data / settings on both sides (see each benchmark\'s own .md in '
            'benchmarks/results/ for its setup). "img/CPU-s" divides by the process\'s CPU '
            'seconds (robust to other users of a shared machine); ours / MG > 1 means this '
-           'project is faster. Written by `benchmarks/perf_table.py`.', '',
+           'project is faster. "MFU %" is the model FLOPs utilization: img/s x the model\'s '
+           'FLOPs per image / the machine\'s float32 matmul peak (benchmarks/machine_peak.py, '
+           'benchmarks/results/machine_peak.md); for pseudo_label, "Model Garden" is the bare '
+           '`model.predict` it is compared with. Written by `benchmarks/perf_table.py`.', '',
            '| benchmark | configuration | measure | ours | Model Garden | ours / MG |',
            '| --- | --- | --- | ---: | ---: | ---: |']
   for r in rows:
@@ -117,16 +178,18 @@ def format_table(rows: Sequence[Dict[str, Any]], missing: Sequence[str] = ()) ->
                  f'{ratio} |')
   for name in missing:
     lines.append(f'| {name} | no results | | | | |')
+  if notes:
+    lines += [''] + [f'- {n}' for n in notes]
   return '\n'.join(lines) + '\n'
 
 
-def run_benchmark(name: str, python: str = sys.executable) -> int:
+def run_benchmark(name: str, python: str = sys.executable, args: Sequence[str] = ()) -> int:
   script = os.path.join(HERE, f'{name}.py')
   if not os.path.exists(script):
     print(f'[perf_table] {name}: {script} does not exist; skipped', flush=True)
     return 1
   print(f'[perf_table] running {os.path.relpath(script, REPO)}', flush=True)
-  return subprocess.call([python, script], cwd=REPO)
+  return subprocess.call([python, script, *args], cwd=REPO)
 
 
 def collect(names: Sequence[str], results_dir: str = RESULTS):
@@ -151,30 +214,45 @@ def collect(names: Sequence[str], results_dir: str = RESULTS):
   return rows, missing
 
 
+def _with_mfu(rows, limit_rows):
+  """Each benchmark's MFU rows right after its last throughput row."""
+  out = list(rows)
+  for name in dict.fromkeys(r['benchmark'] for r in limit_rows):
+    last = max(i for i, r in enumerate(out) if r['benchmark'] == name)
+    out[last + 1:last + 1] = [r for r in limit_rows if r['benchmark'] == name]
+  return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_bool('no_run', False, 'only read the results JSON files')
   flags.DEFINE_multi_enum('only', list(BENCHMARKS), list(BENCHMARKS), 'benchmarks to include')
   flags.DEFINE_string('results_dir', RESULTS, 'where <benchmark>.json are')
+  flags.DEFINE_multi_string('peak_gin_param', [], 'gin bindings of the model whose FLOPs '
+                            f'{LIMIT}.py counts (e.g. to match an older train_step.json)')
   fl = flags.FLAGS
   fl(list(argv) if argv else sys.argv)
   names = list(dict.fromkeys(fl.only))
   if not fl.no_run:
-    for name in names:
-      code = run_benchmark(name)
+    runs = [(name, ()) for name in names] + [
+        (LIMIT, [f'--out_dir={fl.results_dir}'] + [f'--gin_param={p}' for p in fl.peak_gin_param])]
+    for name, args in runs:
+      code = run_benchmark(name, args=args)
       if code:
         print(f'[perf_table] {name} exited with {code}', flush=True)
   try:
     rows, missing = collect(names, fl.results_dir)
+    limit_rows, notes = mfu_rows(rows, fl.results_dir)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  table = format_table(rows, missing)
+  rows = _with_mfu(rows, limit_rows)
+  table = format_table(rows, missing, notes)
   os.makedirs(fl.results_dir, exist_ok=True)
   with open(os.path.join(fl.results_dir, 'perf_table.md'), 'w') as f:
     f.write(table)
   with open(os.path.join(fl.results_dir, 'perf_table.json'), 'w') as f:
-    json.dump({'rows': rows, 'missing': missing}, f, indent=1)
+    json.dump({'rows': rows, 'missing': missing, 'notes': notes}, f, indent=1)
   print(table)
   return 0
 
