@@ -1,5 +1,6 @@
-"""Augment-S1..S4: masks move exactly with the image, boxes enclose their objects, colour ops
-leave masks alone, eval preprocessing is Model Garden's.
+"""Augment-S1..S4 (rethink_st/augment.py, augment_ops.py, augment_policies.py): masks move
+exactly with the image, boxes enclose their objects, colour ops leave masks alone, eval
+preprocessing is Model Garden's.
 
 Masks and boxes are checked against the IMAGE: the test image is a flat background with four
 objects, each painted in its own saturated colour, so the pixels of an object can be found in
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from rethink_st import augment as A
-from rethink_st.data import features as F
+from rethink_st import augment_ops as ops
+from rethink_st import features as F
 from rethink_st.errors import UserError
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
@@ -22,7 +24,7 @@ from official.vision.ops import box_ops, preprocess_ops  # pylint: disable=wrong
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 72, 96
 # Model Garden's fill colour: a Cutout patch (a colour op) looks like more background.
-BACKGROUND = np.array(A.REPLACE_VALUE, np.uint8)
+BACKGROUND = np.array(ops.REPLACE_VALUE, np.uint8)
 COLOURS = np.array([(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)], np.uint8)
 CLASSES = np.array([3, 5, 7, 2], np.int64)
 # Pixel constants scaled to the small test image (Model Garden's 250 px would move
@@ -39,8 +41,8 @@ DETECTION_V0_OPS = sorted({op for sub in mg_augment.AutoAugment.detection_policy
                            for op, _, _ in sub})
 RANDAUG_OPS = mg_augment.RandAugment.build_for_detection().available_ops
 ALL_OPS = sorted(set(DETECTION_V0_OPS) | set(RANDAUG_OPS))
-GEOMETRIC = [op for op in ALL_OPS if A.op_kind(op) == 'geometric']
-PIXEL = [op for op in ALL_OPS if A.op_kind(op) == 'pixel']
+GEOMETRIC = [op for op in ALL_OPS if ops.op_kind(op) == 'geometric']
+PIXEL = [op for op in ALL_OPS if ops.op_kind(op) == 'pixel']
 
 
 def make_example():
@@ -86,7 +88,7 @@ def example():
 
 
 def packed(example):
-  layout = A.MaskLayout(True, True)
+  layout = ops.MaskLayout(True, True)
   return layout, layout.pack(example[F.INSTANCE_MASKS], example[F.SEMANTIC_MASK])
 
 
@@ -267,13 +269,13 @@ def warp(array, sy, sx, fill):
 
 
 def sampled_op(name, level, seed, example, masks, layout, prob=1.0, boxes=None):
-  """A.apply_op under `seed`, and the arguments Model Garden samples for it (same draws)."""
+  """ops.apply_op under `seed`, and the arguments Model Garden samples for it (same draws)."""
   tf.random.set_seed(seed)
   _, _, args = mg_augment._parse_policy_info(  # pylint: disable=protected-access
-      name, prob, level, A.REPLACE_VALUE, CONSTS['cutout_const'], CONSTS['translate_const'])
+      name, prob, level, ops.REPLACE_VALUE, CONSTS['cutout_const'], CONSTS['translate_const'])
   tf.random.set_seed(seed)
   boxes = example[F.BOXES] if boxes is None else boxes
-  image, boxes, new_masks = A.apply_op(name, example[F.IMAGE], boxes, masks, layout,
+  image, boxes, new_masks = ops.apply_op(name, example[F.IMAGE], boxes, masks, layout,
                                        level=level, prob=prob, **CONSTS)
   return args, image.numpy(), boxes.numpy(), new_masks
 
@@ -282,13 +284,13 @@ def sampled_op(name, level, seed, example, masks, layout, prob=1.0, boxes=None):
 
 
 def test_op_table_covers_the_policies():
-  assert set(DETECTION_V0_OPS) <= A.SUPPORTED_OPS
-  assert set(RANDAUG_OPS) <= A.SUPPORTED_OPS
+  assert set(DETECTION_V0_OPS) <= ops.SUPPORTED_OPS
+  assert set(RANDAUG_OPS) <= ops.SUPPORTED_OPS
   assert {'TranslateY_Only_BBoxes'} <= set(DETECTION_V0_OPS)
   assert set(GEOMETRIC) == {'Rotate_BBox', 'ShearX_BBox', 'ShearY_BBox', 'TranslateX_BBox',
                             'TranslateY_BBox'}
   with pytest.raises(UserError, match='not supported'):
-    A.op_kind('Mixup')
+    ops.op_kind('Mixup')
 
 
 def unpacked(layout, masks):
@@ -374,7 +376,7 @@ def test_colour_ops_leave_masks_and_boxes_identical(example, name):
   """Each colour op of the policies alone: masks bit-identical, boxes unchanged."""
   layout, masks = packed(example)
   tf.random.set_seed(0)
-  image, boxes, new_masks = A.apply_op(name, example[F.IMAGE], example[F.BOXES], masks,
+  image, boxes, new_masks = ops.apply_op(name, example[F.IMAGE], example[F.BOXES], masks,
                                        layout, level=10.0, **CONSTS)
   np.testing.assert_array_equal(new_masks.numpy(), masks.numpy())
   np.testing.assert_array_equal(boxes.numpy(), example[F.BOXES].numpy())
@@ -395,30 +397,30 @@ def test_without_masks_ops_are_model_garden_ops(example, name):
   prob = 3.0 if name == 'TranslateY_Only_BBoxes' else 1.0
   tf.random.set_seed(5)
   # pylint: disable=protected-access
-  func, _, args = mg_augment._parse_policy_info(name, prob, 7.0, A.REPLACE_VALUE,
+  func, _, args = mg_augment._parse_policy_info(name, prob, 7.0, ops.REPLACE_VALUE,
                                                 CONSTS['cutout_const'],
                                                 CONSTS['translate_const'])
   mg_image, mg_boxes = func(example[F.IMAGE], boxes, *args)
   tf.random.set_seed(5)
-  image, our_boxes, no_masks = A.apply_op(name, example[F.IMAGE], boxes, level=7.0, prob=prob,
+  image, our_boxes, no_masks = ops.apply_op(name, example[F.IMAGE], boxes, level=7.0, prob=prob,
                                           **CONSTS)
   assert no_masks is None
   np.testing.assert_array_equal(image.numpy(), mg_image.numpy())
   np.testing.assert_array_equal(our_boxes.numpy(), mg_boxes.numpy())
-  layout = A.MaskLayout(True, False)
+  layout = ops.MaskLayout(True, False)
   tf.random.set_seed(5)
-  image, _, _ = A.apply_op(name, example[F.IMAGE], boxes, layout.pack(
+  image, _, _ = ops.apply_op(name, example[F.IMAGE], boxes, layout.pack(
       example[F.INSTANCE_MASKS][:boxes.shape[0]]), layout, level=7.0, prob=prob, **CONSTS)
   np.testing.assert_array_equal(image.numpy(), mg_image.numpy())
 
 
 def test_semantic_only_masks_move(example):
   """Segmentation data without instance masks: the semantic mask moves with the image."""
-  layout = A.MaskLayout(False, True)
+  layout = ops.MaskLayout(False, True)
   masks = layout.pack(semantic_mask=example[F.SEMANTIC_MASK])
   for name in ('Rotate_BBox', 'ShearY_BBox', 'TranslateY_Only_BBoxes'):
     tf.random.set_seed(1)
-    image, _, new_masks = A.apply_op(name, example[F.IMAGE], example[F.BOXES], masks, layout,
+    image, _, new_masks = ops.apply_op(name, example[F.IMAGE], example[F.BOXES], masks, layout,
                                      level=5.0, prob=3.0, **CONSTS)
     _, semantic = layout.unpack(new_masks)
     semantic = semantic.numpy()[..., 0]

@@ -90,7 +90,7 @@ def preprocess_for_inference(image_uint8, output_size) -> Tuple[tf.Tensor, tf.Te
     (normalized float32 image [S_h, S_w, 3], image_info [4, 2] float32: [[orig_h, orig_w],
     [scaled_h, scaled_w], [y_scale, x_scale], [0, 0]]).
   """
-  size = list(augment_lib._pair(output_size, 'preprocess_for_inference.output_size'))  # pylint: disable=protected-access
+  size = list(augment_lib.size_pair(output_size, 'preprocess_for_inference.output_size'))
   image = preprocess_ops.normalize_image(image_uint8)
   image, image_info = preprocess_ops.resize_and_crop_image(
       image, size, padded_size=size, aug_scale_min=1.0, aug_scale_max=1.0)
@@ -411,7 +411,7 @@ def build_input(source,
                     f'got {global_batch_size!r}')
   if int(max_num_instances) < 1:
     raise UserError(f'build_input.max_num_instances must be >= 1, got {max_num_instances!r}')
-  output_size = augment_lib._pair(output_size, 'build_input.output_size')  # pylint: disable=protected-access
+  output_size = augment_lib.size_pair(output_size, 'build_input.output_size')
   if augment is None:
     augment = augment_lib.Augment(output_size=output_size)
   elif tuple(augment.output_size) != tuple(output_size):
