@@ -45,10 +45,15 @@ _GIN_ERRORS = (ValueError, KeyError, IOError, SyntaxError, TypeError, ImportErro
                tokenize.TokenError)
 
 
+# The include search paths this process gave gin: gin appends on every call and keeps its list
+# private (clear_config leaves it), so a path is added once.
+_SEARCH_PATHS = set()
+
+
 def _add_search_path(path: str) -> None:
-  # gin appends on every call; a path listed once is searched once.
-  if path not in getattr(gin.config, '_LOCATION_PREFIXES', ()):
+  if path not in _SEARCH_PATHS:
     gin.add_config_file_search_path(path)
+    _SEARCH_PATHS.add(path)
 
 
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:

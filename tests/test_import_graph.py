@@ -154,10 +154,14 @@ def test_relative_and_submodule_imports_count(tmp_path):
   assert find_cycle(graph) is not None
 
 
-_PRIVATE_GIN = re.compile(r'gin\.config\._')
+# gin.config._X, and getattr(gin.config, '_X')
+_PRIVATE_GIN = re.compile(r'gin\.config(\.|\s*,\s*[\'"])_')
 
 
 def test_no_private_gin_state():
+  assert _PRIVATE_GIN.search('x = gin.config._CONFIG')
+  assert _PRIVATE_GIN.search("getattr(gin.config, '_LOCATION_PREFIXES', ())")
+  assert not _PRIVATE_GIN.search('gin.config_str(); gin.config.ConfigurableReference')
   hits = []
   for folder in ('rethink_st', 'bin', 'benchmarks'):
     for dirpath, _, files in os.walk(REPO / folder):
