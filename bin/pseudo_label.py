@@ -19,7 +19,13 @@ settings.
 
 Each host runs with its own --shard_index; a rerun skips the chunks already written. A host
 holds its shard's lock in --output_dir (writer-shard-<i>-of-<n>.lock): a second process on
-the same shard stops at once, naming the first.
+the same shard stops at once, naming the first. The last host to finish merges stats.json.
+
+  python bin/pseudo_label.py --gin_file=... --output_dir=runs/pseudo --verify [--unlabeled=...]
+
+checks that every host is done (else one error line naming the --shard_index to rerun),
+merges if no host did, and that labeled + unreadable images add up to the unlabeled source
+(rethink_st/pseudo_label/verify.py).
 """
 import rethink_st  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags
@@ -27,6 +33,7 @@ from absl import app, flags
 from rethink_st import cli
 from rethink_st import run_lock
 from rethink_st.pseudo_label import run
+from rethink_st.pseudo_label import verify
 
 flags.DEFINE_multi_string('gin_file', [], 'Gin config file(s), applied in order.')
 flags.DEFINE_multi_string('gin_param', [], 'Gin binding(s).')
@@ -38,11 +45,19 @@ flags.DEFINE_string('unlabeled', None, 'The images to label: digit_scenes:<split
 flags.DEFINE_string('output_dir', None, 'Folder for the pseudo-label shards and stats.')
 flags.DEFINE_integer('num_shards', 1, 'Number of independent hosts sharing the work.')
 flags.DEFINE_integer('shard_index', 0, 'This host\'s index in [0, num_shards).')
+flags.DEFINE_bool('verify', False, 'Label nothing: check that every host of --output_dir is '
+                  'done and every image of the unlabeled source is labeled or skipped once; '
+                  'merge if no host did.')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  if FLAGS.verify:
+    cli.run_binary(verify.run_verify, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
+                   model_dir=FLAGS.output_dir, save_config=False,
+                   flag_bindings=cli.pseudo_label_flags(FLAGS.teacher, FLAGS.unlabeled))
+    return
   cli.run_binary(run.run_pseudo_label, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
                  model_dir=FLAGS.output_dir, num_shards=FLAGS.num_shards,
                  shard_index=FLAGS.shard_index,

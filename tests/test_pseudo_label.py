@@ -1019,3 +1019,60 @@ def test_a_student_at_0_7_reads_the_boxes_a_labeler_at_0_7_writes(confident_teac
                                       r'at; label again with run_pseudo_label.score_floor'):
     pl_source.pseudo_label_source(at_07, score_threshold=0.5)
 
+
+# --- labeling across machines: 3 hosts, one killed and rerun, verified -------------------
+
+def test_three_hosts_one_killed_then_rerun_are_verified_complete(det_config, teacher, tmp_path,
+                                                                 monkeypatch, capsys):
+  """Three independent hosts (--num_shards=3): hosts 0 and 2 finish, host 1 is killed in its
+  second chunk. run_verify (bin/pseudo_label.py --verify) names host 1 in one line and merges
+  nothing; rerunning host 1's command resumes it, its finish merges, and run_verify finds
+  every image of the source labeled once."""
+  from rethink_st.pseudo_label import verify  # pylint: disable=g-import-not-at-top
+  out, folder = str(tmp_path / 'pseudo'), teacher[1]
+  label = lambda i: pl_run.run_pseudo_label(out, teacher_checkpoint=folder, num_shards=3,
+                                            shard_index=i, chunk_size=4)
+  label(0)
+  label(2)
+  write, calls = shards.ChunkWriter.write, []
+
+  def dying_write(self, serialized):
+    calls.append(1)
+    if len(calls) == 6:  # the second image of host 1's second chunk
+      raise Killed()
+    write(self, serialized)
+
+  monkeypatch.setattr(shards.ChunkWriter, 'write', dying_write)
+  with pytest.raises(Killed):
+    label(1)
+  monkeypatch.undo()
+  capsys.readouterr()
+  with pytest.raises(UserError) as e:
+    verify.run_verify(out)
+  assert str(e.value) == (f'--output_dir={out}: 1 of 3 hosts are not done; rerun their '
+                          'commands (--shard_index=1 with --num_shards=3): they resume where '
+                          'they stopped')
+  printed = capsys.readouterr().out
+  assert '[verify] host 1/3: NOT DONE, 1 chunks, 4 images' in printed
+  assert 'a chunk cut short (resumes on rerun)' in printed
+  assert not os.path.exists(os.path.join(out, 'stats.json'))
+
+  stats = label(1)   # the rerun: host 1 resumes at its image 4, then merges all three
+  assert stats['images'] == NUM_IMAGES
+  assert sorted(_read(out)) == sorted(_source_images(det_config))   # each image once
+  os.remove(os.path.join(out, 'stats.json'))   # as if the merging host died while merging
+  report = verify.run_verify(out)
+  assert report['source_images'] == NUM_IMAGES and report['images'] == NUM_IMAGES
+  assert os.path.exists(os.path.join(out, 'stats.json'))   # merged again
+  assert f'[verify] complete: {NUM_IMAGES} images labeled, 0 unreadable skipped' in (
+      capsys.readouterr().out)
+  assert sum(h['images'] for h in report['hosts']) == NUM_IMAGES and all(
+      h['done'] and not h['chunk_cut_short'] for h in report['hosts'])
+  # The same check as a command (bin/pseudo_label.py --verify), the source from demo.gin.
+  from helpers import run_bin  # pylint: disable=g-import-not-at-top
+  done = run_bin('pseudo_label', f'--gin_file={DEMO_GIN}', f'--output_dir={out}', '--verify',
+                 *[f'--gin_param={b}' for b in _det_bindings(det_config)])
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (f'[verify] complete: {NUM_IMAGES} images labeled, 0 unreadable skipped '
+          f'({NUM_IMAGES} of digit_scenes_source(split=\'unlabeled\')\'s {NUM_IMAGES})'
+          ) in done.stdout
