@@ -64,7 +64,7 @@ def size_pair(value, what):
 class Augment:
   """One of the paper's policies S1..S4, for boxes and masks, ending in resize + crop.
 
-  `__call__(example, training=True)` takes a decoded example (`rethink_st.data.features`)
+  `__call__(example, training=True)` takes a decoded example (`rethink_st.features`)
   and returns it at `output_size`:
 
     training=True:  policy ops (S2-S4) at the input resolution -> random horizontal flip ->

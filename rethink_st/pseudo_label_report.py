@@ -111,7 +111,8 @@ def write_report(pseudo_dir: str,
                  panel_size: int = 256,
                  class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Writes pseudo_labels.png, report.json, report.md and a plot into out_dir; returns the
-  report dict (report.json's content). See the module docstring for what is measured.
+  report dict (report.json's content). What is measured: rethink_st/evaluation/
+  pseudo_label_quality.py.
 
   Args:
     pseudo_dir: a pseudo-labeler output folder (meta.json and complete chunks).

@@ -84,7 +84,7 @@ def process_source_id(source_id: tf.Tensor) -> tf.Tensor:
 def _check_keys(element_spec, required, where):
   if not isinstance(element_spec, dict):
     raise UserError(f'{where}: the source must yield dicts of decoded features '
-                    f'(rethink_st/data/features.py), got {element_spec!r}')
+                    f'(rethink_st/features.py), got {element_spec!r}')
   missing = [k for k in required if k not in element_spec]
   if missing:
     raise UserError(f'{where}: the source has no {", ".join(missing)} '
