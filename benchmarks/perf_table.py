@@ -21,7 +21,8 @@ MFU rows (model FLOPs utilization, in % of the machine's float32 matmul peak): a
 benchmarks, benchmarks/machine_peak.py measures that peak and the model's FLOPs per image
 (machine_peak.json); each train_step / pseudo_label figure becomes img/s x FLOPs/img / peak
 FLOP/s (wall), and img/CPU-s x FLOPs/img / peak FLOP per CPU-second (per CPU-second). The
-train step's row needs train_step.json's model to have machine_peak.json's parameter count.
+train step's row needs train_step.json's model to have machine_peak.json's parameter count,
+and each row its benchmark measured on the machine (platform string) machine_peak.json was.
 Writes benchmarks/results/perf_table.md (and .json).
 """
 import glob
@@ -136,10 +137,21 @@ def mfu_rows(rows: Sequence[Dict[str, Any]], results_dir: str = RESULTS):
     return [], [f'{LIMIT}.json: no float32 peak']
   flops = {'train_step': model['train_flops_per_image'],
            'pseudo_label': model['predict_flops_per_image']}
+  platform = (peak_result.get('machine') or {}).get('platform')
+  notes = []
+  for name in list(flops):
+    result = _load(os.path.join(results_dir, f'{name}.json')) or {}
+    machine = result.get('machine')
+    theirs = machine.get('platform') if isinstance(machine, dict) else result.get('platform')
+    if platform and theirs != platform:   # another VM or host: another peak
+      notes.append(f'{name}: no MFU row: {name}.json was measured on '
+                   f'{theirs or "a machine it does not record"}, {LIMIT}.json on {platform} '
+                   f'(rerun python benchmarks/{name}.py on this machine)')
+      flops.pop(name)
   train = _load(os.path.join(results_dir, 'train_step.json')) or {}
   train_params = (train.get('setup') or {}).get('params', {}).get(OURS)
-  notes, out = [], []
-  if train_params is not None and train_params != model['params']:
+  out = []
+  if 'train_step' in flops and train_params is not None and train_params != model['params']:
     notes.append(f'train_step: no MFU row: train_step.json measured a model of '
                  f'{train_params:,} parameters, {LIMIT}.json counted the FLOPs of one of '
                  f'{model["params"]:,} (rerun one of them with the other\'s gin config)')

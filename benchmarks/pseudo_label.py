@@ -361,7 +361,8 @@ def main(argv):
              'gin_param': FLAGS.gin_param,
              'machine': f'{os.cpu_count()} CPUs ({platform.machine()}), shared with other '
                         'users; load average at start '
-                        f'{", ".join(f"{x:.1f}" for x in os.getloadavg())}'}
+                        f'{", ".join(f"{x:.1f}" for x in os.getloadavg())}',
+             'platform': platform.platform()}   # perf_table.py: MFU only on the same machine
   try:
     if FLAGS.timing:
       results['timing'] = run_timing(FLAGS.teacher_checkpoint, work_dir)

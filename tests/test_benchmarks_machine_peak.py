@@ -72,14 +72,16 @@ def test_perf_table_mfu_rows(tmp_path):
   sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
   import perf_table  # pylint: disable=g-import-not-at-top
   (tmp_path / 'machine_peak.json').write_text(json.dumps({
+      'machine': {'platform': 'vm-1'},
       'peak': {'float32': {'gflops_per_sec': 100.0, 'gflops_per_cpu_sec': 50.0}},
       'model': {'params': 7, 'train_flops_per_image': 3e9, 'predict_flops_per_image': 1e9}}))
-  train = {'setup': {'params': {'ours': 7, 'model_garden': 7}}, 'median': {
+  train = {'machine': {'platform': 'vm-1'},
+           'setup': {'params': {'ours': 7, 'model_garden': 7}}, 'median': {
       'img_per_sec': {'ours': 10.0, 'model_garden': 5.0},
       'img_per_cpu_sec': {'ours': 4.0, 'model_garden': 4.0}}}
   (tmp_path / 'train_step.json').write_text(json.dumps(train))
-  (tmp_path / 'pseudo_label.json').write_text(json.dumps({'timing': {'rounds': [
-      {'bare_model': [20.0, 10.0], 'rates': [30.0, 5.0]}]}}))
+  (tmp_path / 'pseudo_label.json').write_text(json.dumps({'platform': 'vm-1', 'timing': {
+      'rounds': [{'bare_model': [20.0, 10.0], 'rates': [30.0, 5.0]}]}}))
   rows, _ = perf_table.collect(['train_step', 'pseudo_label'], str(tmp_path))
   mfu, notes = perf_table.mfu_rows(rows, str(tmp_path))
   assert not notes
@@ -100,6 +102,11 @@ def test_perf_table_mfu_rows(tmp_path):
   mfu, notes = perf_table.mfu_rows(rows, str(tmp_path))
   assert {r['benchmark'] for r in mfu} == {'pseudo_label'}
   assert 'train_step.json measured a model of 8 parameters' in notes[0]
+  train['machine']['platform'] = 'vm-2'   # another machine: another peak
+  (tmp_path / 'train_step.json').write_text(json.dumps(train))
+  mfu, notes = perf_table.mfu_rows(rows, str(tmp_path))
+  assert {r['benchmark'] for r in mfu} == {'pseudo_label'}
+  assert 'train_step.json was measured on vm-2, machine_peak.json on vm-1' in notes[0]
   os.remove(tmp_path / 'machine_peak.json')
   assert perf_table.mfu_rows(rows, str(tmp_path)) == (
       [], ['machine_peak: no results (python benchmarks/machine_peak.py)'])
