@@ -9,12 +9,18 @@ settings (parallel map with AUTOTUNE, batch, prefetch); only the parse function 
         cutout/translate constants); for segmentation Model Garden's segmentation Parser
         (flip + jitter only: it has no policies) reading the same decoded tensors.
 
-Each configuration is timed `--rounds` times, interleaved, after warm-up; the median
-round counts (the machine is shared). Writes benchmarks/results/input_pipeline.json and a Markdown
-table (input_pipeline.md) with images/s and the ratio ours / Model Garden.
+Timing: the sides of one (task, policy) take turns, as benchmarks/train_step.py's do: a round
+runs each side once, back to back (the side that starts alternates from round to round), so
+the two sides of a round see the same load of a shared machine. A side's turn makes a fresh
+iterator (its prefetch threads start), pulls --warmup_batches untimed (start-up, autotuning),
+times --num_batches and stops the iterator before the other side's turn. A round's ratio is
+ours / Model Garden of that round; the medians over --rounds count, and the per-round ratios
+are shown. Wall rates divide by wall-clock seconds, CPU rates by this process's CPU seconds.
+Writes benchmarks/results/input_pipeline.json and a Markdown table (input_pipeline.md).
 
   python benchmarks/input_pipeline.py                       # 128 px digit scenes
-  python benchmarks/input_pipeline.py --image_size=640 --output_size=640 --tag=640
+  python benchmarks/input_pipeline.py --image_size=640 --output_size=640 --num_examples=8 \
+      --num_batches=10 --warmup_batches=2 --rounds=5 --nomasks_rows --tag=640
 """
 import json
 import os
@@ -36,13 +42,16 @@ from official.vision.configs import common as mg_common  # pylint: disable=wrong
 from official.vision.dataloaders import retinanet_input, segmentation_input  # pylint: disable=wrong-import-order
 from official.vision.ops import preprocess_ops  # pylint: disable=wrong-import-order
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from turn_taking import take_turns  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 flags.DEFINE_integer('image_size', 128, 'Size of the generated digit scenes (pixels).')
 flags.DEFINE_integer('output_size', 128, 'Network input size (a multiple of 128).')
 flags.DEFINE_integer('batch_size', 8, 'Batch size.')
 flags.DEFINE_integer('num_examples', 32, 'Distinct decoded scenes (cached, repeated).')
 flags.DEFINE_integer('num_batches', 150, 'Timed batches per round.')
 flags.DEFINE_integer('warmup_batches', 3, 'Untimed batches first (tracing, autotuning).')
-flags.DEFINE_integer('rounds', 3, 'Timed rounds per configuration (the median counts).')
+flags.DEFINE_integer('rounds', 3, 'Rounds per (task, policy); each side once per round.')
 flags.DEFINE_list('policies', ['s1', 's2', 's3', 's4'], 'Policies to run.')
 flags.DEFINE_list('tasks', ['detection', 'segmentation'], 'Tasks to run.')
 flags.DEFINE_bool('masks_rows', True, 'Also time detection with boxes_from_masks=True.')
@@ -133,7 +142,8 @@ def our_dataset(base, task, policy, boxes_from_masks=False):
 
 
 def time_dataset(ds):
-  """(images per wall-clock second, images per CPU-second of this process).
+  """(images per wall-clock second, images per CPU-second of this process) of one turn: a
+  fresh iterator, warm-up batches untimed, then --num_batches timed.
 
   The machine is shared, so wall-clock rates swing with other users' load; CPU time
   counts the work the pipeline did (all its threads), which is what "same work" compares.
@@ -151,17 +161,39 @@ def time_dataset(ds):
 
 
 def configurations(base):
-  """(task, policy, implementation, dataset factory)."""
-  out = []
+  """{(task, policy): [(implementation, dataset factory), ...]}: the sides that take turns."""
+  out = {}
   for task in FLAGS.tasks:
     for policy in FLAGS.policies:
-      out.append((task, policy, 'ours', lambda t=task, p=policy: our_dataset(base, t, p)))
+      sides = out.setdefault((task, policy), [])
+      sides.append(('ours', lambda t=task, p=policy: our_dataset(base, t, p)))
       if task == 'detection' and FLAGS.masks_rows:
-        out.append((task, policy, 'ours+boxes_from_masks',
-                    lambda t=task, p=policy: our_dataset(base, t, p, True)))
+        sides.append(('ours+boxes_from_masks',
+                      lambda t=task, p=policy: our_dataset(base, t, p, True)))
       if task == 'detection' or policy == 's1':
-        out.append((task, policy, 'model_garden', lambda t=task, p=policy: mg_dataset(base, t, p)))
+        sides.append(('model_garden', lambda t=task, p=policy: mg_dataset(base, t, p)))
   return out
+
+
+def summarize(task, policy, measured):
+  """Runs (one per implementation: medians and per-round rates) and the pair's per-round
+  ratios ours / Model Garden."""
+  med = lambda xs: round(float(np.median(xs)), 2)
+  runs = [{'task': task, 'policy': policy, 'implementation': impl,
+           'images_per_sec': med([r[0] for r in rs]),
+           'images_per_cpu_sec': med([r[1] for r in rs]),
+           'rounds_images_per_sec': [round(r[0], 2) for r in rs],
+           'rounds_images_per_cpu_sec': [round(r[1], 2) for r in rs]}
+          for impl, rs in measured.items()]
+  pair = None
+  if 'ours' in measured and 'model_garden' in measured:
+    ours, mg = measured['ours'], measured['model_garden']
+    pair = {'task': task, 'policy': policy,
+            'rounds_ratio_wall': [round(o[0] / m[0], 3) for o, m in zip(ours, mg)],
+            'rounds_ratio_cpu': [round(o[1] / m[1], 3) for o, m in zip(ours, mg)]}
+    pair['median_ratio_wall'] = med(pair['rounds_ratio_wall'])
+    pair['median_ratio_cpu'] = med(pair['rounds_ratio_cpu'])
+  return runs, pair
 
 
 def markdown(results):
@@ -171,66 +203,65 @@ def markdown(results):
       '',
       f'{setup["num_examples"]} decoded digit scenes of {setup["image_size"]} px -> '
       f'{setup["output_size"]} px, batch {setup["batch_size"]}, tf.data parallel map '
-      f'(AUTOTUNE) + batch + prefetch; median of {setup["rounds"]} interleaved rounds of '
-      f'{setup["num_batches"]} batches; {setup["cpus"]} CPUs shared with other users. '
-      'Model Garden: `retinanet_input.Parser` (detection) and `segmentation_input.Parser` '
-      '(segmentation; it has no AutoAugment/RandAugment, so only S1 compares). '
-      '"CPU" is images per CPU-second of the process (the work done, robust to other '
-      'users\' load); "wall" is images per second of wall-clock time. Written by '
-      '`benchmarks/input_pipeline.py`.',
+      f'(AUTOTUNE) + batch + prefetch. The sides of a row take turns: {setup["rounds"]} '
+      f'rounds, each side once per round, back to back (the side that starts alternates), '
+      f'each turn a fresh iterator, {setup["warmup_batches"]} untimed batches, then '
+      f'{setup["num_batches"]} timed; medians over rounds, and ours / MG per round; '
+      f'{setup["cpus"]} CPUs. Model Garden: `retinanet_input.Parser` (detection) and '
+      '`segmentation_input.Parser` (segmentation; it has no AutoAugment/RandAugment, so only '
+      'S1 compares). "CPU" is images per CPU-second of the process (the work done); "wall" is '
+      'images per second of wall-clock time. Written by `benchmarks/input_pipeline.py`.',
       '',
       '| task | policy | ours (CPU) | MG (CPU) | ours / MG (CPU) | ours (wall) | '
-      'MG (wall) | ours / MG (wall) | ours + boxes_from_masks (CPU) |',
-      '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      'MG (wall) | ours / MG (wall) | per-round ours / MG (wall) | '
+      'ours + boxes_from_masks (CPU) |',
+      '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |',
   ]
   rows = {}
   for r in results['runs']:
     rows.setdefault((r['task'], r['policy']), {})[r['implementation']] = (
         r['images_per_cpu_sec'], r['images_per_sec'])
+  pairs = {(p['task'], p['policy']): p for p in results.get('pairs', ())}
   fmt = lambda x: '-' if x is None else f'{x:.0f}'
   ratio = lambda a, b: '-' if not (a and b) else f'{a / b:.2f}'
   for (task, policy), v in rows.items():
     ours_cpu, ours_wall = v.get('ours', (None, None))
     mg_cpu, mg_wall = v.get('model_garden', (None, None))
     masks_cpu = v.get('ours+boxes_from_masks', (None, None))[0]
+    pair = pairs.get((task, policy))
+    per_round = ', '.join(f'{x:.2f}' for x in pair['rounds_ratio_wall']) if pair else '-'
     lines.append(f'| {task} | {policy.upper()} | {fmt(ours_cpu)} | {fmt(mg_cpu)} | '
                  f'{ratio(ours_cpu, mg_cpu)} | {fmt(ours_wall)} | {fmt(mg_wall)} | '
-                 f'{ratio(ours_wall, mg_wall)} | {fmt(masks_cpu)} |')
+                 f'{ratio(ours_wall, mg_wall)} | {per_round} | {fmt(masks_cpu)} |')
   return '\n'.join(lines) + '\n'
 
 
 def main(argv):
   del argv
   if FLAGS.output_size % 2 ** MAX_LEVEL:
-    sys.exit(f'--output_size must be a multiple of {2 ** MAX_LEVEL}')
+    sys.exit(f'error: --output_size={FLAGS.output_size} must be a multiple of {2 ** MAX_LEVEL}')
+  if min(FLAGS.rounds, FLAGS.num_batches) < 1 or FLAGS.warmup_batches < 0:
+    sys.exit('error: --rounds and --num_batches must be positive, --warmup_batches >= 0')
   base, _ = decoded_scenes(FLAGS.num_examples, FLAGS.image_size)
-  configs = configurations(base)
-  datasets = {}
-  rounds = {}
-  for round_ in range(FLAGS.rounds):
-    for task, policy, impl, make in configs:
-      key = (task, policy, impl)
-      if key not in datasets:
-        datasets[key] = make()
-      wall, cpu = time_dataset(datasets[key])
-      rounds.setdefault(key, []).append((wall, cpu))
-      print(f'round {round_ + 1}: {task:12s} {policy} {impl:22s} {wall:8.1f} images/s '
-            f'{cpu:8.1f} images/CPU-s', flush=True)
+  runs, pairs = [], []
+  for (task, policy), sides in configurations(base).items():
+    measured = take_turns(sides, FLAGS.rounds, time_dataset,
+                          log=lambda m, t=task, p=policy: print(f'{t:12s} {p} {m}', flush=True))
+    task_runs, pair = summarize(task, policy, measured)
+    runs += task_runs
+    if pair:
+      pairs.append(pair)
   results = {
       'setup': {
           'image_size': FLAGS.image_size, 'output_size': FLAGS.output_size,
           'batch_size': FLAGS.batch_size, 'num_examples': FLAGS.num_examples,
           'num_batches': FLAGS.num_batches, 'warmup_batches': FLAGS.warmup_batches,
-          'rounds': FLAGS.rounds, 'cpus': os.cpu_count(),
+          'rounds': FLAGS.rounds, 'cpus': os.cpu_count(), 'turns': 'interleaved per round',
           'tensorflow': tf.__version__, 'python': platform.python_version(),
-          'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+          'load_average': list(os.getloadavg()), 'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
       },
-      'runs': [{'task': t, 'policy': p, 'implementation': i,
-                'images_per_sec': round(float(np.median([r[0] for r in rs])), 2),
-                'images_per_cpu_sec': round(float(np.median([r[1] for r in rs])), 2),
-                'rounds_images_per_sec': [round(r[0], 2) for r in rs],
-                'rounds_images_per_cpu_sec': [round(r[1], 2) for r in rs]}
-               for (t, p, i), rs in rounds.items()],
+      'runs': runs,
+      'pairs': pairs,
   }
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   stem = os.path.join(FLAGS.out_dir, 'input_pipeline' + (f'_{FLAGS.tag}' if FLAGS.tag else ''))
