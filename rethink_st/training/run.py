@@ -90,7 +90,9 @@ def run_train(model_dir: str,
               init_modules: Sequence[str] = ('backbone',),
               joint=None,
               seed: Optional[int] = None,
-              deterministic: bool = True) -> Dict[str, float]:
+              deterministic: bool = True,
+              jit_compile: bool = False,
+              jit_compile_eval: bool = False) -> Dict[str, float]:
   """Trains `task` to `train_steps` in `model_dir` (resuming if it holds a checkpoint) and
   returns the final evaluation metrics (empty if the task has no eval source).
 
@@ -107,6 +109,11 @@ def run_train(model_dir: str,
     the same seed on the same hardware and software gives bit-identical losses and weights,
     resumed or not (see `seeded`). False keeps the seed and the input stream but lets ops
     use faster nondeterministic kernels (GPU), so runs may differ in the last bits.
+  jit_compile: compile each replica's train step (forward, losses, gradients) with XLA
+    (trainer.py); same losses within float tolerance, not bit for bit. With a seed it needs
+    deterministic=False (XLA has no deterministic MaxPool gradient).
+  jit_compile_eval: compile each replica's eval step (forward and NMS) with XLA; not with
+    Model Garden's 'batched' NMS (no XLA kernel for CombinedNonMaxSuppression).
   """
   if not model_dir:
     raise UserError('--model_dir is required')
@@ -119,7 +126,7 @@ def run_train(model_dir: str,
                       keep_checkpoints=keep_checkpoints, eval_every=eval_every,
                       eval_batch_size=eval_batch_size, eval_steps=eval_steps,
                       init_checkpoint=init_checkpoint, init_modules=init_modules, joint=joint,
-                      seed=seed)
+                      seed=seed, jit_compile=(jit_compile, jit_compile_eval))
 
 
 def _chief_lock(model_dir: str):
@@ -183,7 +190,8 @@ def seeded(seed: Optional[int], deterministic: bool = True):
 
 def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
                steps_per_loop, checkpoint_every, keep_checkpoints, eval_every,
-               eval_batch_size, eval_steps, init_checkpoint, init_modules, joint, seed):
+               eval_batch_size, eval_steps, init_checkpoint, init_modules, joint, seed,
+               jit_compile=(False, False)):
   strategy_lib.set_mixed_precision()
   strategy = strategy_lib.build_strategy()
   strategy_lib.check_global_batch_size(global_batch_size, strategy, 'run_train.global_batch_size')
@@ -211,7 +219,9 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
               else pipeline.Position(int(seed), int(optimizer.iterations.numpy())))
   with strategy.scope():
     trainer.attach_datasets(train=True, eval_batch_size=eval_batch_size if has_eval else None,
-                            position=position)
+                            position=position, jit_compile=jit_compile[0],
+                            jit_compile_eval=jit_compile[1],
+                            jit_bindings=('run_train.jit_compile', 'run_train.jit_compile_eval'))
 
   def init_fn():
     if init_path:
@@ -312,11 +322,13 @@ def eval_dir(model_dir: Optional[str]) -> Optional[str]:
 @gin.configurable(denylist=['model_dir'])
 def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str] = None,
                  eval_batch_size: int = 8, eval_steps: int = -1,
-                 results_name: str = 'eval_metrics.json') -> Dict[str, float]:
+                 results_name: str = 'eval_metrics.json',
+                 jit_compile: bool = False) -> Dict[str, float]:
   """Evaluates the latest checkpoint in `model_dir` (or `checkpoint`) on the task's eval
   source. Writes into eval_dir(model_dir) (model_dir/eval; with only `checkpoint`, eval/
   beside it): operative_config.gin, <results_name> and, for detection, detections_coco.json.
   The training run's config.gin, operative_config.gin and eval_metrics.json stay as they were.
+  jit_compile: compile each replica's eval step with XLA (trainer.py).
   """
   path = checkpoint or (tf.train.latest_checkpoint(model_dir) if model_dir else None)
   if not path:
@@ -332,7 +344,9 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
     model = task.build_model()
     evaluator = trainer_lib.Trainer(task=task, model=model, optimizer=_StepHolder(),
                                     strategy=strategy, global_batch_size=eval_batch_size)
-    evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size)
+    evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size,
+                              jit_compile_eval=jit_compile,
+                              jit_bindings=('', 'run_evaluate.jit_compile'))
     ckpt = tf.train.Checkpoint(model=model)
   status = ckpt.read(path)
   try:

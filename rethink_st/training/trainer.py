@@ -10,9 +10,21 @@ learning rate, img/s, ETA) and one `[eval]` line per evaluation; each value once
 TensorBoard gets every value (Orbit's summaries). Orbit's controller both logs and prints its
 own messages, the loop's outputs among them (`orbit_messages_to_log` sends them to the absl
 log only).
+
+Compiled steps (`attach_datasets(jit_compile=..., jit_compile_eval=...)`, the gin settings
+`run_train.jit_compile`, `run_train.jit_compile_eval` and `run_evaluate.jit_compile`): each
+replica's forward pass, losses and gradients (train), or its forward pass with
+post-processing (eval), run as one XLA-compiled function; the gradient
+all-reduce, the optimizer update, the loss averages and Orbit's loop stay in the graph around
+it, where every strategy supports them. A step XLA cannot compile stops at its first call
+with one error line naming the op(s) and the binding. Known on CPU (TF 2.20): a seeded run
+with op determinism cannot compile the train step (no deterministic XLA MaxPool gradient:
+set run_train.deterministic = False); the eval step cannot compile with Model Garden's
+'batched' NMS (CombinedNonMaxSuppression, the digit model's), so eval has its own setting.
 """
 import contextlib
 import math
+import re
 import time
 from typing import Any, Dict, Optional, Sequence
 from unittest import mock
@@ -22,7 +34,7 @@ import orbit
 import tensorflow as tf, tf_keras
 from absl import logging
 
-from rethink_st.errors import TrainingDiverged
+from rethink_st.errors import TrainingDiverged, UserError
 from rethink_st.training import optimization
 from rethink_st.training import tasks as tasks_lib
 
@@ -69,6 +81,9 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.evaluator = None
     self.input_position = None
     self._loop_start = None
+    self.jit_compile = {'train': False, 'eval': False}
+    self.jit_binding = {'train': 'jit_compile', 'eval': 'jit_compile_eval'}
+    self._compiled = {}
 
   @property
   def checkpoint_items(self) -> Dict[str, Any]:
@@ -87,13 +102,19 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return tf.data.Dataset.zip((main, self.joint.dataset_fn(input_context, position)))
 
   def attach_datasets(self, train: bool = True, eval_batch_size: Optional[int] = None,
-                      position=None) -> None:
+                      position=None, jit_compile: bool = False,
+                      jit_compile_eval: bool = False,
+                      jit_bindings: Sequence[str] = ('jit_compile', 'jit_compile_eval')) -> None:
     """Distributed train/eval datasets; eval only when eval_batch_size is given.
 
     position: a `pipeline.Position` for a seeded run (its seed and the step it resumes at):
     the training streams start there (build_input); None: they start afresh.
+    jit_compile, jit_compile_eval: compile each replica's train / eval step with XLA (module
+    docstring); jit_bindings: the gin bindings that set them, named by the error line.
     """
     self.input_position = position
+    self.jit_compile = {'train': bool(jit_compile), 'eval': bool(jit_compile_eval)}
+    self.jit_binding = dict(zip(('train', 'eval'), jit_bindings))
     if train:
       dataset = self.strategy.distribute_datasets_from_function(self.train_dataset_fn)
       orbit.StandardTrainer.__init__(self, dataset, options=orbit.StandardTrainerOptions())
@@ -131,12 +152,20 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       m.reset_state()
     self._loop_start = (time.time(), int(self.global_step.numpy()))
 
+  def _step_function(self, name: str, fn):
+    """fn itself, or (jit_compile) fn as one XLA-compiled tf.function, made once."""
+    if not self.jit_compile[name]:
+      return fn
+    if name not in self._compiled:
+      self._compiled[name] = tf.function(fn, jit_compile=True)
+    return self._compiled[name]
+
   def train_step(self, iterator):
     num_replicas = self.strategy.num_replicas_in_sync
     optimizer = self.optimizer
     scaled_optimizer = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
-    def step_fn(inputs):
+    def losses_and_gradients(inputs):
       with tf.GradientTape() as tape:
         if self.joint is None:
           losses = self.compute_losses(inputs)
@@ -151,14 +180,41 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       grads = tape.gradient(loss, tvars)
       if scaled_optimizer:
         grads = optimizer.get_unscaled_gradients(grads)
+      losses = {name: losses[name] for name in self.train_metrics if name != 'weight_decay'}
+      return dict(losses, weight_decay=decay), grads
+
+    compute = self._step_function('train', losses_and_gradients)
+
+    def step_fn(inputs):
+      losses, grads = compute(inputs)
+      tvars = self.trainable_variables_for_step()
       # Weights outside the loss (e.g. EfficientNet's final 1x1 conv, which the decoders do
       # not read) have no gradient.
       optimizer.apply_gradients([(g, v) for g, v in zip(grads, tvars) if g is not None])
-      losses = dict(losses, weight_decay=decay)
       for name, metric in self.train_metrics.items():
         metric.update_state(losses[name])
 
     self.strategy.run(step_fn, args=(next(iterator),))
+
+  def train(self, num_steps):
+    with self._xla_errors('train'):
+      return super().train(num_steps)
+
+  def evaluate(self, num_steps):
+    with self._xla_errors('eval'):
+      return super().evaluate(num_steps)
+
+  @contextlib.contextmanager
+  def _xla_errors(self, step: str):
+    """An XLA compilation failure as one UserError line: the op(s) and the binding."""
+    try:
+      yield
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+      if not self.jit_compile[step] or not _is_xla_failure(str(e)):
+        raise
+      binding = self.jit_binding[step]
+      raise UserError(f'{binding}=True: XLA cannot compile the {step} step: '
+                      f'{_xla_failure_summary(str(e), binding)}') from None
 
   def train_loop_end(self) -> Dict[str, Any]:
     logs = {name: m.result() for name, m in self.train_metrics.items()}
@@ -176,10 +232,10 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return {'batches': 0}
 
   def eval_step(self, iterator):
-    def step_fn(inputs):
+    def outputs_fn(inputs):
       images, labels = inputs
       return self.task.eval_outputs(self.model, images, labels)
-    return self.strategy.run(step_fn, args=(next(iterator),))
+    return self.strategy.run(self._step_function('eval', outputs_fn), args=(next(iterator),))
 
   def eval_reduce(self, state, step_outputs):
     tasks_lib.update_evaluator(self.task, self.evaluator,
@@ -189,6 +245,40 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   def eval_end(self, state=None):
     return _flatten_metrics(self.evaluator.result())
+
+
+def _is_xla_failure(message: str) -> bool:
+  return bool(re.search(r'XLA|jit|Detected unsupported operations', message))
+
+
+def _xla_failure_summary(message: str, binding: str) -> str:
+  """What XLA refused, in one line, and the binding that avoids it.
+
+  Two refusals are known on CPU: an op with no XLA kernel ('Detected unsupported operations
+  when trying to compile graph ... on XLA_CPU_JIT: PyFunc (No registered ...)'), and op
+  determinism (a seeded run_train with deterministic=True): XLA has no deterministic
+  MaxPool gradient ('MaxPool gradient ops do not yet have a deterministic XLA
+  implementation'), so seeded compiled runs need deterministic=False.
+  """
+  if 'deterministic XLA implementation' in message:
+    node = re.search(r'\{\{node [^}]*?(\w+Grad\w*)\}\}', message)
+    op = node.group(1) if node else 'a gradient op'
+    deterministic = binding.rsplit('.', 1)[0] + '.deterministic'
+    return (f'XLA has no deterministic kernel for {op} and op determinism is on (a seed); '
+            f'set {deterministic} = False or {binding} = False')
+  if 'CombinedNonMaxSuppression' in message:
+    return (f"no XLA kernel for CombinedNonMaxSuppression (Model Garden's 'batched' NMS); "
+            f'set {binding} = False')
+  for line in message.splitlines():
+    if 'unsupported operations' in line:
+      ops = re.findall(r"No registered '(\w+)'", line) or re.findall(r'(\w+) \(No', line)
+      device = re.search(r'on (XLA_\w+)', line)
+      where = f' on {device.group(1)}' if device else ''
+      if ops:
+        return f'no XLA kernel{where} for {", ".join(sorted(set(ops)))}; set {binding} = False'
+  lines = [l.strip() for l in message.splitlines()
+           if l.strip() and not l.startswith(('Graph execution error', 'Detected at node'))]
+  return f'{(lines or ["unknown error"])[0][:200]}; set {binding} = False'
 
 
 class ProgressAction:
