@@ -37,9 +37,9 @@ def _trainer(jit_compile, trainer_cls=trainer_lib.Trainer, jit_compile_eval=Fals
     optimizer = optimization.build_optimizer(4, STEPS)
     trainer = trainer_cls(task=task, model=model, optimizer=optimizer, strategy=strategy,
                           global_batch_size=4)
-    trainer.attach_datasets(train=True, eval_batch_size=8, position=pipeline.Position(SEED, 0),
-                            jit_compile=jit_compile, jit_compile_eval=jit_compile_eval,
-                            jit_bindings=('run_train.jit_compile', 'run_train.jit_compile_eval'))
+    trainer.compile_steps(jit_compile, jit_compile_eval,
+                          bindings=('run_train.jit_compile', 'run_train.jit_compile_eval'))
+    trainer.attach_datasets(train=True, eval_batch_size=8, position=pipeline.Position(SEED, 0))
   return trainer
 
 

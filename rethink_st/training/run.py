@@ -217,11 +217,11 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
   # Built after the restore: a seeded run's input starts at the restored step.
   position = (None if seed is None
               else pipeline.Position(int(seed), int(optimizer.iterations.numpy())))
+  trainer.compile_steps(*jit_compile,
+                        bindings=('run_train.jit_compile', 'run_train.jit_compile_eval'))
   with strategy.scope():
     trainer.attach_datasets(train=True, eval_batch_size=eval_batch_size if has_eval else None,
-                            position=position, jit_compile=jit_compile[0],
-                            jit_compile_eval=jit_compile[1],
-                            jit_bindings=('run_train.jit_compile', 'run_train.jit_compile_eval'))
+                            position=position)
 
   def init_fn():
     if init_path:
@@ -344,9 +344,8 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
     model = task.build_model()
     evaluator = trainer_lib.Trainer(task=task, model=model, optimizer=_StepHolder(),
                                     strategy=strategy, global_batch_size=eval_batch_size)
-    evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size,
-                              jit_compile_eval=jit_compile,
-                              jit_bindings=('', 'run_evaluate.jit_compile'))
+    evaluator.compile_steps(eval=jit_compile, bindings=('', 'run_evaluate.jit_compile'))
+    evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size)
     ckpt = tf.train.Checkpoint(model=model)
   status = ckpt.read(path)
   try:

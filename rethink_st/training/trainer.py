@@ -11,7 +11,7 @@ TensorBoard gets every value (Orbit's summaries). Orbit's controller both logs a
 own messages, the loop's outputs among them (`orbit_messages_to_log` sends them to the absl
 log only).
 
-Compiled steps (`attach_datasets(jit_compile=..., jit_compile_eval=...)`, the gin settings
+Compiled steps (`compile_steps(train=..., eval=...)`, from the gin settings
 `run_train.jit_compile`, `run_train.jit_compile_eval` and `run_evaluate.jit_compile`): each
 replica's forward pass, losses and gradients (train), or its forward pass with
 post-processing (eval), run as one XLA-compiled function; the gradient
@@ -101,20 +101,21 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     position = self.input_position and self.input_position.of('classification')
     return tf.data.Dataset.zip((main, self.joint.dataset_fn(input_context, position)))
 
+  def compile_steps(self, train: bool = False, eval: bool = False,  # pylint: disable=redefined-builtin
+                    bindings: Sequence[str] = ('jit_compile', 'jit_compile_eval')) -> None:
+    """Compile each replica's train / eval step with XLA (module docstring); `bindings`: the
+    gin bindings that asked for it, named by the error line. Call before the first step."""
+    self.jit_compile = {'train': bool(train), 'eval': bool(eval)}
+    self.jit_binding = dict(zip(('train', 'eval'), bindings))
+
   def attach_datasets(self, train: bool = True, eval_batch_size: Optional[int] = None,
-                      position=None, jit_compile: bool = False,
-                      jit_compile_eval: bool = False,
-                      jit_bindings: Sequence[str] = ('jit_compile', 'jit_compile_eval')) -> None:
+                      position=None) -> None:
     """Distributed train/eval datasets; eval only when eval_batch_size is given.
 
     position: a `pipeline.Position` for a seeded run (its seed and the step it resumes at):
     the training streams start there (build_input); None: they start afresh.
-    jit_compile, jit_compile_eval: compile each replica's train / eval step with XLA (module
-    docstring); jit_bindings: the gin bindings that set them, named by the error line.
     """
     self.input_position = position
-    self.jit_compile = {'train': bool(jit_compile), 'eval': bool(jit_compile_eval)}
-    self.jit_binding = dict(zip(('train', 'eval'), jit_bindings))
     if train:
       dataset = self.strategy.distribute_datasets_from_function(self.train_dataset_fn)
       orbit.StandardTrainer.__init__(self, dataset, options=orbit.StandardTrainerOptions())
