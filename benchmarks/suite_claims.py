@@ -1,0 +1,93 @@
+"""claims.json: each of the paper's claims (tables.CLAIMS) tested on differences of its two
+cells' metric (AP; mIoU for segmentation, x100) paired by seed."""
+import json
+import math
+import os
+from typing import Mapping, Sequence
+
+import tables as tables_lib
+from suite_runner import read_runs
+
+CLAIMS_FILE = 'claims.json'
+METRIC = 'AP'       # the detection cells' number; each cell's own: tables.Cell.metric
+
+
+def mean_std(values: Sequence[float]):
+  if not values:
+    return None, None
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+CLAIM_RULE = ('diff = treatment - control (AP, or mIoU for segmentation, x100) per seed, '
+              'over the seeds both cells finished; s.e. = sample std of diff / sqrt(n). A '
+              'claim that the treatment helps holds when mean(diff) - 2 s.e. > 0; one that it '
+              'hurts, when mean(diff) + 2 s.e. < 0. n < 2: holds is null.')
+
+
+def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[str, dict],
+                 control_runs: Mapping[str, dict]) -> dict:
+  """One entry of claims.json: the claim tested on differences of its cells' metric (AP or
+  mIoU, x100; in treatment_ap / control_ap whatever the metric) paired by seed."""
+  metric = claim.metric
+  out = {'id': claim.id, 'claim': claim.text, 'paper': claim.paper,
+         'treatment': claim.treatment, 'control': claim.control, 'direction': claim.direction,
+         'metric': metric}
+  t = {s: 100 * m[metric] for s, m in treatment_runs.items() if metric in m}
+  c = {s: 100 * m[metric] for s, m in control_runs.items() if metric in m}
+  seeds = sorted(set(t) & set(c), key=int)
+  diffs = [t[s] - c[s] for s in seeds]
+  mean, std = mean_std(diffs)
+  out.update(seeds=[int(s) for s in seeds], treatment_ap=[t[s] for s in seeds],
+             control_ap=[c[s] for s in seeds], diff_mean=mean, diff_std=std, n=len(seeds),
+             unpaired_seeds={'treatment': sorted((int(s) for s in set(t) - set(c))),
+                             'control': sorted((int(s) for s in set(c) - set(t)))})
+  commits = {r.get('commit') for runs in (treatment_runs, control_runs)
+             for s, r in runs.items() if s in seeds}
+  out['commits'] = sorted(x or 'unknown' for x in commits)
+  if claim.treatment is None or claim.control is None:
+    reason = 'no cells'
+  elif not all(tables_lib.CELLS[n].exists(scale) for n in (claim.treatment, claim.control)):
+    reason = f'no cells at {scale} scale'
+  elif not seeds:
+    reason = 'no seed finished both cells'
+  elif len(seeds) < 2:
+    reason = 'one paired seed: no spread to test the difference against; run more seeds'
+  else:
+    reason = None
+  if reason:
+    out.update(bound=None, holds=None, reason=reason)
+    return out
+  margin = 2 * std / math.sqrt(len(seeds))
+  if claim.direction == 'helps':
+    out['bound'] = mean - margin
+    out['holds'] = out['bound'] > 0
+  else:
+    out['bound'] = mean + margin
+    out['holds'] = out['bound'] < 0
+  return out
+
+
+def collect_claims(scale: str, seeds: Sequence[int], out_dir: str) -> dict:
+  """claims.json: every claim of tables_lib.CLAIMS from the finished cells' per-seed AP
+  (mIoU for the segmentation claims; each claim's `metric`)."""
+  claims = []
+  for claim in tables_lib.CLAIMS:
+    runs = [read_runs(n, scale, seeds, out_dir)
+            if n and tables_lib.CELLS[n].exists(scale) else {}
+            for n in (claim.treatment, claim.control)]
+    claims.append(claim_result(claim, scale, *runs))
+  return {'scale': scale, 'seeds': list(seeds),
+          'metric': f'COCO {METRIC} x 100 (segmentation claims: mIoU x 100; each claim\'s '
+                    f'metric)',
+          'rule': CLAIM_RULE, 'claims': claims}
+
+
+def write_claims(claims: dict, report_dir: str) -> str:
+  path = os.path.join(report_dir, claims['scale'], CLAIMS_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(claims, f, indent=1)
+  return path

@@ -1,0 +1,187 @@
+"""Running and resuming the suite's cells, and reading the runs they finished.
+
+Each cell is one subprocess of its binary in its own folder (suite_commands.cell_dir), with
+its log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time,
+command, steps and the git commit it ran from) and is skipped on the next run; a cell that
+fails gets suite_failed.json (retried next run); cells that depend on it are skipped.
+"""
+import json
+import os
+import shlex
+import subprocess
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import tables as tables_lib
+from suite_commands import DEFAULT_CONVERGENCE
+from suite_commands import REPO
+from suite_commands import budgets_for
+from suite_commands import cell_command
+from suite_commands import cell_dir
+from suite_commands import planned_cells
+from suite_commands import read_json
+
+DONE, FAILED, LOG = 'suite_done.json', 'suite_failed.json', 'suite_log.txt'
+
+
+def repo_commit() -> Optional[str]:
+  """`git rev-parse HEAD` of the repository the suite runs from (+dirty if tracked files
+  differ from it); None outside a git checkout."""
+  try:
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ('+dirty' if dirty else '')
+
+
+def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
+  """A finished run's metrics: eval_metrics.json, or for self-training results.json's last
+  student (with the teacher's metric, e.g. AP, as teacher_AP, and the pseudo boxes per
+  image). The cell's metric (tables.Cell.metric): 'AP' (detection; COCO AP in 0-1) or
+  'mIoU' (segmentation; 0-1, as eval_metrics.json and results.json hold it)."""
+  cell = tables_lib.CELLS[name]
+  if cell.binary == 'self_train':
+    results = read_json(os.path.join(directory, 'results.json'))
+    if not results or len(results.get('rows', ())) < 2:
+      return None
+    teacher, student = results['rows'][0], results['rows'][-1]
+    out = {k: v for k, v in student.items() if isinstance(v, (int, float))}
+    if cell.metric in teacher:
+      out['teacher_' + cell.metric] = teacher[cell.metric]
+    return out
+  metrics = read_json(os.path.join(directory, 'eval_metrics.json'))
+  return {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if metrics else None
+
+
+def read_pseudo_quality(directory: str) -> Dict[str, float]:
+  """Precision / recall of a self-training run's last-round pseudo labels at the labeler's
+  score threshold, from round_<k>/pseudo_report/report.json when that report was made against
+  held-back labels (run_self_training.report_reference, or bin/pseudo_label_report.py
+  --reference afterwards); for pseudo masks, the fraction of pixels ignored (below the mask
+  threshold) and, against held-back masks, their mIoU on the kept pixels; {} otherwise."""
+  rounds = []
+  for name in (os.listdir(directory) if os.path.isdir(directory) else ()):
+    if name.startswith('round_') and name[len('round_'):].isdigit():
+      rounds.append(int(name[len('round_'):]))
+  if not rounds:
+    return {}
+  report = read_json(os.path.join(directory, f'round_{max(rounds)}', 'pseudo_report',
+                                   'report.json'))
+  seg = (report or {}).get('segmentation')
+  if seg:
+    return {k: seg[f] for k, f in (('pseudo_ignored_fraction', 'ignored_fraction'),
+                                   ('pseudo_mIoU', 'mIoU')) if seg.get(f) is not None}
+  rows = ((report or {}).get('detection') or {}).get('thresholds') or []
+  at = [r for r in rows if 'precision' in r and
+        abs(r['score_threshold'] - report.get('labeler_score_threshold', -1)) < 1e-6]
+  if not at:
+    return {}
+  return {'pseudo_precision': at[0]['precision'], 'pseudo_recall': at[0]['recall']}
+
+
+def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
+  """Runs `cmd` from the repository root, output to log_path; returns its exit code."""
+  with open(log_path, 'a') as log:
+    log.write(f'$ {shlex.join(cmd)}\n')
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.call(list(cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_dir: str, *,
+              only: Sequence[str] = (), optional: bool = False,
+              convergence: str = DEFAULT_CONVERGENCE, max_cells: Optional[int] = None,
+              dry_run: bool = False, gin_files: Sequence[str] = (),
+              gin_params: Sequence[str] = (),
+              runner: Callable[[Sequence[str], str], int] = subprocess_runner,
+              echo: Callable[[str], None] = print) -> Dict[str, int]:
+  """Runs the unfinished cells of the tables (and what they depend on), seed by seed.
+
+  only: run just these cells (and their unfinished dependencies). optional: also the tables'
+  optional rows and columns. convergence: the step budgets (digit scale), read before
+  anything runs. max_cells: stop after starting this many runs. Returns counts: ran,
+  skipped (already done), failed, blocked.
+  """
+  order = planned_cells(table_names, scale, only, optional)
+  budgets, budget_source = budgets_for(order, scale, convergence)
+  commit = None if dry_run else repo_commit()
+  if budgets and not dry_run:
+    echo(f'[suite] steps: {", ".join(f"{p} {n}" for p, n in budgets.items())} from '
+         f'{budget_source}; code: {commit}')
+  counts = dict(ran=0, skipped=0, failed=0, blocked=0)
+  started = 0
+  for seed in seeds:
+    for name in order:
+      cell = tables_lib.CELLS[name]
+      if not cell.seeded and seed != seeds[0]:
+        continue
+      directory = cell_dir(out_dir, scale, name, seed)
+      if os.path.exists(os.path.join(directory, DONE)):
+        counts['skipped'] += 1
+        continue
+      deps = [d for d in cell.depends(scale)
+              if not os.path.exists(os.path.join(cell_dir(out_dir, scale, d, seed), DONE))]
+      cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
+                         gin_params=gin_params)
+      if dry_run:
+        echo(shlex.join(cmd))
+        continue
+      if deps:
+        echo(f'[suite] {name} seed {seed}: blocked (unfinished: {", ".join(deps)})')
+        counts['blocked'] += 1
+        continue
+      if max_cells is not None and started >= max_cells:
+        echo(f'[suite] --max_cells={max_cells} reached')
+        return counts
+      started += 1
+      os.makedirs(directory, exist_ok=True)
+      if os.path.exists(os.path.join(directory, FAILED)):
+        os.remove(os.path.join(directory, FAILED))
+      echo(f'[suite] {name} seed {seed}: running ({os.path.join(directory, LOG)})')
+      start = time.time()
+      code = runner(cmd, os.path.join(directory, LOG))
+      seconds = time.time() - start
+      metrics = read_metrics(name, directory) if code == 0 else None
+      # steps: this cell's training steps (a student's, for self-training cells); None: the
+      # cell's own gin files set them (pretrain; every cell at full scale).
+      record = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
+                'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
+                'steps_from': budget_source if cell.policy else None}
+      if metrics is None:
+        counts['failed'] += 1
+        with open(os.path.join(directory, FAILED), 'w') as f:
+          json.dump({'exit_code': code, **record}, f, indent=1)
+        echo(f'[suite] {name} seed {seed}: FAILED (exit {code}); see {LOG}')
+        continue
+      counts['ran'] += 1
+      with open(os.path.join(directory, DONE), 'w') as f:
+        json.dump({'metrics': metrics, **record}, f, indent=1)
+      shown = metrics.get(cell.metric)
+      echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, {cell.metric}='
+           + ('n/a' if shown is None else f'{shown:.4f}'))
+  return counts
+
+
+# ------------------------------------------------------------------------- finished runs
+def read_runs(name: str, scale: str, seeds: Sequence[int], out_dir: str) -> Dict[str, dict]:
+  """{seed: metrics} of cell `name`'s finished runs, from suite_done.json (with seconds,
+  steps and commit) or, for runs outside the suite (e.g. a cluster job from
+  --dry_run's command), from eval_metrics.json / results.json."""
+  runs = {}
+  for seed in seeds:
+    directory = cell_dir(out_dir, scale, name, seed)
+    done = read_json(os.path.join(directory, DONE))
+    if done:
+      run = {**done['metrics'], 'seconds': done['seconds']}
+      run.update({k: done[k] for k in ('steps', 'commit') if done.get(k)})
+    else:
+      run = read_metrics(name, directory)
+    if not run:
+      continue
+    if tables_lib.CELLS[name].binary == 'self_train':
+      run.update(read_pseudo_quality(directory))
+    runs[str(seed)] = run
+  return runs
