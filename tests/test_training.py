@@ -74,7 +74,10 @@ def test_teacher_trains_checkpoints_evaluates_and_resumes(tiny_teacher, teacher_
 
   # Resume: the same folder with more steps continues from step 4, not from 0.
   gin.bind_parameter('rethink_st.training.run.run_train.train_steps', 6)
-  with caplog.at_level(logging.INFO):   # the absl log, at a binary's default verbosity
+  # The absl log at a binary's default verbosity. The level is set on the 'absl' logger
+  # itself: a test that ran a binary earlier in this process (helpers.run_bin) leaves absl's
+  # verbosity, and so that logger's level, at WARNING.
+  with caplog.at_level(logging.INFO, logger='absl'):
     run.run_train(model_dir)
   out = capsys.readouterr().out
   assert 'resuming from' in out and 'ckpt-4' in out
