@@ -31,9 +31,9 @@ import gin
 
 from rethink_st import config_io
 from rethink_st.data import digit_scenes  # noqa: F401  (registers its configurables)
-from rethink_st.training import optimization
+from rethink_st.training import optimization, strategy
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
+import tensorflow as tf, tf_keras  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_GIN = os.path.join(REPO, 'gin_configs', 'digits', 'teacher.gin')
@@ -50,6 +50,9 @@ VARIANTS = {
              ('IMAGE_SIZE = (96, 96)', f'{_M}.anchors.anchor_config.max_level = 5')),
     '64px': ('64 px input, P3-P5 (digits 6-28 px)',
              ('IMAGE_SIZE = (64, 64)', f'{_M}.anchors.anchor_config.max_level = 5')),
+    'mixed_bfloat16': ('mixed precision: bfloat16 compute, float32 variables and losses',
+                       ("rethink_st.training.strategy.set_mixed_precision.policy = "
+                        "'mixed_bfloat16'",)),
 }
 
 flags.DEFINE_integer('batch', 16, 'Images per step (the digit teacher: 16).')
@@ -66,6 +69,7 @@ def build_variant(bindings, batch):
   """(step functions by mode, input img/s) of one variant: model, optimizer, one batch."""
   gin.clear_config()
   config_io.parse_gin([TEACHER_GIN], list(bindings))
+  strategy.set_mixed_precision()    # the variant's policy (float32 unless it binds one)
   task = gin.query_parameter('%TASK').scoped_configurable_fn()
   dataset = task.build_dataset('train', batch, None)
   iterator = iter(dataset)
@@ -89,6 +93,7 @@ def build_variant(bindings, batch):
   for fn in steps.values():           # trace and warm up
     for _ in range(FLAGS.warmup):
       fn(images, labels).numpy()
+  tf_keras.mixed_precision.set_global_policy('float32')   # the next variant starts clean
   gin.clear_config()
   return steps, (images, labels), input_ips
 
