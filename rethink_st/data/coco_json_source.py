@@ -204,20 +204,13 @@ class CocoJsonSource(source_base.Source):
       masks = np.zeros([0, height, width], np.uint8)
     return classes, is_crowd, area, boxes, masks, semantic
 
-  def _read_image(self, payload):
-    encoded = tf.io.read_file(payload['path'])
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return encoded, image, tf.shape(image, out_type=tf.int64)
-
   def _decode_image(self, source_id, payload):
-    encoded, image, shape = self._read_image(payload)
-    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
-            F.ENCODED_IMAGE: encoded}
+    return source_base.image_example(source_id, tf.io.read_file(payload['path']))
 
   def _decode(self, source_id, payload):
     index = payload['index']
-    _, image, shape = self._read_image(payload)
+    image_only = self._decode_image(source_id, payload)
+    image, height, width = image_only[F.IMAGE], image_only[F.HEIGHT], image_only[F.WIDTH]
     classes, is_crowd, area, boxes, masks, semantic = tf.numpy_function(
         self._annotations, [index],
         [tf.int64, tf.bool, tf.float32, tf.float32, tf.uint8, tf.uint8], stateful=False)
@@ -225,7 +218,7 @@ class CocoJsonSource(source_base.Source):
     is_crowd.set_shape([None])
     area.set_shape([None])
     boxes.set_shape([None, 4])
-    example = {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
+    example = {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: height, F.WIDTH: width,
                F.CLASSES: classes, F.IS_CROWD: is_crowd, F.AREA: area, F.BOXES: boxes}
     if self.include_masks:
       masks.set_shape([None, None, None])

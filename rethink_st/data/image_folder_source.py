@@ -91,12 +91,7 @@ class ImageFolderSource(source_base.Source):
 
   def _decode_image(self, source_id, path):
     # Fails on an unreadable file: Source.dataset guards it (source_base.guarded_decode).
-    encoded = tf.io.read_file(path)
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    shape = tf.shape(image, out_type=tf.int64)
-    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
-            F.ENCODED_IMAGE: encoded}
+    return source_base.image_example(source_id, tf.io.read_file(path))
 
   def _finish(self, ds):
     ds = ds.filter(lambda ex: ex['_ok'])

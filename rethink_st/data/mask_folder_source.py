@@ -85,12 +85,7 @@ class MaskFolderSource(source_base.Source):
     return source_base.shard_for_input_context(ds, input_context)
 
   def _decode_image(self, source_id, paths):
-    encoded = tf.io.read_file(paths['image'])
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    shape = tf.shape(image, out_type=tf.int64)
-    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
-            F.ENCODED_IMAGE: encoded}
+    return source_base.image_example(source_id, tf.io.read_file(paths['image']))
 
   def _decode(self, source_id, paths):
     example = self._decode_image(source_id, paths)

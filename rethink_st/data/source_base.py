@@ -96,6 +96,16 @@ _ID_HASH_BUCKETS = (1 << 63) - 1
 _GUARDED_DECODE_CYCLE = max(8, os.cpu_count() or 1)
 
 
+def image_example(source_id, encoded) -> dict:
+  """The image-only example (F.IMAGE_ONLY_KEYS but F.READABLE) of encoded image bytes:
+  decoded to 3 channels (PNG, JPEG, BMP, GIF's first frame), with its height and width."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  shape = tf.shape(image, out_type=tf.int64)
+  return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
+          F.ENCODED_IMAGE: encoded}
+
+
 def unreadable_example(source_id) -> dict:
   """The F.READABLE=False example of an image that could not be read or decoded."""
   return {F.SOURCE_ID: source_id, F.IMAGE: tf.zeros([0, 0, 3], tf.uint8),

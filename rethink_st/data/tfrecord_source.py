@@ -133,11 +133,7 @@ class TFRecordSource(source_base.Source):
     # 128 px digit scene).
     encoded = tf.io.parse_single_example(
         serialized, {_ENCODED: tf.io.FixedLenFeature((), tf.string, '')})[_ENCODED]
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    shape = tf.shape(image, out_type=tf.int64)
-    return {F.SOURCE_ID: source_id, F.IMAGE: image, F.HEIGHT: shape[0], F.WIDTH: shape[1],
-            F.ENCODED_IMAGE: encoded}
+    return source_base.image_example(source_id, encoded)
 
   def _decode(self, source_id, serialized):
     del source_id  # The decoder derives the same id.
