@@ -21,6 +21,7 @@ from absl import logging
 import gin
 import tensorflow as tf
 
+from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import config_io
 from rethink_st import run_lock
 from rethink_st.data import sources
@@ -101,19 +102,13 @@ class FlagBinding:
 
 
 def check_checkpoint(where: str, path: str) -> None:
-  """`path` is a folder holding a checkpoint, or a checkpoint prefix (<prefix>.index exists)."""
-  if tf.io.gfile.isdir(path):
-    if tf.train.latest_checkpoint(path) is None:
-      raise UserError(f'{where}={path}: holds no checkpoint')
-  elif not tf.io.gfile.exists(path + '.index'):
-    raise UserError(f'{where}={path}: no such folder or checkpoint')
+  """`path` is a folder holding a checkpoint, or a checkpoint prefix (checkpoint.resolve)."""
+  checkpoint_lib.resolve(path, where)
 
 
 def check_checkpoint_folder(where: str, path: str) -> None:
-  """`path` is a folder holding a checkpoint (a run folder, not a checkpoint prefix)."""
-  if not tf.io.gfile.isdir(path):
-    raise UserError(f'{where}={path}: no such folder')
-  check_checkpoint(where, path)
+  """`path` is a run folder holding a checkpoint, not a prefix (checkpoint.latest_in)."""
+  checkpoint_lib.latest_in(path, where)
 
 
 def check_pseudo_labels(where: str, path: str) -> None:
@@ -164,11 +159,8 @@ def export_flags(checkpoint: Optional[str]):
                       required=True),)
 
 
-def checkpoint_folder(checkpoint: Optional[str]) -> Optional[str]:
-  """The run folder of --checkpoint: the folder itself, or the one holding a prefix."""
-  if not checkpoint:
-    return None
-  return checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+# The run folder of --checkpoint: the folder itself, or the one holding a prefix.
+checkpoint_folder = checkpoint_lib.folder_of
 
 
 _UNSET = object()

@@ -32,6 +32,7 @@ from absl import logging
 from official.vision.ops import anchor
 from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
 
+from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import run_lock
 from rethink_st.data import pipeline
 from rethink_st.errors import UserError
@@ -254,23 +255,16 @@ def run_export(model_dir: Optional[str], task=gin.REQUIRED, checkpoint: Optional
 
 def _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite) -> str:
   from rethink_st import config_io  # pylint: disable=g-import-not-at-top
-  from rethink_st.training import run as run_lib  # pylint: disable=g-import-not-at-top
   from rethink_st.training import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if checkpoint:
-    path = run_lib.resolve_init_checkpoint(checkpoint)
+    where = 'run_export.checkpoint'
+    path = checkpoint_lib.resolve(checkpoint, where)
   else:
-    path = tf.train.latest_checkpoint(model_dir)
-    if not path:
-      raise UserError(f'--model_dir={model_dir}: holds no checkpoint to export (or bind '
-                      'run_export.checkpoint)')
+    where = '--model_dir'
+    path = checkpoint_lib.latest_in(model_dir, where)
   export_dir = export_dir or os.path.join(model_dir, SAVED_MODEL_SUBDIR)
   model = task.build_model()
-  status = tf.train.Checkpoint(model=model).read(path)
-  try:
-    status.expect_partial().assert_existing_objects_matched()
-  except AssertionError as e:
-    raise UserError(f'checkpoint {path} does not match the model: '
-                    f'{str(e).splitlines()[0][:160]}') from None
+  checkpoint_lib.restore_model(model, path, where)
   kind = 'segmentation' if isinstance(task, tasks_lib.SegmentationTask) else 'detection'
   kwargs = {}
   if kind == 'segmentation':

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 import gin
 import tensorflow as tf
 
+from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import pseudo_label_report
 from rethink_st.errors import UserError
 from rethink_st.pseudo_label import run as pseudo_run
@@ -187,7 +188,7 @@ def run_self_training(root_dir: str,
     raise UserError(f'run_self_training.student_init={student_init!r} is not one of '
                     f'{", ".join(_STUDENT_INITS)}')
   if student_init == 'checkpoint':
-    run_lib.resolve_init_checkpoint(student_init_checkpoint)
+    checkpoint_lib.resolve(student_init_checkpoint, 'run_self_training.student_init_checkpoint')
   _check_pseudo_inputs()
   _check_student_batch()
   reference = _report_reference(report_reference) if pseudo_report else None
@@ -196,8 +197,7 @@ def run_self_training(root_dir: str,
 
   if teacher_dir:
     teacher = teacher_dir
-    if not tf.train.latest_checkpoint(teacher):
-      raise UserError(f'run_self_training.teacher_dir={teacher_dir}: no checkpoint')
+    checkpoint_lib.latest_in(teacher, 'run_self_training.teacher_dir')
     metrics = _done(teacher) or {}
   else:
     teacher = os.path.join(root_dir, 'teacher')

@@ -890,10 +890,10 @@ def test_written_bytes_decode_to_the_images_the_teacher_saw(digit_scenes_dir, tm
 
 def test_missing_teacher_checkpoint(det_config, tmp_path):
   with pytest.raises(UserError, match=r'run_pseudo_label.teacher_checkpoint=.*nope: no such '
-                                      r'checkpoint') as e:
+                                      r'folder or checkpoint') as e:
     pl_run.run_pseudo_label(str(tmp_path / 'out'), teacher_checkpoint=str(tmp_path / 'nope'))
-  assert 'no such checkpoint' in str(e.value).splitlines()[0]
-  with pytest.raises(UserError, match='folder holds no checkpoint'):
+  assert 'no such folder or checkpoint' in str(e.value).splitlines()[0]
+  with pytest.raises(UserError, match='holds no checkpoint'):
     pl_run.run_pseudo_label(str(tmp_path / 'out'), teacher_checkpoint=str(tmp_path))
 
 

@@ -152,7 +152,7 @@ def test_model_dir_with_another_models_checkpoint(tiny_teacher, teacher_config, 
 
 
 def test_missing_init_checkpoint_is_one_line(teacher_config, tmp_path):
-  with pytest.raises(UserError, match=r'init_checkpoint=.*no such checkpoint'):
+  with pytest.raises(UserError, match=r'run_train.init_checkpoint=.*no such folder or checkpoint'):
     run.run_train(str(tmp_path / 'x'), init_checkpoint=str(tmp_path / 'nope'))
 
 

@@ -42,6 +42,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import config_io
 from rethink_st import run_lock
 from rethink_st.data import label_space as label_space_lib
@@ -55,24 +56,16 @@ from rethink_st.pseudo_label.labelers import build_labeler, class_agnostic_suppr
 from rethink_st.pseudo_label.sink import Background as _Background  # noqa: F401
 from rethink_st.pseudo_label.sink import ChunkSink as _ChunkSink
 from rethink_st.pseudo_label.sink import Progress as _Progress
-from rethink_st.training import run as run_lib
 from rethink_st.training import strategy as strategy_lib
 
 
+TEACHER = 'run_pseudo_label.teacher_checkpoint'
+
 
 def _restore_teacher(model, teacher_checkpoint: str) -> str:
-  """Restores the model's weights (only: a training checkpoint's optimizer is left out);
-  one UserError line if the checkpoint holds another model."""
-  path = run_lib.resolve_init_checkpoint(teacher_checkpoint)
-  try:
-    status = tf.train.Checkpoint(model=model).read(path)
-    status.expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
-          tf.errors.NotFoundError) as e:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    raise UserError(f'run_pseudo_label.teacher_checkpoint={teacher_checkpoint} holds a '
-                    f'checkpoint of a different model ({path}): {first}') from None
-  return path
+  """The teacher's weights into `model` (checkpoint.restore_model); its checkpoint prefix.
+  (benchmarks/pseudo_label.py calls it too.)"""
+  return checkpoint_lib.restore_model(model, teacher_checkpoint, TEACHER).checkpoint
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -125,13 +118,7 @@ def run_pseudo_label(output_dir: str,
                     'be in (0, 1], or None for no class-agnostic suppression')
   if chunk_size <= 0 or batch_size <= 0:
     raise UserError('run_pseudo_label.chunk_size and batch_size must be positive')
-  if not teacher_checkpoint:
-    raise UserError('run_pseudo_label.teacher_checkpoint is not set')
-  try:
-    run_lib.resolve_init_checkpoint(teacher_checkpoint)
-  except UserError as e:
-    raise UserError(str(e).replace('init_checkpoint=', 'run_pseudo_label.teacher_checkpoint=',
-                                   1)) from None
+  checkpoint_lib.resolve(teacher_checkpoint, TEACHER)
   space = label_space_lib.label_space_of(task)   # what the class ids mean, checked
   if isinstance(unlabeled_source, str):
     unlabeled_source = sources.source_from_spec(unlabeled_source,

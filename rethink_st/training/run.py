@@ -26,11 +26,11 @@ import tensorflow as tf, tf_keras
 from absl import logging
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
+from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import config_io
 from rethink_st import run_lock
 from rethink_st.data import pipeline
 from rethink_st.errors import UserError
-from rethink_st.modeling import init as init_lib
 from rethink_st.training import optimization
 from rethink_st.training import strategy as strategy_lib
 from rethink_st.training import trainer as trainer_lib
@@ -42,35 +42,6 @@ def _checkpoint_dir(model_dir: str) -> str:
   if config_io.is_chief():
     return model_dir
   return os.path.join(model_dir, '.workers', f'worker_{config_io.worker_index()}')
-
-
-def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str, what: str) -> None:
-  """Restores `path` into `checkpoint`, or one UserError line if it holds another model."""
-  try:
-    status = checkpoint.restore(path)
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
-          tf.errors.NotFoundError) as e:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    raise UserError(f'{what} holds a checkpoint of a different model ({path}): {first}') from None
-
-
-def resolve_init_checkpoint(init_checkpoint: Optional[str]) -> Optional[str]:
-  """A checkpoint prefix from a prefix or a folder; one UserError line if there is none."""
-  if not init_checkpoint:
-    return None
-  if str(init_checkpoint).startswith('REQUIRED'):
-    raise UserError(f'init_checkpoint is a required checkpoint binding and is not set: '
-                    f'{init_checkpoint}')
-  if tf.io.gfile.isdir(init_checkpoint):
-    latest = tf.train.latest_checkpoint(init_checkpoint)
-    if latest is None:
-      raise UserError(f'init_checkpoint={init_checkpoint}: folder holds no checkpoint')
-    return latest
-  if not tf.io.gfile.exists(init_checkpoint + '.index'):
-    raise UserError(f'init_checkpoint={init_checkpoint}: no such checkpoint '
-                    f'(expected {init_checkpoint}.index)')
-  return init_checkpoint
 
 
 @gin.configurable(denylist=['model_dir'])
@@ -197,7 +168,8 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
   strategy_lib.check_global_batch_size(global_batch_size, strategy, 'run_train.global_batch_size')
   eval_batch_size = eval_batch_size or global_batch_size
   strategy_lib.check_global_batch_size(eval_batch_size, strategy, 'run_train.eval_batch_size')
-  init_path = resolve_init_checkpoint(init_checkpoint)
+  init_path = (checkpoint_lib.resolve(init_checkpoint, 'run_train.init_checkpoint')
+               if init_checkpoint else None)
   has_eval = task.eval_source is not None
   ckpt_dir = _checkpoint_dir(model_dir)
   tf.io.gfile.makedirs(ckpt_dir)
@@ -210,10 +182,9 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
                           global_batch_size=global_batch_size, joint=joint)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **trainer.checkpoint_items)
 
-  latest = tf.train.latest_checkpoint(ckpt_dir)
-  if latest:
-    check_checkpoint_matches(checkpoint, latest, f'--model_dir={model_dir}')
-    print(f'[train] resuming from {latest}', flush=True)
+  resumed = checkpoint_lib.resume(checkpoint, ckpt_dir, '--model_dir')
+  if resumed:
+    print(f'[train] resuming from {resumed.checkpoint}', flush=True)
   # Built after the restore: a seeded run's input starts at the restored step.
   position = (None if seed is None
               else pipeline.Position(int(seed), int(optimizer.iterations.numpy())))
@@ -225,7 +196,9 @@ def _run_train(model_dir, task, *, train_steps, global_batch_size, trainer_cls,
 
   def init_fn():
     if init_path:
-      init_lib.initialize_model(model, checkpoint=init_path, modules=tuple(init_modules))
+      checkpoint_lib.restore_modules(model, init_path, tuple(init_modules),
+                                     where='run_train.init_checkpoint',
+                                     modules_where='run_train.init_modules')
 
   manager = tf.train.CheckpointManager(
       checkpoint, ckpt_dir, max_to_keep=keep_checkpoints, step_counter=optimizer.iterations,
@@ -330,10 +303,10 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
   The training run's config.gin, operative_config.gin and eval_metrics.json stay as they were.
   jit_compile: compile each replica's eval step with XLA (trainer.py).
   """
-  path = checkpoint or (tf.train.latest_checkpoint(model_dir) if model_dir else None)
-  if not path:
-    raise UserError(f'--model_dir={model_dir}: no checkpoint to evaluate')
-  path = resolve_init_checkpoint(path)
+  if checkpoint:
+    path = checkpoint_lib.resolve(checkpoint, 'run_evaluate.checkpoint')
+  else:
+    path = checkpoint_lib.latest_in(model_dir, '--model_dir')
   if task.eval_source is None:
     raise UserError(f'{type(task).__name__}.eval_source is not bound')
   out_dir = eval_dir(model_dir or os.path.dirname(path))
@@ -346,17 +319,10 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
                                     strategy=strategy, global_batch_size=eval_batch_size)
     evaluator.compile_steps(eval=jit_compile, bindings=('', 'run_evaluate.jit_compile'))
     evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size)
-    ckpt = tf.train.Checkpoint(model=model)
-  status = ckpt.read(path)
-  try:
-    status.expect_partial().assert_existing_objects_matched()
-  except AssertionError as e:
-    raise UserError(f'checkpoint {path} does not match the model: '
-                    f'{str(e).splitlines()[0][:200]}') from None
+  checkpoint_lib.restore_model(
+      model, path, 'run_evaluate.checkpoint' if checkpoint else '--model_dir')
   config_io.save_operative_config(out_dir)
-  variables = dict(tf.train.list_variables(path))
-  step_key = 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'
-  step = int(tf.train.load_variable(path, step_key)) if step_key in variables else 0
+  step = checkpoint_lib.training_step(path)
   metrics = {k: float(v) for k, v in evaluator.evaluate(tf.constant(eval_steps)).items()}
   write_eval_results(out_dir, metrics, evaluator.evaluator, step, name=results_name)
   if config_io.is_chief():
