@@ -125,8 +125,18 @@ def images_per_second(log_path: str) -> Optional[float]:
   return rates[len(rates) // 2] if rates else None
 
 
+def _seconds_so_far(timing: str) -> float:
+  """Wall seconds earlier starts of an unfinished run recorded (0 for a new run)."""
+  if not os.path.exists(timing):
+    return 0.0
+  with open(timing) as f:
+    return float(json.load(f).get('seconds') or 0.0)
+
+
 def run_one(policy: str, budget: int, seed: int, out_dir: str,
             gin_params: Sequence[str], task: str = 'detection') -> None:
+  """Trains one budget (resuming a killed run). Its wall seconds add up over starts:
+  convergence_seconds.json is rewritten every minute while it trains."""
   name = key(task, policy)
   directory = run_dir(out_dir, name, budget, seed)
   log = os.path.join(directory, 'convergence_log.txt')
@@ -135,16 +145,26 @@ def run_one(policy: str, budget: int, seed: int, out_dir: str,
     os.makedirs(directory, exist_ok=True)
     cmd = command(policy, budget, seed, out_dir, gin_params, task)
     print(f'[convergence] {name} {budget} steps: running ({log})', flush=True)
-    start = time.time()
+    before, start = _seconds_so_far(timing), time.time()
+
+    def save():
+      with open(timing, 'w') as f:
+        json.dump({'seconds': before + time.time() - start}, f)
+
     with open(log, 'a') as f:
       f.write(f'$ {shlex.join(cmd)}\n')
       f.flush()
-      code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, PYTHONUNBUFFERED='1'))
+      proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, PYTHONUNBUFFERED='1'))
+      while True:
+        try:
+          code = proc.wait(timeout=60)
+          break
+        except subprocess.TimeoutExpired:
+          save()
+    save()
     if code != 0 or finished(directory, budget) is None:
       raise RuntimeError(f'{name} {budget} steps failed (exit {code}); see {log}')
-    with open(timing, 'w') as f:
-      json.dump({'seconds': time.time() - start}, f)
 
 
 def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
@@ -226,7 +246,7 @@ def _segmentation_markdown(results: dict, title: str) -> List[str]:
            f'scenes. Chosen: the smallest budget within {results["tolerance"]} mIoU of the '
            f'best (the plateau); benchmarks/suite.py trains Table 6\'s cells of policy sX '
            f'for chosen.seg_sX.', '',
-           '| policy | steps | mIoU | pixel accuracy | wall (min) | img/s |',
+           '| policy | steps | mIoU | pixel accuracy | wall (min, all starts) | img/s |',
            '| --- | --- | --- | --- | --- | --- |']
   return lines + _rows(runs, chosen, 'mIoU', 'pixel_accuracy')
 
@@ -262,7 +282,8 @@ def markdown(results: dict) -> str:
            f'{results["seed"]}, code at {results["commit"]}. COCO AP x 100 on the 500 '
            f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
            f'of the best (the plateau).', '',
-           '| policy | steps | AP | AP50 | wall (min) | img/s |', '| --- | --- | --- | --- | --- | --- |']
+           '| policy | steps | AP | AP50 | wall (min, all starts) | img/s |',
+           '| --- | --- | --- | --- | --- | --- |']
   lines += _rows(det_runs, det_chosen, 'AP', 'AP50')
   if seg_runs:
     lines += [''] + _segmentation_markdown(

@@ -725,6 +725,30 @@ def test_convergence_segmentation_keys_beside_detection(tmp_path):
   assert '| SEG_S4 | 1000 | 60.50 | 61.00 | no |' in md
 
 
+def test_convergence_wall_seconds_add_up_over_starts(tmp_path, monkeypatch):
+  """A run killed and started again records the wall time of both starts, not the last."""
+  import convergence  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path)
+  directory = convergence.run_dir(out, 's1', 10, 0)
+  os.makedirs(directory)
+  timing = os.path.join(directory, 'convergence_seconds.json')
+  with open(timing, 'w') as f:       # what the first start wrote before it was killed
+    json.dump({'seconds': 600.0}, f)
+
+  def fake_training(*_, **__):       # the second start: 0.2 s, then eval_metrics.json
+    code = (f'import json, time; time.sleep(0.2); json.dump({{"step": 10, "AP": 0.1, '
+            f'"AP50": 0.2}}, open({os.path.join(directory, "eval_metrics.json")!r}, "w"))')
+    return [sys.executable, '-c', code]
+
+  monkeypatch.setattr(convergence, 'command', fake_training)
+  convergence.run_one('s1', 10, 0, out, [])
+  seconds = json.load(open(timing))['seconds']
+  assert 600.2 <= seconds < 660
+  assert convergence.record('s1', 10, 0, out)['seconds'] == seconds
+  convergence.run_one('s1', 10, 0, out, [])      # finished: nothing runs, nothing changes
+  assert json.load(open(timing))['seconds'] == seconds
+
+
 def test_perf_table_pairs_ours_with_model_garden(tmp_path):
   """TEST DATA ONLY: fabricated benchmark JSON in the formats the benchmarks write."""
   import perf_table  # pylint: disable=g-import-not-at-top
