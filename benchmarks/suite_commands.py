@@ -187,14 +187,6 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
 
 
 # ------------------------------------------------------------------------------- estimate
-def _query(name: str):
-  import gin  # pylint: disable=g-import-not-at-top
-  value = gin.query_parameter(name)
-  while str(value).startswith('%'):
-    value = gin.query_parameter(f'{str(value)[1:]}/macro.value')
-  return value
-
-
 def estimate(table_names: Sequence[str], scale: str, images_per_sec: Optional[float] = None,
              convergence: str = DEFAULT_CONVERGENCE, optional: bool = False) -> List[dict]:
   """Training steps and images of every cell, read from its gin files and the suite's
@@ -215,8 +207,10 @@ def estimate(table_names: Sequence[str], scale: str, images_per_sec: Optional[fl
                         [a.split('=', 1)[1] for a in cmd if a.startswith('--gin_param=')])
     prefix = 'student/' if tables_lib.CELLS[name].binary == 'self_train' else ''
     with gin.config_scope(prefix.rstrip('/') or None):
-      steps = int(_query(f'{prefix}rethink_st.training.run.run_train.train_steps'))
-      batch = int(_query(f'{prefix}rethink_st.training.run.run_train.global_batch_size'))
+      steps = int(config_io.bound_value(
+          f'{prefix}rethink_st.training.run.run_train.train_steps'))
+      batch = int(config_io.bound_value(
+          f'{prefix}rethink_st.training.run.run_train.global_batch_size'))
     row = {'cell': name, 'steps': steps, 'batch': batch, 'images': steps * batch}
     if images_per_sec:
       row['hours'] = steps * batch / images_per_sec / 3600

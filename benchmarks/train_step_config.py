@@ -2,7 +2,6 @@
 full train split, no evaluation), the values it binds (`shared_settings`), Model Garden's
 ExperimentConfig made from them (`model_garden_config`), and the check that the two sides
 build the same network (`count_params`)."""
-import inspect
 import os
 from typing import Any, Dict, List, Sequence
 
@@ -55,60 +54,39 @@ def parse_our_config(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   config_io.parse_gin(list(gin_files), list(bindings))
 
 
-def _gin_value(fn, param: str):
-  """The value gin binds to fn's `param` (macros resolved), else the signature default."""
-  name = f'{fn.__module__}.{fn.__name__}'
-  try:
-    value = gin.query_parameter(f'{name}.{param}')
-  except ValueError:
-    target = getattr(fn, '__wrapped__', fn)
-    if inspect.isclass(target):
-      target = target.__init__
-    default = inspect.signature(target).parameters[param].default
-    if default is inspect.Parameter.empty or default is gin.REQUIRED:
-      raise UserError(f'{name}.{param} is not bound in the gin config') from None
-    return default
-  for _ in range(10):   # a macro comes back as a reference named '%NAME'
-    if isinstance(value, gin.config.ConfigurableReference) and repr(value).startswith('%'):
-      value = gin.query_parameter(repr(value))
-    else:
-      break
-  return value
-
-
 def shared_settings() -> Dict[str, Any]:
   """What the parsed gin config trains with: the numbers Model Garden's side copies."""
   from rethink_st import augment  # pylint: disable=g-import-not-at-top
   from rethink_st.modeling import anchors, detection  # pylint: disable=g-import-not-at-top
   from rethink_st.training import optimization, tasks  # pylint: disable=g-import-not-at-top
   s = {
-      'image_size': [int(x) for x in _gin_value(tasks.DetectionTask, 'image_size')],
-      'num_classes': int(_gin_value(tasks.DetectionTask, 'num_classes')),
-      'anchor_size': float(_gin_value(anchors.anchor_config, 'anchor_size')),
-      'min_level': int(_gin_value(anchors.anchor_config, 'min_level')),
-      'max_level': int(_gin_value(anchors.anchor_config, 'max_level')),
-      'num_scales': int(_gin_value(anchors.anchor_config, 'num_scales')),
-      'aspect_ratios': [float(x) for x in _gin_value(anchors.anchor_config, 'aspect_ratios')],
-      'policy': str(_gin_value(augment.Augment, 'policy')),
-      'flip': bool(_gin_value(augment.Augment, 'flip')),
-      'scale_min': float(_gin_value(augment.Augment, 'scale_min')),
-      'scale_max': float(_gin_value(augment.Augment, 'scale_max')),
-      'learning_rate': float(_gin_value(optimization.build_optimizer, 'learning_rate')),
-      'reference_batch_size': int(_gin_value(optimization.build_optimizer,
+      'image_size': [int(x) for x in config_io.bound_or_default(tasks.DetectionTask, 'image_size')],
+      'num_classes': int(config_io.bound_or_default(tasks.DetectionTask, 'num_classes')),
+      'anchor_size': float(config_io.bound_or_default(anchors.anchor_config, 'anchor_size')),
+      'min_level': int(config_io.bound_or_default(anchors.anchor_config, 'min_level')),
+      'max_level': int(config_io.bound_or_default(anchors.anchor_config, 'max_level')),
+      'num_scales': int(config_io.bound_or_default(anchors.anchor_config, 'num_scales')),
+      'aspect_ratios': [float(x) for x in config_io.bound_or_default(anchors.anchor_config, 'aspect_ratios')],
+      'policy': str(config_io.bound_or_default(augment.Augment, 'policy')),
+      'flip': bool(config_io.bound_or_default(augment.Augment, 'flip')),
+      'scale_min': float(config_io.bound_or_default(augment.Augment, 'scale_min')),
+      'scale_max': float(config_io.bound_or_default(augment.Augment, 'scale_max')),
+      'learning_rate': float(config_io.bound_or_default(optimization.build_optimizer, 'learning_rate')),
+      'reference_batch_size': int(config_io.bound_or_default(optimization.build_optimizer,
                                              'reference_batch_size')),
-      'warmup_steps': int(_gin_value(optimization.build_optimizer, 'warmup_steps')),
-      'warmup_learning_rate': float(_gin_value(optimization.build_optimizer,
+      'warmup_steps': int(config_io.bound_or_default(optimization.build_optimizer, 'warmup_steps')),
+      'warmup_learning_rate': float(config_io.bound_or_default(optimization.build_optimizer,
                                                'warmup_learning_rate')),
-      'momentum': float(_gin_value(optimization.build_optimizer, 'momentum')),
-      'schedule': str(_gin_value(optimization.build_optimizer, 'schedule')),
-      'weight_decay': float(_gin_value(optimization.weight_decay_loss, 'weight_decay')),
+      'momentum': float(config_io.bound_or_default(optimization.build_optimizer, 'momentum')),
+      'schedule': str(config_io.bound_or_default(optimization.build_optimizer, 'schedule')),
+      'weight_decay': float(config_io.bound_or_default(optimization.weight_decay_loss, 'weight_decay')),
   }
   from rethink_st.modeling import backbones  # pylint: disable=g-import-not-at-top
-  s['depth_multiplier'] = float(_gin_value(backbones.build_backbone, 'depth_multiplier'))
+  s['depth_multiplier'] = float(config_io.bound_or_default(backbones.build_backbone, 'depth_multiplier'))
   for param in ('backbone', 'decoder', 'decoder_num_filters', 'head_num_convs',
                 'head_num_filters', 'activation', 'use_sync_bn', 'norm_momentum',
                 'norm_epsilon'):
-    s[param] = _gin_value(detection.build_retinanet, param)
+    s[param] = config_io.bound_or_default(detection.build_retinanet, param)
   if s['policy'] != 's1':
     raise UserError(f"Augment.policy={s['policy']!r}: this benchmark compares flip + scale "
                     "jitter (S1) only")

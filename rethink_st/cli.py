@@ -10,7 +10,6 @@ same parameter to another value is an error naming both. A flag's path is checke
 folder is made.
 """
 import contextlib
-import copy
 import dataclasses
 import importlib
 import os
@@ -114,7 +113,7 @@ def check_checkpoint_folder(where: str, path: str) -> None:
 def check_pseudo_labels(where: str, path: str) -> None:
   """`path` is a finished pseudo-label folder with at least one complete chunk (the student
   checks its label space against the task's when it starts)."""
-  require_complete = _bound_value(PSEUDO_LABELS_REQUIRE_COMPLETE) is not False
+  require_complete = config_io.bound_value(PSEUDO_LABELS_REQUIRE_COMPLETE) is not False
   pseudo_label_source.check_folder(path, where, require_complete)
 
 
@@ -163,27 +162,6 @@ def export_flags(checkpoint: Optional[str]):
 checkpoint_folder = checkpoint_lib.folder_of
 
 
-_UNSET = object()
-
-
-def _bound_value(binding: str) -> Any:
-  """The binding's value in the parsed config (a macro evaluated), _UNSET if not bound.
-
-  A macro (`%NAME`, as gin writes it in a config string) is evaluated as gin evaluates the
-  references of gin.get_bindings(resolve_references=True): by copy.deepcopy. Other
-  references (`@fn()`) stay as they are: evaluating them would build what they name."""
-  try:
-    value = gin.query_parameter(binding)
-  except ValueError:
-    return _UNSET
-  if repr(value).startswith('%'):
-    try:
-      value = copy.deepcopy(value)
-    except TypeError:  # a macro without a value: the reference stands for itself
-      pass
-  return value
-
-
 def _same(a: Any, b: Any) -> bool:
   if isinstance(a, str) and isinstance(b, str):
     a, b = (v.rstrip('/') if '://' in v else os.path.normpath(v) for v in (a, b))
@@ -199,12 +177,12 @@ def parse_gin_and_flags(gin_files: Sequence[str], gin_params: Sequence[str],
   Then each flag's check runs; a missing required flag is a UserError."""
   given = [f for f in flag_bindings if f.value is not None]
   config_io.parse_gin(gin_files, [])
-  value = {f.binding: _bound_value(f.binding) for f in given}
+  value = {f.binding: config_io.bound_value(f.binding) for f in given}
   set_by: Dict[str, str] = {}   # binding -> the last --gin_param that changed its value
   for param in gin_params:
     config_io.parse_gin([], [param])
     for f in given:
-      now = _bound_value(f.binding)
+      now = config_io.bound_value(f.binding)
       if now is not value[f.binding] and not _same(now, value[f.binding]):
         value[f.binding], set_by[f.binding] = now, param
   for f in flag_bindings:
@@ -213,7 +191,7 @@ def parse_gin_and_flags(gin_files: Sequence[str], gin_params: Sequence[str],
         raise UserError(f'{f.where} is required ({f.binding})')
       continue
     bound = value[f.binding]
-    if bound is not _UNSET and bound is not None and not _same(bound, f.value):
+    if bound is not config_io.UNSET and bound is not None and not _same(bound, f.value):
       if f.binding in set_by:
         raise UserError(f'{f.where}={f.value} and --gin_param="{set_by[f.binding]}" both set '
                         f'{f.binding}, differently; give one of them')

@@ -1,8 +1,11 @@
-"""Gin parsing with one-line errors, and saving config.gin / operative_config.gin (chief only)."""
+"""Gin parsing with one-line errors, reading what the parsed config binds, and saving
+config.gin / operative_config.gin (chief only)."""
+import copy
+import inspect
 import json
 import os
 import tokenize
-from typing import Sequence
+from typing import Any, Sequence
 
 import gin
 import tensorflow as tf
@@ -99,6 +102,45 @@ def save_config(model_dir: str, name: str = 'config.gin') -> str:
 def save_operative_config(model_dir: str, name: str = 'operative_config.gin') -> str:
   """The values actually used, written once the model and data are built."""
   return _write(model_dir, name, gin.operative_config_str())
+
+
+UNSET = object()   # bound_value's answer for a binding the config does not make
+
+
+def bound_value(binding: str) -> Any:
+  """The value the parsed config binds to `binding` ('module.fn.param', 'scope/fn.param'),
+  a macro evaluated, or UNSET when it binds none.
+
+  A macro (`%NAME`, as gin writes it in a config string) is evaluated as gin evaluates the
+  references of gin.get_bindings(resolve_references=True): by copy.deepcopy. Other
+  references (`@fn()`) stay as they are: evaluating them would build what they name."""
+  try:
+    value = gin.query_parameter(binding)
+  except ValueError:
+    return UNSET
+  if repr(value).startswith('%'):
+    try:
+      value = copy.deepcopy(value)
+    except TypeError:  # a macro without a value: the reference stands for itself
+      pass
+  return value
+
+
+def bound_or_default(fn, param: str) -> Any:
+  """What `fn` (a gin configurable function or class) gets for `param`: the parsed config's
+  binding (bound_value), else the signature's default; a UserError naming the binding when
+  there is neither."""
+  target = getattr(fn, '__wrapped__', fn)
+  name = f'{target.__module__}.{target.__name__}'
+  value = bound_value(f'{name}.{param}')
+  if value is not UNSET:
+    return value
+  if inspect.isclass(target):
+    target = target.__init__
+  default = inspect.signature(target).parameters[param].default
+  if default is inspect.Parameter.empty or default is gin.REQUIRED:
+    raise UserError(f'{name}.{param} is not bound in the gin config')
+  return default
 
 
 def call_with_user_errors(fn, *args, **kwargs):
