@@ -66,7 +66,8 @@ FLAGS = flags.FLAGS
 
 
 def build_variant(bindings, batch):
-  """(step functions by mode, input img/s) of one variant: model, optimizer, one batch."""
+  """(step functions by mode, its batch, input img/s, the model's parameter count) of one
+  variant: model, optimizer, one batch. Parameters: trainable ones, as machine_peak.py counts."""
   gin.clear_config()
   config_io.parse_gin([TEACHER_GIN], list(bindings))
   strategy.set_mixed_precision()    # the variant's policy (float32 unless it binds one)
@@ -95,7 +96,8 @@ def build_variant(bindings, batch):
       fn(images, labels).numpy()
   tf_keras.mixed_precision.set_global_policy('float32')   # the next variant starts clean
   gin.clear_config()
-  return steps, (images, labels), input_ips
+  return steps, (images, labels), input_ips, int(sum(v.shape.num_elements()
+                                                     for v in model.trainable_variables))
 
 
 def time_steps(fn, batch_data, steps, batch):
@@ -121,7 +123,7 @@ def main(argv):
   for r in range(FLAGS.rounds):
     order = names[r % len(names):] + names[:r % len(names)]
     for name in order:
-      steps, data, _ = built[name]
+      steps, data, _, _ = built[name]
       for mode, fn in steps.items():
         rates[(name, mode)].append(time_steps(fn, data, FLAGS.steps, FLAGS.batch))
     print(f'[speed_levers] round {r + 1}/{FLAGS.rounds}: ' + ', '.join(
