@@ -29,97 +29,18 @@ from typing import Optional, Sequence, Tuple
 import gin
 import tensorflow as tf, tf_keras
 from absl import logging
-from official.vision.ops import anchor
 from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
 
 from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import run_lock
-from rethink_st.data import pipeline
 from rethink_st.errors import UserError
-from rethink_st.evaluation import segmentation
 from rethink_st.modeling import anchors as anchors_lib
+from rethink_st.training import tasks
+# The serving modules, where the Task classes name them (and their names here, as before).
+from rethink_st.training.serving import (  # noqa: F401
+    DetectionServingModule, SegmentationServingModule, preprocess_image)
 
-TASKS = ('detection', 'segmentation')
 SETTINGS_FILE = os.path.join('assets.extra', 'rethink_st_export.json')
-
-
-def preprocess_image(image: tf.Tensor, input_size: Sequence[int]) -> Tuple[tf.Tensor, tf.Tensor]:
-  """uint8 [H, W, 3] -> (float32 [h, w, 3], image_info [4, 2]), the eval pipeline's own
-  function: normalize, then resize keeping the aspect ratio and pad to `input_size`."""
-  return pipeline.preprocess_for_inference(image, list(input_size))
-
-
-def _preprocess_batch(images: tf.Tensor, input_size: Sequence[int]):
-  return tf.map_fn(
-      lambda image: preprocess_image(image, input_size), images,
-      fn_output_signature=(tf.TensorSpec(list(input_size) + [3], tf.float32),
-                           tf.TensorSpec([4, 2], tf.float32)))
-
-
-class DetectionServingModule(tf.Module):
-  """uint8 images -> RetinaNet detections in original-image pixels."""
-
-  def __init__(self, model: tf_keras.Model, input_size: Sequence[int],
-               anchor_config: anchors_lib.AnchorConfig, batch_size: Optional[int] = None):
-    super().__init__(name='detection_serving')
-    self.model = model
-    self._input_size = [int(v) for v in input_size]
-    self._anchor_config = anchor_config
-    self.serve = tf.function(self._serve, input_signature=[
-        tf.TensorSpec([batch_size, None, None, 3], tf.uint8, name='images')])
-
-  def _anchor_boxes(self, batch_size: tf.Tensor):
-    a = self._anchor_config
-    boxes = anchor.Anchor(min_level=a.min_level, max_level=a.max_level, num_scales=a.num_scales,
-                          aspect_ratios=list(a.aspect_ratios), anchor_size=a.anchor_size,
-                          image_size=self._input_size).multilevel_boxes
-    return {level: tf.tile(b[tf.newaxis], [batch_size, 1, 1, 1]) for level, b in boxes.items()}
-
-  def _serve(self, images):
-    inputs, image_info = _preprocess_batch(images, self._input_size)
-    # Model Garden's serving calls `model.call` (not __call__) for the multi-input RetinaNet.
-    outputs = self.model.call(inputs, image_shape=image_info[:, 1, :],
-                              anchor_boxes=self._anchor_boxes(tf.shape(images)[0]),
-                              training=False)
-    scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])
-    boxes = tf.cast(outputs['detection_boxes'], tf.float32) / scale
-    # The model clips to the padded input canvas; clip to the original image as well.
-    boxes = tf.clip_by_value(boxes, 0.0, tf.tile(image_info[:, 0:1, :], [1, 1, 2]))
-    return {
-        'detection_boxes': boxes,
-        'detection_scores': tf.cast(outputs['detection_scores'], tf.float32),
-        'detection_classes': tf.cast(outputs['detection_classes'], tf.int32),
-        'num_detections': tf.cast(outputs['num_detections'], tf.int32),
-        'image_info': image_info,
-    }
-
-
-class SegmentationServingModule(tf.Module):
-  """uint8 images -> per-pixel probabilities and masks at the original size."""
-
-  def __init__(self, model: tf_keras.Model, input_size: Sequence[int],
-               scales: Sequence[float] = (1.0,), flip: bool = False, size_divisor: int = 1,
-               batch_size: Optional[int] = None):
-    super().__init__(name='segmentation_serving')
-    self.model = model
-    self._input_size = [int(v) for v in input_size]
-    self._scales = tuple(float(s) for s in scales)
-    self._flip = bool(flip)
-    self._size_divisor = int(size_divisor)
-    self.serve = tf.function(self._serve, input_signature=[
-        tf.TensorSpec([batch_size, None, None, 3], tf.uint8, name='images')])
-
-  def _serve(self, images):
-    inputs, image_info = _preprocess_batch(images, self._input_size)
-    probs = segmentation.predict_probabilities(
-        self.model, inputs, scales=self._scales, flip=self._flip,
-        output_size=self._input_size, size_divisor=self._size_divisor)
-    probs = segmentation.restore_original_size(probs, image_info, tf.shape(images)[1:3])
-    return {
-        'probabilities': probs,
-        'masks': tf.argmax(probs, axis=-1, output_type=tf.int32),
-        'image_info': image_info,
-    }
 
 
 def _check_export_dir(export_dir: str, overwrite: bool) -> None:
@@ -132,13 +53,6 @@ def _check_export_dir(export_dir: str, overwrite: bool) -> None:
         raise UserError(f'export_saved_model: export_dir {export_dir} exists and is not empty '
                         '(pass overwrite=True to replace it)')
       tf.io.gfile.rmtree(export_dir)
-
-
-def _nms_version(model: tf_keras.Model) -> Optional[str]:
-  generator = getattr(model, 'detection_generator', None)
-  if generator is None or not hasattr(generator, 'get_config'):
-    return None
-  return generator.get_config().get('nms_version')
 
 
 @gin.configurable(denylist=['model', 'export_dir'])
@@ -160,7 +74,8 @@ def export_saved_model(model: tf_keras.Model,
     model: a built RetinaNet (detection: Model Garden's RetinaNetModel with its detection
       generator) or segmentation model (returns {'logits': [B, h, w, C]}).
     export_dir: where to write; must not exist or be empty unless `overwrite`.
-    task: 'detection' or 'segmentation'.
+    task: a task kind with a serving signature ('detection', 'segmentation': the Task
+      classes' `kind` whose `serving_module` is set; rethink_st/training/tasks.py).
     input_size: (height, width) the model runs at: the eval pipeline's output size.
     anchor_config: detection anchors; default `rethink_st.modeling.anchors.anchor_config()`
       (the gin-bound one the model was trained with).
@@ -175,8 +90,11 @@ def export_saved_model(model: tf_keras.Model,
   Returns:
     export_dir.
   """
-  if task not in TASKS:
-    raise UserError(f'export_saved_model.task={task!r} is not one of {", ".join(TASKS)}')
+  module_class = tasks.task_class(task, 'export_saved_model.task').serving_module
+  if module_class is None:
+    raise UserError(f'export_saved_model.task={task!r}: a {tasks.KINDS[task].__name__} has no '
+                    f'serving signature (tasks that export: '
+                    f'{", ".join(k for k, c in tasks.KINDS.items() if c.serving_module)})')
   if (len(tuple(input_size)) != 2 or
       not all(isinstance(v, int) and v > 0 for v in input_size)):
     raise UserError(f'export_saved_model.input_size={input_size!r} is not (height, width) '
@@ -187,30 +105,10 @@ def export_saved_model(model: tf_keras.Model,
   if label_space is not None:
     settings['label_space'] = dict(label_space.to_json(),
                                    class_ids=list(range(1, label_space.num_classes + 1)))
-  if task == 'detection':
-    if not hasattr(model, 'detection_generator'):
-      raise UserError('export_saved_model: task=detection needs a RetinaNet model with a '
-                      f'detection generator; got {type(model).__name__}')
-    if _nms_version(model) == 'v1' and batch_size is None:
-      raise UserError("export_saved_model: the model's nms_version 'v1' needs a fixed "
-                      'export_saved_model.batch_size')
-    anchor_config = anchor_config or anchors_lib.anchor_config()
-    module = DetectionServingModule(model, input_size, anchor_config, batch_size)
-    settings.update(anchors=dict(min_level=anchor_config.min_level,
-                                 max_level=anchor_config.max_level,
-                                 num_scales=anchor_config.num_scales,
-                                 aspect_ratios=list(anchor_config.aspect_ratios),
-                                 anchor_size=anchor_config.anchor_size),
-                    detection_boxes='ymin, xmin, ymax, xmax in original-image pixels, '
-                                    'clipped to the image')
-  else:
-    if not scales or any(s <= 0 for s in scales):
-      raise UserError(f'export_saved_model.scales={tuple(scales)!r} must be non-empty and '
-                      'positive')
-    module = SegmentationServingModule(model, input_size, scales, flip, size_divisor,
-                                       batch_size)
-    settings.update(scales=list(scales), flip=flip, size_divisor=size_divisor,
-                    masks='argmax class per original-image pixel')
+  module, module_settings = module_class.build(
+      model, input_size, batch_size, anchor_config=anchor_config, scales=scales, flip=flip,
+      size_divisor=size_divisor)
+  settings.update(module_settings)
   signature = module.serve.get_concrete_function()
   # Served through the signature: tf_keras' traces of every layer's call functions (for
   # tf_keras.models.load_model, which cannot load this tf.Module anyway) are not saved. They
@@ -255,7 +153,6 @@ def run_export(model_dir: Optional[str], task=gin.REQUIRED, checkpoint: Optional
 
 def _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite) -> str:
   from rethink_st import config_io  # pylint: disable=g-import-not-at-top
-  from rethink_st.training import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if checkpoint:
     where = 'run_export.checkpoint'
     path = checkpoint_lib.resolve(checkpoint, where)
@@ -265,14 +162,11 @@ def _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite) 
   export_dir = export_dir or os.path.join(model_dir, SAVED_MODEL_SUBDIR)
   model = task.build_model()
   checkpoint_lib.restore_model(model, path, where)
-  kind = 'segmentation' if isinstance(task, tasks_lib.SegmentationTask) else 'detection'
-  kwargs = {}
-  if kind == 'segmentation':
-    kwargs = dict(scales=task.eval_scales, flip=task.eval_flip, size_divisor=task.size_divisor)
   from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
-  out = export_saved_model(model, export_dir, task=kind, input_size=task.image_size,
+  out = export_saved_model(model, export_dir, task=task.kind, input_size=task.image_size,
                            batch_size=batch_size, overwrite=overwrite,
-                           label_space=label_space.label_space_of(task), **kwargs)
+                           label_space=label_space.label_space_of(task),
+                           **task.serving_settings())
   # Written after the export: export_saved_model wants an empty (or new) export_dir.
   config_io.save_config(out)
   config_io.save_operative_config(out)

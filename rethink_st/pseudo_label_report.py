@@ -33,6 +33,7 @@ from rethink_st.evaluation import pseudo_label_quality as quality
 from rethink_st.evaluation import pseudo_label_report_render as render
 from rethink_st.pseudo_label import shards
 from rethink_st.pseudo_label import source as pseudo_source
+from rethink_st.training import tasks
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 GRID_FILE = 'pseudo_labels.png'
@@ -88,14 +89,6 @@ def _complete_prefixes(pseudo_dir: str) -> List[str]:
   return [p[:-len('.tfrecord')] for p in shards.list_tfrecords(pseudo_dir)]
 
 
-def _detection_json_paths(pseudo_dir: str, prefixes: Sequence[str]) -> List[str]:
-  chunks = [p + '.coco.json' for p in prefixes if tf.io.gfile.exists(p + '.coco.json')]
-  if chunks:
-    return chunks
-  merged = os.path.join(pseudo_dir, 'pseudo_coco.json')
-  return [merged] if tf.io.gfile.exists(merged) else []
-
-
 # ----------------------------------------------------------------------------- report
 
 
@@ -132,29 +125,24 @@ def write_report(pseudo_dir: str,
                                           iou_threshold)
   meta = shards.read_meta(pseudo_dir)
   kind = meta.get('kind')
-  if kind not in ('detection', 'segmentation'):
-    raise UserError(f'--pseudo_dir={pseudo_dir}: meta.json kind={kind!r} is not '
-                    f'detection or segmentation')
+  part_class = tasks.labeler_class(kind, f'--pseudo_dir={pseudo_dir}: meta.json kind').report
   num_classes = int(meta['num_classes'])
   names = render.class_names(num_classes, class_names)
   prefixes = _complete_prefixes(pseudo_dir)
   if not prefixes:
     raise UserError(f'--pseudo_dir={pseudo_dir}: no complete chunk (pseudo-*.tfrecord)')
-  json_paths = _detection_json_paths(pseudo_dir, prefixes) if kind == 'detection' else []
-  if kind == 'detection' and reference_source is not None and not json_paths:
-    raise UserError(f'--pseudo_dir={pseudo_dir}: no pseudo_coco.json or pseudo-*.coco.json; '
-                    'precision/recall need the teacher\'s scored detections')
+  part = part_class(pseudo_dir, prefixes, meta, reference_source)   # the kind's, checked
   ref_classes = getattr(reference_source, 'num_classes', None)
   if reference_source is not None and ref_classes is not None and ref_classes != num_classes:
     raise UserError(f'reference {reference_source.name} has {ref_classes} classes, the '
                     f'pseudo labels in {pseudo_dir} have {num_classes}')
-  labeler_threshold = meta.get('score_threshold') if kind == 'detection' else None
+  labeler_threshold = part.labeler_threshold
   if labeler_threshold is not None:
     thresholds = sorted(set(thresholds) | {float(labeler_threshold)})
   num_shards = int(meta.get('num_shards', 1))
 
   source = pseudo_source.pseudo_label_source(pseudo_dir, require_complete=False)
-  reference = (quality.index_reference(reference_source, kind) if reference_source is not None
+  reference = (part.index_reference(reference_source) if reference_source is not None
                else None)
   tf.io.gfile.makedirs(out_dir)
 
@@ -162,7 +150,7 @@ def write_report(pseudo_dir: str,
   panels, titles, grid_ids = [], [], []
   for ex in source.dataset().take(max(num_images, 1)):
     ex = {k: v.numpy() for k, v in ex.items()}
-    sid, p, t = render.example_panels(ex, kind, reference, panel_size, names)
+    sid, p, t = part.panels(ex, reference, panel_size, names)
     grid_ids.append(sid)
     if len(grid_ids) <= num_images:
       panels += p
@@ -187,18 +175,12 @@ def write_report(pseudo_dir: str,
       'class_agnostic_nms_iou': meta.get('class_agnostic_nms_iou'),
       'complete': shards.all_hosts_done(pseudo_dir, num_shards), 'chunks': len(prefixes),
       'reference': None if reference_source is None else reference_source.name,
-      'iou_threshold': iou_threshold if kind == 'detection' else None,
+      'iou_threshold': part.iou_threshold(iou_threshold),
       'stats': {k: v for k, v in stats.items()
                 if k in ('images', 'boxes', 'suppressed', 'boxes_per_image',
                          'images_without_labels', 'ignored_fraction')}}
-  if kind == 'detection':
-    if json_paths:
-      report['detection'] = quality.detection_metrics(
-          json_paths, reference, thresholds, iou_threshold,
-          labeler_threshold if labeler_threshold is not None else 0.5, num_classes, names)
-  else:
-    report['segmentation'] = quality.segmentation_metrics(iter(source.dataset()), reference,
-                                                   num_classes, names)
+  report.update(part.metrics(source, reference, thresholds, iou_threshold, num_classes,
+                             names))
   plot = render.plot_file(report)
   if plot:
     files['plot'] = plot

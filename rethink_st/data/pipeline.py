@@ -43,7 +43,6 @@ from rethink_st.data.seeded_stream import Position, keyed_parser
 from rethink_st.errors import UserError
 from rethink_st.modeling import anchors as anchors_lib
 
-TASKS = ('detection', 'segmentation', 'classification')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
@@ -103,34 +102,75 @@ def _gather_instances(example, indices):
   return example
 
 
-class _Parser:
-  """Turns one decoded example into (image, labels) for `task`."""
+class InputParser:
+  """Turns one decoded example into (image, labels) for one task kind. A Task hands its
+  parser class to `build_input` (`Task.input_parser`); a subclass sets `kind`, implements
+  `parse` and says which decoded features it reads (`required_keys`)."""
+  kind = ''
 
-  def __init__(self, task, is_training, augment, output_size, anchor_cfg, match_threshold,
+  def __init__(self, is_training, augment, output_size, anchor_cfg, match_threshold,
                unmatched_threshold, max_num_instances, dtype, boxes_from_masks):
-    self.task = task
     self.is_training = is_training
     self.augment = augment
     self.output_size = list(output_size)
     self.max_num_instances = max_num_instances
     self.dtype = dtype
     self.boxes_from_masks = boxes_from_masks
-    if task == 'detection':
-      # Called inside the map function: the anchors become graph constants (capturing
-      # eagerly made anchors instead costs ~6% of the detection parse time).
-      self.anchor_generator = mg_anchor.build_anchor_generator(
-          min_level=anchor_cfg.min_level, max_level=anchor_cfg.max_level,
-          num_scales=anchor_cfg.num_scales, aspect_ratios=list(anchor_cfg.aspect_ratios),
-          anchor_size=anchor_cfg.anchor_size)
-      self.labeler = mg_anchor.AnchorLabeler(match_threshold=match_threshold,
-                                             unmatched_threshold=unmatched_threshold)
+
+  @classmethod
+  def required_keys(cls, is_training: bool) -> Tuple[str, ...]:
+    """The decoded features (rethink_st/features.py) the source must yield."""
+    return (F.IMAGE,)
+
+  @classmethod
+  def check_output_size(cls, output_size, anchor_cfg) -> None:
+    """One UserError line if `output_size` does not suit this kind's model."""
 
   @tf.autograph.experimental.do_not_convert
   def __call__(self, example):
-    return getattr(self, f'_{self.task}')(example)
+    return self.parse(example)
 
-  # ------------------------------------------------------------------------- detection
-  def _detection(self, example):
+  def parse(self, example):
+    raise NotImplementedError
+
+  def _without_unused_instances(self, example):
+    """Drops per-instance keys when no op of the policy reads the boxes (saves S1/S4 the
+    box work for segmentation and classification)."""
+    if self.boxes_from_masks or self.augment.needs_boxes:
+      return example
+    return _without(example, *augment_lib.INSTANCE_KEYS)
+
+
+class DetectionParser(InputParser):
+  """Model Garden's RetinaNet labels (anchor targets; eval groundtruths)."""
+  kind = 'detection'
+
+  def __init__(self, is_training, augment, output_size, anchor_cfg, match_threshold,
+               unmatched_threshold, max_num_instances, dtype, boxes_from_masks):
+    super().__init__(is_training, augment, output_size, anchor_cfg, match_threshold,
+                     unmatched_threshold, max_num_instances, dtype, boxes_from_masks)
+    # Called inside the map function: the anchors become graph constants (capturing
+    # eagerly made anchors instead costs ~6% of the detection parse time).
+    self.anchor_generator = mg_anchor.build_anchor_generator(
+        min_level=anchor_cfg.min_level, max_level=anchor_cfg.max_level,
+        num_scales=anchor_cfg.num_scales, aspect_ratios=list(anchor_cfg.aspect_ratios),
+        anchor_size=anchor_cfg.anchor_size)
+    self.labeler = mg_anchor.AnchorLabeler(match_threshold=match_threshold,
+                                           unmatched_threshold=unmatched_threshold)
+
+  @classmethod
+  def required_keys(cls, is_training):
+    return (F.IMAGE, F.BOXES, F.CLASSES, F.IS_CROWD) if is_training else F.DETECTION_KEYS
+
+  @classmethod
+  def check_output_size(cls, output_size, anchor_cfg):
+    stride = 2 ** anchor_cfg.max_level
+    if output_size[0] % stride or output_size[1] % stride:
+      raise UserError(f'build_input.output_size {output_size} must be a multiple of '
+                      f'2**max_level = {stride} (anchor_config.max_level='
+                      f'{anchor_cfg.max_level}) for detection')
+
+  def parse(self, example):
     # Only what the labels need goes through augmentation.
     keys = (F.IMAGE, F.BOXES, F.CLASSES) + ((F.INSTANCE_MASKS,) if self.boxes_from_masks
                                             else ())
@@ -170,15 +210,16 @@ class _Parser:
           groundtruths, self.max_num_instances)
     return tf.cast(out[F.IMAGE], self.dtype), labels
 
-  # ---------------------------------------------------------------------- segmentation
-  def _without_unused_instances(self, example):
-    """Drops per-instance keys when no op of the policy reads the boxes (saves S1/S4 the
-    box work for segmentation and classification)."""
-    if self.boxes_from_masks or self.augment.needs_boxes:
-      return example
-    return _without(example, *augment_lib.INSTANCE_KEYS)
 
-  def _segmentation(self, example):
+class SegmentationParser(InputParser):
+  """Model Garden's segmentation labels (masks, valid_masks, image_info)."""
+  kind = 'segmentation'
+
+  @classmethod
+  def required_keys(cls, is_training):
+    return (F.IMAGE, F.SEMANTIC_MASK)
+
+  def parse(self, example):
     data = example if self.boxes_from_masks else _without(example, F.INSTANCE_MASKS)
     if self.is_training:
       data = self._without_unused_instances(data)
@@ -193,8 +234,16 @@ class _Parser:
     }
     return tf.cast(out[F.IMAGE], self.dtype), labels
 
-  # -------------------------------------------------------------------- classification
-  def _classification(self, example):
+
+class ClassificationParser(InputParser):
+  """An int32 class per image (groundtruth_label)."""
+  kind = 'classification'
+
+  @classmethod
+  def required_keys(cls, is_training):
+    return (F.IMAGE, F.LABEL)
+
+  def parse(self, example):
     label = tf.cast(example[F.LABEL], tf.int32)
     if self.is_training:
       data = self._without_unused_instances(
@@ -208,18 +257,25 @@ class _Parser:
     return tf.cast(image, self.dtype), label
 
 
-REQUIRED_KEYS = {
-    'detection': (F.IMAGE, F.BOXES, F.CLASSES, F.IS_CROWD),
-    'detection_eval': F.DETECTION_KEYS,
-    'segmentation': (F.IMAGE, F.SEMANTIC_MASK),
-    'classification': (F.IMAGE, F.LABEL),
-}
+# The kinds build_input knows by name (its `task` binding); a Task hands its parser class.
+PARSERS = {p.kind: p for p in (DetectionParser, SegmentationParser, ClassificationParser)}
+TASKS = tuple(PARSERS)
+
+
+def _parser_class(task):
+  if isinstance(task, type) and issubclass(task, InputParser):
+    return task
+  parser = PARSERS.get(task) if isinstance(task, str) else None
+  if parser is None:
+    raise UserError(f'build_input.task: unknown task {task!r}; choose one of '
+                    f'{", ".join(TASKS)} (or a Task\'s input_parser class)')
+  return parser
 
 
 @gin.configurable(denylist=['position'])
 def build_input(source,
                 *,
-                task: str = 'detection',
+                task='detection',
                 global_batch_size: int,
                 is_training: bool,
                 output_size: Sequence[int] = (640, 640),
@@ -240,7 +296,8 @@ def build_input(source,
 
   Args:
     source: a `rethink_st.data.sources.Source` (or a tf.data.Dataset of decoded examples).
-    task: 'detection', 'segmentation' or 'classification'.
+    task: 'detection', 'segmentation' or 'classification' (PARSERS), or an InputParser
+      subclass (what a Task hands it: its `input_parser`).
     global_batch_size: batch size over all replicas; each input pipeline batches
       `input_context.get_per_replica_batch_size(global_batch_size)`.
     is_training: augment (`augment`), drop crowd boxes (detection), shuffle, drop the last
@@ -268,9 +325,8 @@ def build_input(source,
       (rethink_st/data/seeded_stream.py); None: the augmentation draws from TF's stateful
       ops and the stream starts at its beginning.
   """
-  where = f'build_input(task={task!r})'
-  if task not in TASKS:
-    raise UserError(f'build_input.task: unknown task {task!r}; choose one of {", ".join(TASKS)}')
+  parser_class = _parser_class(task)
+  where = f'build_input(task={parser_class.kind!r})'
   if dtype not in DTYPES:
     raise UserError(f'build_input.dtype: {dtype!r} is not one of {", ".join(DTYPES)}')
   try:
@@ -290,12 +346,7 @@ def build_input(source,
     raise UserError(f'build_input.output_size {output_size} differs from the Augment\'s '
                     f'output_size {tuple(augment.output_size)}; bind the same size to both')
   anchor_cfg = anchor if anchor is not None else anchors_lib.anchor_config()
-  if task == 'detection':
-    stride = 2 ** anchor_cfg.max_level
-    if output_size[0] % stride or output_size[1] % stride:
-      raise UserError(f'build_input.output_size {output_size} must be a multiple of '
-                      f'2**max_level = {stride} (anchor_config.max_level='
-                      f'{anchor_cfg.max_level}) for detection')
+  parser_class.check_output_size(output_size, anchor_cfg)
   repeat = is_training if repeat is None else bool(repeat)
 
   if hasattr(source, 'dataset'):
@@ -309,13 +360,12 @@ def build_input(source,
   else:
     raise UserError(f'build_input.source must be a rethink_st.data.sources.Source, '
                     f'got {source!r}')
-  required = REQUIRED_KEYS['detection' if is_training else 'detection_eval'] \
-      if task == 'detection' else REQUIRED_KEYS[task]
-  _check_keys(ds.element_spec, required, f'{where} with {source!r}')
+  _check_keys(ds.element_spec, parser_class.required_keys(bool(is_training)),
+              f'{where} with {source!r}')
 
-  parser = _Parser(task, bool(is_training), augment, output_size, anchor_cfg,
-                   match_threshold, unmatched_threshold, int(max_num_instances), dtype,
-                   bool(boxes_from_masks))
+  parser = parser_class(bool(is_training), augment, output_size, anchor_cfg, match_threshold,
+                        unmatched_threshold, int(max_num_instances), dtype,
+                        bool(boxes_from_masks))
   keyed = position is not None and is_training
   if keyed:   # this pipeline's part of the run's stream: its own shuffle and draws
     if position.step < 0:

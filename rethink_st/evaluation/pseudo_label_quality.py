@@ -31,9 +31,9 @@ pixels) and `reference_pixels_ignored` (of the reference's labeled pixels, the s
 pseudo mask ignores).
 
 Memory stays bounded in the size of the pseudo set: detections are read one COCO JSON file at
-a time and masks one example at a time; the reference (`index_reference`) is indexed by
-source_id holding only its boxes (detection) or PNG-encoded masks (segmentation), never its
-images.
+a time and masks one example at a time; the reference is indexed by source_id holding only
+its boxes (`index_reference_boxes`, detection) or PNG-encoded masks
+(`index_reference_masks`, segmentation), never its images.
 """
 import io
 import json
@@ -184,7 +184,7 @@ def _match(dets, take, gt_xywh, ref, iou_threshold):
 def detection_metrics(json_paths, reference, thresholds, iou_threshold, labeler_threshold,
                       num_classes, names) -> Dict[str, Any]:
   """report.json's 'detection' part: boxes per image and, with a `reference`
-  (index_reference), precision / recall / F1 at each score threshold, with and without the
+  (index_reference_boxes), precision / recall / F1 at each score threshold, with and without the
   class-agnostic suppression, and per class at the labeler's threshold."""
   kept, every = (_Tally(thresholds, labeler_threshold, num_classes) for _ in range(2))
   cls_gt = np.zeros(num_classes + 1, np.int64)
@@ -234,16 +234,21 @@ def detection_metrics(json_paths, reference, thresholds, iou_threshold, labeler_
 # --------------------------------------------------------------------------- reference
 
 
-def index_reference(reference_source, kind: str) -> Dict[str, Dict[str, Any]]:
-  """source_id -> boxes (detection) or PNG-encoded semantic mask (segmentation)."""
+def index_reference_masks(reference_source) -> Dict[str, Dict[str, Any]]:
+  """source_id -> {'png': its PNG-encoded semantic mask} (segmentation pseudo labels)."""
   ds = reference_source.dataset()
-  if kind == 'segmentation':
-    if F.SEMANTIC_MASK not in ds.element_spec:
-      raise UserError(f'reference {reference_source.name}: has no semantic masks '
-                      f'({F.SEMANTIC_MASK}) to compare pseudo masks with')
-    ds = ds.map(lambda ex: (ex[F.SOURCE_ID], tf.io.encode_png(ex[F.SEMANTIC_MASK])),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return {source_id(sid.numpy()): {'png': png.numpy()} for sid, png in ds}
+  if F.SEMANTIC_MASK not in ds.element_spec:
+    raise UserError(f'reference {reference_source.name}: has no semantic masks '
+                    f'({F.SEMANTIC_MASK}) to compare pseudo masks with')
+  ds = ds.map(lambda ex: (ex[F.SOURCE_ID], tf.io.encode_png(ex[F.SEMANTIC_MASK])),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  return {source_id(sid.numpy()): {'png': png.numpy()} for sid, png in ds}
+
+
+def index_reference_boxes(reference_source) -> Dict[str, Dict[str, Any]]:
+  """source_id -> its height, width, boxes, classes and is_crowd (detection pseudo
+  labels)."""
+  ds = reference_source.dataset()
 
   def boxes_only(ex):
     crowd = ex.get(F.IS_CROWD, tf.zeros_like(ex[F.CLASSES], tf.bool))
@@ -265,7 +270,7 @@ def index_reference(reference_source, kind: str) -> Dict[str, Dict[str, Any]]:
 
 def segmentation_metrics(examples, reference, num_classes, names) -> Dict[str, Any]:
   """report.json's 'segmentation' part from the pseudo-labeled examples: the share of
-  ignored pixels and, with a `reference` (index_reference), pixel accuracy, mIoU and IoU per
+  ignored pixels and, with a `reference` (index_reference_masks), pixel accuracy, mIoU and IoU per
   class over the pixels neither mask ignores."""
   evaluator = segmentation.MeanIoUEvaluator(num_classes + 1, ignore_label=F.IGNORE_LABEL)
   images = pixels = ignored = 0

@@ -77,39 +77,52 @@ def save_grid(panels, titles, path, ncols):
     tf.io.gfile.copy(local, path, overwrite=True)
 
 
-def example_panels(ex, kind, reference, panel_size, names):
+def _reference(ex, reference):
   sid = quality.source_id(ex[F.SOURCE_ID])
+  return sid, (reference.get(sid) if reference is not None else None)
+
+
+def detection_panels(ex, reference, panel_size, names):
+  """(source_id, panels, titles) of one pseudo-labeled image: its pseudo boxes with their
+  scores, and beside them the reference's boxes (with a reference)."""
+  sid, ref = _reference(ex, reference)
   image = ex[F.IMAGE]
-  ref = reference.get(sid) if reference is not None else None
   panels, titles = [], []
-  if kind == 'detection':
-    n = len(ex[F.CLASSES])
-    panels.append(_panel(image, boxes=ex[F.BOXES], classes=ex[F.CLASSES],
-                         scores=ex.get(F.SCORES), panel_size=panel_size, names=names))
-    titles.append(f'#{sid} pseudo: {n}')
-    if reference is not None:
-      if ref is None:
-        panels.append(np.full_like(panels[-1], 255))
-        titles.append('not in reference')
-      else:
-        panels.append(_panel(image, boxes=ref['boxes'], classes=ref['classes'],
-                             panel_size=panel_size, names=names))
-        titles.append(f'held back: {len(ref["classes"])}')
-  else:
-    mask = ex[F.SEMANTIC_MASK][..., 0]
-    ignored = float((mask == F.IGNORE_LABEL).mean())
-    panels.append(_panel(image, panel_size=panel_size))
-    titles.append(f'#{sid}')
-    if reference is not None:
-      if ref is None:
-        panels.append(np.full_like(panels[-1], 255))
-        titles.append('not in reference')
-      else:
-        panels.append(_panel(image, semantic_mask=quality.decode_png(ref['png']),
-                             on_black=True, panel_size=panel_size))
-        titles.append('held back')
-    panels.append(_panel(image, semantic_mask=mask, on_black=True, panel_size=panel_size))
-    titles.append(f'pseudo ({ignored:.0%} ign.)')
+  n = len(ex[F.CLASSES])
+  panels.append(_panel(image, boxes=ex[F.BOXES], classes=ex[F.CLASSES],
+                       scores=ex.get(F.SCORES), panel_size=panel_size, names=names))
+  titles.append(f'#{sid} pseudo: {n}')
+  if reference is not None:
+    if ref is None:
+      panels.append(np.full_like(panels[-1], 255))
+      titles.append('not in reference')
+    else:
+      panels.append(_panel(image, boxes=ref['boxes'], classes=ref['classes'],
+                           panel_size=panel_size, names=names))
+      titles.append(f'held back: {len(ref["classes"])}')
+  return sid, panels, titles
+
+
+def segmentation_panels(ex, reference, panel_size, names):
+  """(source_id, panels, titles) of one pseudo-labeled image: the image, the reference's
+  mask (with a reference) and its pseudo mask."""
+  sid, ref = _reference(ex, reference)
+  image = ex[F.IMAGE]
+  panels, titles = [], []
+  mask = ex[F.SEMANTIC_MASK][..., 0]
+  ignored = float((mask == F.IGNORE_LABEL).mean())
+  panels.append(_panel(image, panel_size=panel_size))
+  titles.append(f'#{sid}')
+  if reference is not None:
+    if ref is None:
+      panels.append(np.full_like(panels[-1], 255))
+      titles.append('not in reference')
+    else:
+      panels.append(_panel(image, semantic_mask=quality.decode_png(ref['png']),
+                           on_black=True, panel_size=panel_size))
+      titles.append('held back')
+  panels.append(_panel(image, semantic_mask=mask, on_black=True, panel_size=panel_size))
+  titles.append(f'pseudo ({ignored:.0%} ign.)')
   return sid, panels, titles
 
 

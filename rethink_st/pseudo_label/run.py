@@ -31,7 +31,8 @@ every image is labeled once and every skip counted once. An error that is not an
 corrupt TFRecord file, say) comes back under the guard and still stops the run.
 
 The work is split by responsibility: inference.py (input batches and the distributed
-predict function), labelers.py (model output -> labels per image), sink.py (chunk files,
+predict function), the task's labeler (rethink_st/training/labelers.py: model output ->
+labels per image, and what they add to the counters), sink.py (chunk files,
 written in a thread overlapped with inference; progress), shards.py (the folder's files).
 """
 import contextlib
@@ -139,7 +140,6 @@ def run_pseudo_label(output_dir: str,
     labeler = build_labeler(task, model, score_threshold=score_threshold,
                             class_agnostic_nms_iou=class_agnostic_nms_iou, scales=scales,
                             flip=flip, mask_threshold=mask_threshold, score_floor=score_floor)
-    detection = labeler.kind == 'detection'
     path = _restore_teacher(model, teacher_checkpoint)
     num_object_classes = task.num_classes - 1
     # What the labels mean and where they come from (provenance.py): they outlive the
@@ -148,11 +148,9 @@ def run_pseudo_label(output_dir: str,
         'label_space': space.to_json(),
         'kind': labeler.kind, 'num_classes': num_object_classes, 'num_shards': num_shards,
         'chunk_size': chunk_size, 'score_threshold': score_threshold,
-        'score_floor': labeler.score_floor if detection else None,
-        'class_agnostic_nms_iou': class_agnostic_nms_iou if detection else None,
-        'nms': provenance.nms_settings(model) if detection else None,
-        'mask_threshold': mask_threshold, 'scales': None if detection else list(scales),
-        'flip': flip, 'teacher_checkpoint': path,
+        **labeler.meta_fields(),   # score_floor, class_agnostic_nms_iou, scales
+        'nms': provenance.nms_settings(model),   # None for a model without NMS
+        'mask_threshold': mask_threshold, 'flip': flip, 'teacher_checkpoint': path,
         'teacher_checkpoint_sha256': provenance.checkpoint_sha256(path),
         'source': unlabeled_source.name})
 

@@ -31,11 +31,12 @@ import numpy as np
 import tensorflow as tf
 
 from rethink_st.errors import UserError
+from rethink_st.training import tasks
+# The written boxes' scores, in 0.001-wide bins (the detection labeler's `density` reads
+# boxes per image at any student threshold that is a multiple of 0.001 from them).
+from rethink_st.training.labelers import WRITTEN_SCORE_BINS, written_boxes_at  # noqa: F401
 
 SCORE_BINS = np.linspace(0.0, 1.0, 21)  # 0.05-wide bins for score histograms
-# The written boxes' scores, in 0.001-wide bins: boxes per image at any student threshold
-# that is a multiple of 0.001 (`written_boxes_at`).
-WRITTEN_SCORE_BINS = 1000
 
 
 def chunk_prefix(out_dir: str, shard_index: int, num_shards: int, chunk: int) -> str:
@@ -198,9 +199,12 @@ class ChunkWriter:
 class Counters:
   """Streaming statistics; constant memory however many images pass."""
 
+  score_bins = SCORE_BINS
+
   def __init__(self, num_classes: int, kind: str,
                class_agnostic_nms_iou: Optional[float] = None):
     self.kind = kind
+    self.labeler_class = tasks.labeler_class(kind, 'Counters.kind')  # its part of to_dict
     self.class_agnostic_nms_iou = class_agnostic_nms_iou  # the labeler's setting, recorded
     self.num_classes = num_classes
     self.images = 0
@@ -247,14 +251,7 @@ class Counters:
     d = {'kind': self.kind, 'num_classes': self.num_classes, 'images': self.images,
          'images_without_labels': self.images_without_labels,
          'per_class': self.per_class.tolist(), 'unreadable_skipped': self.unreadable_skipped}
-    if self.kind == 'detection':
-      d.update(boxes=self.boxes, suppressed=self.suppressed,
-               class_agnostic_nms_iou=self.class_agnostic_nms_iou,
-               boxes_per_image_hist=self.boxes_per_image_hist.tolist(),
-               score_hist=self.score_hist.tolist(), score_bins=SCORE_BINS.tolist(),
-               written=self.written, written_score_hist=self.written_score_hist.tolist())
-    else:
-      d.update(pixels=self.pixels, ignored_pixels=self.ignored_pixels)
+    d.update(self.labeler_class.counter_fields(self))
     return d
 
 
@@ -270,23 +267,10 @@ def merge_stats(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
       else:
         merged[k] = merged.get(k, 0) + v
   merged.setdefault('unreadable_skipped', 0)
-  images = max(merged.get('images', 0), 1)
-  if merged.get('kind') == 'detection':
-    merged['boxes_per_image'] = merged.get('boxes', 0) / images
-  elif merged.get('kind') == 'segmentation':
-    merged['ignored_fraction'] = merged.get('ignored_pixels', 0) / max(merged.get('pixels', 0), 1)
+  labeler = tasks.find_labeler_class(merged.get('kind'))   # None: no part merged
+  if labeler is not None:
+    labeler.add_derived(merged)
   return merged
-
-
-def written_boxes_at(stats: Dict[str, Any], threshold: float) -> Optional[int]:
-  """Boxes of score >= threshold among those written, from merged counters (exact for a
-  multiple of 0.001: a score s is in bin floor(1000 s)); None for a folder written before
-  the counters had them."""
-  hist = stats.get('written_score_hist')
-  if hist is None:
-    return None
-  first = int(np.ceil(round(float(threshold) * WRITTEN_SCORE_BINS, 6)))
-  return int(np.sum(hist[min(max(first, 0), WRITTEN_SCORE_BINS):]))
 
 
 def mark_host_done(out_dir: str, shard_index: int, num_shards: int, info: Dict[str, Any]) -> None:

@@ -14,8 +14,9 @@ from rethink_st.pseudo_label.inference import ENCODED, SHAPE, UNREADABLE, VALID
 
 
 class ChunkSink:
-  """Turns predicted batches into chunk files: tf.Examples, COCO JSON (detection) and
-  counters; a chunk is closed (renamed into place) when it holds `chunk_size` images."""
+  """Turns predicted batches into chunk files: tf.Examples, COCO JSON (a labeler that
+  `writes_coco_json`) and counters (the labeler's `count`); a chunk is closed (renamed into
+  place) when it holds `chunk_size` images."""
 
   def __init__(self, output_dir, shard_index, num_shards, start_chunk, chunk_size, labeler,
                label_space, progress):
@@ -27,11 +28,10 @@ class ChunkSink:
     self.categories = [{'id': c, 'name': name, 'dataset_category_id': int(dataset_id)}
                        for c, (dataset_id, name) in enumerate(
                            zip(label_space.category_ids, label_space.names), 1)]
-    self.nms_iou = labeler.class_agnostic_nms_iou if labeler.kind == 'detection' else None
+    self.nms_iou = labeler.meta_fields()['class_agnostic_nms_iou']
     self.writer = self.counters = None
 
   def add_batch(self, pred, meta) -> None:
-    detection = self.labeler.kind == 'detection'
     # In source order: an unreadable image is counted in the chunk being filled (or the next
     # one, opened for it), so each chunk covers a fixed stretch of the source.
     for i in np.flatnonzero(meta[VALID] | (meta[UNREADABLE] > 0)):
@@ -39,7 +39,7 @@ class ChunkSink:
         self.writer = shards.ChunkWriter(
             shards.chunk_prefix(self.output_dir, self.shard_index, self.num_shards,
                                 self.chunk),
-            coco_categories=self.categories if detection else None)
+            coco_categories=self.categories if self.labeler.writes_coco_json else None)
         self.counters = shards.Counters(self.num_object_classes, self.labeler.kind,
                                         class_agnostic_nms_iou=self.nms_iou)
       self.counters.unreadable_skipped += int(meta[UNREADABLE][i])
@@ -49,18 +49,8 @@ class ChunkSink:
       labels, all_detections = self.labeler.to_example(pred, i, shape)
       example = {F.SOURCE_ID: source_id, F.HEIGHT: shape[0], F.WIDTH: shape[1], **labels}
       self.writer.write(tfexample.encode_example(example, encoded_image=meta[ENCODED][i]))
-      if detection:
-        scores, suppressed = all_detections[F.SCORES], all_detections['suppressed']
-        written = labels[F.SCORES]   # >= the floor, not suppressed
-        self.counters.add_detection(
-            labels[F.CLASSES][written >= self.labeler.score_threshold], scores,
-            suppressed=np.count_nonzero(suppressed & (scores >= self.labeler.score_threshold)),
-            written_scores=written)
-        self.writer.add_coco_image(source_id, int(shape[0]), int(shape[1]),
-                                   all_detections[F.BOXES], all_detections[F.CLASSES],
-                                   scores, suppressed)
-      else:
-        self.counters.add_segmentation(labels[F.SEMANTIC_MASK][..., 0], F.IGNORE_LABEL)
+      self.labeler.count(self.counters, self.writer, labels, all_detections, source_id,
+                         shape)
       if self.counters.images == self.chunk_size:
         self.writer.close(None, self.counters.to_dict())
         self.writer, self.chunk = None, self.chunk + 1

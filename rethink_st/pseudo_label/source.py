@@ -23,6 +23,7 @@ from rethink_st.data import label_space as label_space_lib
 from rethink_st.data import sources
 from rethink_st.errors import UserError
 from rethink_st.pseudo_label import shards
+from rethink_st.training import tasks
 
 THRESHOLD_BINDING = 'rethink_st.pseudo_label.source.pseudo_label_source.score_threshold'
 _BOX_KEYS = (F.CLASSES, F.IS_CROWD, F.AREA, F.BOXES, F.SCORES)
@@ -82,7 +83,8 @@ def pseudo_label_source(directory: str, require_complete: bool = True,
 def resolve_threshold(meta: Dict[str, Any], directory: str,
                       score_threshold: Optional[float]) -> Optional[float]:
   """The score threshold a student reads a folder at (None: segmentation, no threshold)."""
-  if meta.get('kind') != 'detection':
+  kind_labeler = tasks.find_labeler_class(meta.get('kind'))
+  if kind_labeler is None or not kind_labeler.scored:
     if score_threshold is not None:
       raise UserError(f'pseudo_label_source.score_threshold={score_threshold!r}: {directory} '
                       f'holds {meta.get("kind")} pseudo labels; a score threshold applies to '
@@ -134,15 +136,6 @@ def pseudo_set_density(stats: Dict[str, Any], score_threshold: Optional[float] =
   (segmentation: the pixels that carry a label rather than the ignore value). A teacher too
   weak for the threshold gives a set with almost no label, which a student trains on
   without any error."""
-  images = int(stats.get('images', 0))
-  if stats.get('kind') == 'segmentation':
-    pixels = int(stats.get('pixels', 0))
-    labeled = 1.0 - stats.get('ignored_pixels', 0) / pixels if pixels else 0.0
-    return {'images': images, 'labeled_pixel_fraction': labeled}
-  boxes = stats.get('boxes', 0)
-  labeler = (meta or {}).get('score_threshold')
-  if score_threshold is not None and (labeler is None or
-                                      abs(score_threshold - float(labeler)) > 1e-9):
-    written = shards.written_boxes_at(stats, score_threshold)
-    boxes = boxes if written is None else written
-  return {'images': images, 'boxes_per_image': boxes / images if images else 0.0}
+  # A folder's stats without a kind of their own (none merged yet) count as detection's.
+  labeler = tasks.find_labeler_class(stats.get('kind')) or tasks.labelers.DetectionLabeler
+  return labeler.density(stats, score_threshold, meta)

@@ -1,11 +1,21 @@
 """Tasks: what is trained (model, data, loss, metric) for detection, segmentation and
 classification. A task holds no loop; the Orbit trainer in `trainer.py` drives any of them.
 
+A Task class is the one place that says what its kind (`kind`) differs in: its input parser
+(`input_parser`, rethink_st/data/pipeline.py), losses, metrics (`new_evaluator`,
+`update_evaluator`), the labeler that turns its model's predictions into pseudo labels
+(`labeler_class`, `build_labeler`; labelers.py), its serving signature (`serving_module`,
+`serving_settings`; serving.py) and what its checkpoint restores (the whole model,
+rethink_st/checkpoint.py). Each Task class registers its kind (`KINDS`); code that only has
+a kind's name (a pseudo-label folder's meta.json, export's `task` binding) looks it up there
+(`task_class`, `labeler_class`). Other modules never compare kind names: adding a kind is a
+new Task subclass and its gin file.
+
 Gin names the task's model builder, its sources and its image size; the task passes
 `num_classes` and `image_size` to both the model builder and the input pipeline, so the two
 always agree.
 """
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import gin
 import numpy as np
@@ -16,8 +26,11 @@ from rethink_st.data import pipeline
 from rethink_st.errors import UserError
 from rethink_st.evaluation import coco
 from rethink_st.evaluation import segmentation
+from rethink_st.training import labelers
+from rethink_st.training import serving
 
 TRAIN, EVAL = 'train', 'eval'
+KINDS: Dict[str, Type['Task']] = {}   # kind name -> the Task class that defines it
 
 
 def _as_float32(tree):
@@ -26,9 +39,19 @@ def _as_float32(tree):
 
 
 class Task:
-  """Base: subclasses set `kind` and `loss_names` and implement forward/losses/eval."""
+  """Base: subclasses set `kind`, `loss_names` and `input_parser` and implement
+  forward/losses/eval; a kind that pseudo-labels sets `labeler_class` (and
+  `build_labeler`), one that exports sets `serving_module`."""
   kind = ''
   loss_names: Tuple[str, ...] = ('total_loss',)
+  input_parser: Optional[Type[pipeline.InputParser]] = None
+  labeler_class: Optional[Type[labelers.Labeler]] = None
+  serving_module: Optional[Type[serving.ServingModule]] = None
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if cls.__dict__.get('kind'):   # the class that defines the kind (not its subclasses)
+      KINDS[cls.kind] = cls
 
   def __init__(self, model_fn: Callable[..., tf_keras.Model], num_classes: int,
                image_size: Sequence[int], train_source=None, eval_source=None):
@@ -59,7 +82,7 @@ class Task:
     to training only); `position`: build_input's, for a seeded training stream."""
     with gin.config_scope(split):
       return pipeline.build_input(
-          source if source is not None else self.source(split), task=self.kind,
+          source if source is not None else self.source(split), task=self.input_parser,
           global_batch_size=global_batch_size, is_training=(split == TRAIN),
           output_size=self.image_size, input_context=input_context, position=position)
 
@@ -83,12 +106,63 @@ class Task:
   def new_evaluator(self):
     raise NotImplementedError
 
+  def update_evaluator(self, evaluator, outputs: Dict[str, Any]) -> None:
+    """Feeds one eval step's outputs (numpy, replicas concatenated) to the evaluator."""
+    raise NotImplementedError
+
+  # --- pseudo labels and export ------------------------------------------------------------
+  def build_labeler(self, model, **settings) -> labelers.Labeler:
+    """The labeler of this kind for `model` (run_pseudo_label's settings; each kind takes
+    the ones it uses)."""
+    raise UserError(f'run_pseudo_label.task: a {type(self).__name__} makes no pseudo labels '
+                    f'(tasks that do: {", ".join(_names(labeler_kinds()))})')
+
+  def serving_settings(self) -> Dict[str, Any]:
+    """export_saved_model's kind-specific arguments for this task (e.g. multi-scale
+    inference of segmentation)."""
+    return {}
+
+
+def _names(classes):
+  return [c.__name__ for c in classes]
+
+
+def labeler_kinds():
+  return [c for c in KINDS.values() if c.labeler_class is not None]
+
+
+def task_class(kind, where: str) -> Type[Task]:
+  """The Task class of a kind's name, or one UserError line `<where>=<kind>: ...`."""
+  cls = KINDS.get(kind) if isinstance(kind, str) else None
+  if cls is None:
+    raise UserError(f'{where}={kind!r} is not a task kind ({", ".join(KINDS)})')
+  return cls
+
+
+def find_labeler_class(kind) -> Optional[Type[labelers.Labeler]]:
+  """The labeler class of a kind's name, or None (no such kind, or one without a labeler)."""
+  cls = KINDS.get(kind) if isinstance(kind, str) else None
+  return None if cls is None else cls.labeler_class
+
+
+def labeler_class(kind, where: str) -> Type[labelers.Labeler]:
+  """The labeler class of a kind's name (a pseudo-label folder's meta.json kind), or one
+  UserError line naming `where`."""
+  found = find_labeler_class(kind)
+  if found is None:
+    raise UserError(f'{where}={kind!r} is not a kind with a labeler '
+                    f'({", ".join(c.kind for c in labeler_kinds())})')
+  return found
+
 
 @gin.configurable
 class DetectionTask(Task):
   """RetinaNet detection: focal + Huber loss, COCO AP."""
   kind = 'detection'
   loss_names = ('total_loss', 'cls_loss', 'box_loss')
+  input_parser = pipeline.DetectionParser
+  labeler_class = labelers.DetectionLabeler
+  serving_module = serving.DetectionServingModule
 
   def __init__(self, model_fn=None, num_classes: int = 91, image_size=(640, 640),
                train_source=None, eval_source=None):
@@ -126,6 +200,17 @@ class DetectionTask(Task):
     # Results in the dataset's category ids and names (a COCO JSON source's label space).
     return coco.CocoDetectionEvaluator(label_space=label_space.label_space_of(self))
 
+  def update_evaluator(self, evaluator, outputs):
+    evaluator.update_state(outputs['groundtruths'], outputs['predictions'])
+
+  def build_labeler(self, model, *, score_threshold: float = 0.5,
+                    class_agnostic_nms_iou: Optional[float] = 0.5,
+                    score_floor: Optional[float] = None, **unused):
+    """score_floor: boxes written (with their scores) down to min(score_floor,
+    score_threshold); None: down to score_threshold only."""
+    return labelers.DetectionLabeler(model, score_threshold, class_agnostic_nms_iou,
+                                     score_floor)
+
 
 @gin.configurable
 class SegmentationTask(Task):
@@ -133,6 +218,9 @@ class SegmentationTask(Task):
   multi-scale + flip inference at evaluation."""
   kind = 'segmentation'
   loss_names = ('total_loss',)
+  input_parser = pipeline.SegmentationParser
+  labeler_class = labelers.SegmentationLabeler
+  serving_module = serving.SegmentationServingModule
 
   def __init__(self, model_fn=None, num_classes: int = 21, image_size=(512, 512),
                train_source=None, eval_source=None, eval_scales=(1.0,), eval_flip=False,
@@ -161,6 +249,17 @@ class SegmentationTask(Task):
   def new_evaluator(self):
     return segmentation.MeanIoUEvaluator(num_classes=self.num_classes)
 
+  def update_evaluator(self, evaluator, outputs):
+    evaluator.update_state(outputs['masks'], outputs['predictions'])
+
+  def build_labeler(self, model, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                    mask_threshold: float = 0.5, **unused):
+    return labelers.SegmentationLabeler(model, scales, flip, mask_threshold,
+                                        self.size_divisor)
+
+  def serving_settings(self):
+    return dict(scales=self.eval_scales, flip=self.eval_flip, size_divisor=self.size_divisor)
+
 
 class _AccuracyEvaluator:
   """Top-1 accuracy over an evaluation pass."""
@@ -185,6 +284,7 @@ class ClassificationTask(Task):
   """Image classification: the pre-training stage (ImageNet / iconic digits)."""
   kind = 'classification'
   loss_names = ('total_loss',)
+  input_parser = pipeline.ClassificationParser
 
   def __init__(self, model_fn=None, num_classes: int = 1000, image_size=(224, 224),
                train_source=None, eval_source=None):
@@ -202,12 +302,10 @@ class ClassificationTask(Task):
   def new_evaluator(self):
     return _AccuracyEvaluator()
 
+  def update_evaluator(self, evaluator, outputs):
+    evaluator.update_state(outputs['labels'], outputs['logits'])
+
 
 def update_evaluator(task: Task, evaluator, outputs: Dict[str, Any]) -> None:
   """Feeds one eval step's outputs (numpy, replicas concatenated) to the task's evaluator."""
-  if isinstance(task, DetectionTask):
-    evaluator.update_state(outputs['groundtruths'], outputs['predictions'])
-  elif isinstance(task, SegmentationTask):
-    evaluator.update_state(outputs['masks'], outputs['predictions'])
-  else:
-    evaluator.update_state(outputs['labels'], outputs['logits'])
+  task.update_evaluator(evaluator, outputs)
