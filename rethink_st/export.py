@@ -161,7 +161,7 @@ def _export_run(model_dir, task, checkpoint, export_dir, batch_size, overwrite) 
     path = checkpoint_lib.latest_in(model_dir, where)
   export_dir = export_dir or os.path.join(model_dir, SAVED_MODEL_SUBDIR)
   model = task.build_model()
-  checkpoint_lib.restore_model(model, path, where)
+  task.restore(model, path, where)
   from rethink_st.data import label_space  # pylint: disable=g-import-not-at-top
   out = export_saved_model(model, export_dir, task=task.kind, input_size=task.image_size,
                            batch_size=batch_size, overwrite=overwrite,

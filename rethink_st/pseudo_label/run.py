@@ -63,10 +63,12 @@ from rethink_st.training import strategy as strategy_lib
 TEACHER = 'run_pseudo_label.teacher_checkpoint'
 
 
-def _restore_teacher(model, teacher_checkpoint: str) -> str:
-  """The teacher's weights into `model` (checkpoint.restore_model); its checkpoint prefix.
-  (benchmarks/pseudo_label.py calls it too.)"""
-  return checkpoint_lib.restore_model(model, teacher_checkpoint, TEACHER).checkpoint
+def _restore_teacher(model, teacher_checkpoint: str, task=None) -> str:
+  """The teacher's weights into `model` (the task's `restore`; without a task,
+  checkpoint.restore_model); its checkpoint prefix. (benchmarks/pseudo_label.py calls it
+  too.)"""
+  restore = task.restore if task is not None else checkpoint_lib.restore_model
+  return restore(model, teacher_checkpoint, TEACHER).checkpoint
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def run_pseudo_label(output_dir: str,
     labeler = build_labeler(task, model, score_threshold=score_threshold,
                             class_agnostic_nms_iou=class_agnostic_nms_iou, scales=scales,
                             flip=flip, mask_threshold=mask_threshold, score_floor=score_floor)
-    path = _restore_teacher(model, teacher_checkpoint)
+    path = _restore_teacher(model, teacher_checkpoint, task)
     num_object_classes = task.num_classes - 1
     # What the labels mean and where they come from (provenance.py): they outlive the
     # labeler's threshold, so the student can check what it reads.

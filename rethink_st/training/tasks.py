@@ -5,8 +5,8 @@ A Task class is the one place that says what its kind (`kind`) differs in: its i
 (`input_parser`, rethink_st/data/pipeline.py), losses, metrics (`new_evaluator`,
 `update_evaluator`), the labeler that turns its model's predictions into pseudo labels
 (`labeler_class`, `build_labeler`; labelers.py), its serving signature (`serving_module`,
-`serving_settings`; serving.py) and what its checkpoint restores (the whole model,
-rethink_st/checkpoint.py). Each Task class registers its kind (`KINDS`); code that only has
+`serving_settings`; serving.py) and what its checkpoint restores (`restore`: the whole
+model, rethink_st/checkpoint.py). Each Task class registers its kind (`KINDS`); code that only has
 a kind's name (a pseudo-label folder's meta.json, export's `task` binding) looks it up there
 (`task_class`, `labeler_class`). Other modules never compare kind names: adding a kind is a
 new Task subclass and its gin file.
@@ -21,6 +21,7 @@ import gin
 import numpy as np
 import tensorflow as tf, tf_keras
 
+from rethink_st import checkpoint as checkpoint_lib
 from rethink_st import losses as losses_lib
 from rethink_st.data import pipeline
 from rethink_st.errors import UserError
@@ -67,6 +68,13 @@ class Task:
   # --- model -----------------------------------------------------------------------------
   def build_model(self) -> tf_keras.Model:
     return self.model_fn(input_size=self.image_size, num_classes=self.num_classes)
+
+  def restore(self, model: tf_keras.Model, path: str,
+              where: str) -> checkpoint_lib.RestoreReport:
+    """What a checkpoint of this task restores into its built model to label or export
+    with it: the whole model (checkpoint.restore_model; `where` names the flag or binding
+    that gave `path`)."""
+    return checkpoint_lib.restore_model(model, path, where)
 
   # --- data ------------------------------------------------------------------------------
   def source(self, split: str):
