@@ -1,13 +1,14 @@
 """run_pseudo_label: a teacher labels an unlabeled source, sharded and resumable.
 
 Detection: after the model's NMS and class-agnostic suppression (`class_agnostic_nms_iou`;
-labelers.py), every box with score >= `score_floor` (0.05) is written with its score; the
+rethink_st/training/labelers.py), every box with score >= `score_floor` (0.05) is written with its score; the
 student keeps those >= its own threshold when it reads them (`pseudo_label_source`, default
 the labeler's `score_threshold`, 0.5, the paper's), so a threshold sweep needs one labeling
 pass. Images with no box are written too, as background. meta.json records the label space
 (category ids and names), the teacher checkpoint's path and content hash, and the NMS
 settings (provenance.py). Segmentation: multi-scale (+ flip)
-probabilities, thresholded at `mask_threshold` (labelers.py).
+probabilities, thresholded at `mask_threshold` (rethink_st/training/labelers.py). The
+task's labeler (`Task.build_labeler`) does what differs between the kinds.
 
 Output (see `shards.py`): tf.Example TFRecords that the ordinary input pipeline reads (the
 boxes above the floor, with scores), a COCO JSON of ALL the teacher's detections with their scores, the suppressed
