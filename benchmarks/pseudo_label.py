@@ -297,6 +297,13 @@ def run_memory(num, work_dir):
 
 # --- report ----------------------------------------------------------------------------------
 
+def shown(path: str) -> str:
+  """A path as the results name it: relative to the repository, or a placeholder for one
+  outside it (results name no path of the machine they ran on)."""
+  rel = os.path.relpath(os.path.abspath(path), REPO)
+  return '<outside the repository>' if rel.startswith('..') else rel
+
+
 def markdown(results) -> str:
   t, m = results.get('timing'), results.get('memory', {})
   lines = ['# Pseudo-labeling throughput and memory', '']
@@ -357,7 +364,8 @@ def main(argv):
     memory_child(FLAGS.memory_child, FLAGS.work_dir)
     return
   work_dir = tempfile.mkdtemp(prefix='bench_pseudo_label_')
-  results = {'teacher_checkpoint': FLAGS.teacher_checkpoint, 'gin_file': FLAGS.gin_file,
+  results = {'teacher_checkpoint': shown(FLAGS.teacher_checkpoint),
+             'gin_file': [shown(g) for g in FLAGS.gin_file],
              'gin_param': FLAGS.gin_param,
              'machine': f'{os.cpu_count()} CPUs ({platform.machine()}), shared with other '
                         'users; load average at start '
