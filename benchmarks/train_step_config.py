@@ -59,34 +59,33 @@ def shared_settings() -> Dict[str, Any]:
   from rethink_st import augment  # pylint: disable=g-import-not-at-top
   from rethink_st.modeling import anchors, detection  # pylint: disable=g-import-not-at-top
   from rethink_st.training import optimization, tasks  # pylint: disable=g-import-not-at-top
+  bound = config_io.bound_or_default   # the binding, else the signature's default
   s = {
-      'image_size': [int(x) for x in config_io.bound_or_default(tasks.DetectionTask, 'image_size')],
-      'num_classes': int(config_io.bound_or_default(tasks.DetectionTask, 'num_classes')),
-      'anchor_size': float(config_io.bound_or_default(anchors.anchor_config, 'anchor_size')),
-      'min_level': int(config_io.bound_or_default(anchors.anchor_config, 'min_level')),
-      'max_level': int(config_io.bound_or_default(anchors.anchor_config, 'max_level')),
-      'num_scales': int(config_io.bound_or_default(anchors.anchor_config, 'num_scales')),
-      'aspect_ratios': [float(x) for x in config_io.bound_or_default(anchors.anchor_config, 'aspect_ratios')],
-      'policy': str(config_io.bound_or_default(augment.Augment, 'policy')),
-      'flip': bool(config_io.bound_or_default(augment.Augment, 'flip')),
-      'scale_min': float(config_io.bound_or_default(augment.Augment, 'scale_min')),
-      'scale_max': float(config_io.bound_or_default(augment.Augment, 'scale_max')),
-      'learning_rate': float(config_io.bound_or_default(optimization.build_optimizer, 'learning_rate')),
-      'reference_batch_size': int(config_io.bound_or_default(optimization.build_optimizer,
-                                             'reference_batch_size')),
-      'warmup_steps': int(config_io.bound_or_default(optimization.build_optimizer, 'warmup_steps')),
-      'warmup_learning_rate': float(config_io.bound_or_default(optimization.build_optimizer,
-                                               'warmup_learning_rate')),
-      'momentum': float(config_io.bound_or_default(optimization.build_optimizer, 'momentum')),
-      'schedule': str(config_io.bound_or_default(optimization.build_optimizer, 'schedule')),
-      'weight_decay': float(config_io.bound_or_default(optimization.weight_decay_loss, 'weight_decay')),
+      'image_size': [int(x) for x in bound(tasks.DetectionTask, 'image_size')],
+      'num_classes': int(bound(tasks.DetectionTask, 'num_classes')),
+      'anchor_size': float(bound(anchors.anchor_config, 'anchor_size')),
+      'min_level': int(bound(anchors.anchor_config, 'min_level')),
+      'max_level': int(bound(anchors.anchor_config, 'max_level')),
+      'num_scales': int(bound(anchors.anchor_config, 'num_scales')),
+      'aspect_ratios': [float(x) for x in bound(anchors.anchor_config, 'aspect_ratios')],
+      'policy': str(bound(augment.Augment, 'policy')),
+      'flip': bool(bound(augment.Augment, 'flip')),
+      'scale_min': float(bound(augment.Augment, 'scale_min')),
+      'scale_max': float(bound(augment.Augment, 'scale_max')),
+      'learning_rate': float(bound(optimization.build_optimizer, 'learning_rate')),
+      'reference_batch_size': int(bound(optimization.build_optimizer, 'reference_batch_size')),
+      'warmup_steps': int(bound(optimization.build_optimizer, 'warmup_steps')),
+      'warmup_learning_rate': float(bound(optimization.build_optimizer, 'warmup_learning_rate')),
+      'momentum': float(bound(optimization.build_optimizer, 'momentum')),
+      'schedule': str(bound(optimization.build_optimizer, 'schedule')),
+      'weight_decay': float(bound(optimization.weight_decay_loss, 'weight_decay')),
   }
   from rethink_st.modeling import backbones  # pylint: disable=g-import-not-at-top
-  s['depth_multiplier'] = float(config_io.bound_or_default(backbones.build_backbone, 'depth_multiplier'))
+  s['depth_multiplier'] = float(bound(backbones.build_backbone, 'depth_multiplier'))
   for param in ('backbone', 'decoder', 'decoder_num_filters', 'head_num_convs',
                 'head_num_filters', 'activation', 'use_sync_bn', 'norm_momentum',
                 'norm_epsilon'):
-    s[param] = config_io.bound_or_default(detection.build_retinanet, param)
+    s[param] = bound(detection.build_retinanet, param)
   if s['policy'] != 's1':
     raise UserError(f"Augment.policy={s['policy']!r}: this benchmark compares flip + scale "
                     "jitter (S1) only")
