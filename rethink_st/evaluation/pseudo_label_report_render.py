@@ -92,15 +92,21 @@ def detection_panels(ex, reference, panel_size, names):
   panels.append(_panel(image, boxes=ex[F.BOXES], classes=ex[F.CLASSES],
                        scores=ex.get(F.SCORES), panel_size=panel_size, names=names))
   titles.append(f'#{sid} pseudo: {n}')
-  if reference is not None:
-    if ref is None:
-      panels.append(np.full_like(panels[-1], 255))
-      titles.append('not in reference')
-    else:
-      panels.append(_panel(image, boxes=ref['boxes'], classes=ref['classes'],
-                           panel_size=panel_size, names=names))
-      titles.append(f'held back: {len(ref["classes"])}')
+  _add_reference_panel(panels, titles, reference, ref, lambda: (
+      _panel(image, boxes=ref['boxes'], classes=ref['classes'], panel_size=panel_size,
+             names=names), f'held back: {len(ref["classes"])}'))
   return sid, panels, titles
+
+
+def _add_reference_panel(panels, titles, reference, ref, draw) -> None:
+  """With a reference: its panel and title (`draw()` -> (panel, title)) when it holds the
+  image, else a blank panel titled 'not in reference'. Without one: nothing."""
+  if reference is None:
+    return
+  panel, title = draw() if ref is not None else (np.full_like(panels[-1], 255),
+                                                  'not in reference')
+  panels.append(panel)
+  titles.append(title)
 
 
 def segmentation_panels(ex, reference, panel_size, names):
@@ -113,14 +119,9 @@ def segmentation_panels(ex, reference, panel_size, names):
   ignored = float((mask == F.IGNORE_LABEL).mean())
   panels.append(_panel(image, panel_size=panel_size))
   titles.append(f'#{sid}')
-  if reference is not None:
-    if ref is None:
-      panels.append(np.full_like(panels[-1], 255))
-      titles.append('not in reference')
-    else:
-      panels.append(_panel(image, semantic_mask=quality.decode_png(ref['png']),
-                           on_black=True, panel_size=panel_size))
-      titles.append('held back')
+  _add_reference_panel(panels, titles, reference, ref, lambda: (
+      _panel(image, semantic_mask=quality.decode_png(ref['png']), on_black=True,
+             panel_size=panel_size), 'held back'))
   panels.append(_panel(image, semantic_mask=mask, on_black=True, panel_size=panel_size))
   titles.append(f'pseudo ({ignored:.0%} ign.)')
   return sid, panels, titles
