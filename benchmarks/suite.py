@@ -12,14 +12,15 @@ Each cell is one subprocess of an existing binary (bin/train_teacher.py, which a
 pre-trains, or bin/self_train.py), in its own folder  <out_dir>/<scale>/cells/<cell>/seed_<s>/
 with its log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time,
 command, steps and the git commit it ran from) and is skipped on the next run, so the suite is
-resumable: kill it and start it again. A cell that fails gets suite_failed.json (retried next
+resumable: kill it and start it again. --record_dir keeps a copy of each suite_done.json
+(small, to commit) that counts as finished on another machine (suite_runner.py). A cell that fails gets suite_failed.json (retried next
 run); cells that depend on it are skipped. Cells run one at a time, seed by seed (all of seed
 0 first, so a partial run already gives whole tables).
 
 At digit scale every cell of augmentation policy sX trains the steps --convergence (default
 benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX
 (segmentation cells: for seg_sX, made with --task=segmentation): its teacher CELL_STEPS, its
-student tables.student_steps of that (STUDENT_STEPS: half, at twice the batch). Without a
+student cells.student_steps of that (STUDENT_STEPS: a quarter, at twice the batch). Without a
 budget a requested cell needs, the suite stops before running anything.
 
 The tables (benchmarks/tables.py) are then made from the finished cells:
@@ -72,6 +73,9 @@ def main(argv=None) -> int:
                     'cells, run nothing')
   flags.DEFINE_string('report_dir', None, 'where the tables go (default: --out_dir; needed '
                       'when --out_dir is on GCS)')
+  flags.DEFINE_string('record_dir', None, 'where each finished cell\'s suite_done.json is '
+                      'copied (and read back when its run folder is gone): small files to '
+                      'commit, e.g. benchmarks/results/suite')
   flags.DEFINE_multi_string('gin_file', [], 'extra gin file for every cell (e.g. tpu.gin)')
   flags.DEFINE_multi_string('gin_param', [], 'extra gin binding for every cell')
   flags.DEFINE_bool('estimate', False, 'print steps / images (and hours at '
@@ -107,16 +111,18 @@ def main(argv=None) -> int:
       counts = run_cells(names, fl.scale, seeds, fl.out_dir, only=fl.only,
                          optional=fl.optional, convergence=fl.convergence,
                          max_cells=fl.max_cells, dry_run=fl.dry_run, gin_files=fl.gin_file,
-                         gin_params=fl.gin_param)
+                         gin_params=fl.gin_param, record_dir=fl.record_dir)
       print(f'[suite] {counts}')
     if fl.dry_run:
       return 0
     for name in names:
-      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir), report_dir)
+      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir, fl.record_dir),
+                           report_dir)
       print(f'[suite] {name}: {paths["md"]}')
       with open(paths['md']) as f:
         print(f.read())
-    path = write_claims(collect_claims(fl.scale, seeds, fl.out_dir), report_dir)
+    path = write_claims(collect_claims(fl.scale, seeds, fl.out_dir, fl.record_dir),
+                        report_dir)
     print(f'[suite] claims: {path}')
   except SuiteError as e:
     print(f'error: {e}', file=sys.stderr)

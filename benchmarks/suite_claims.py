@@ -3,7 +3,7 @@ cells' metric (AP; mIoU for segmentation, x100) paired by seed."""
 import json
 import math
 import os
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import tables as tables_lib
 from suite_runner import read_runs
@@ -70,12 +70,13 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
   return out
 
 
-def collect_claims(scale: str, seeds: Sequence[int], out_dir: str) -> dict:
+def collect_claims(scale: str, seeds: Sequence[int], out_dir: str,
+                   record_dir: Optional[str] = None) -> dict:
   """claims.json: every claim of tables_lib.CLAIMS from the finished cells' per-seed AP
-  (mIoU for the segmentation claims; each claim's `metric`)."""
+  (mIoU for the segmentation claims; each claim's `metric`), read as collect_results does."""
   claims = []
   for claim in tables_lib.CLAIMS:
-    runs = [read_runs(n, scale, seeds, out_dir)
+    runs = [read_runs(n, scale, seeds, out_dir, record_dir)
             if n and tables_lib.CELLS[n].exists(scale) else {}
             for n in (claim.treatment, claim.control)]
     claims.append(claim_result(claim, scale, *runs))

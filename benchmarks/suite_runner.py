@@ -4,6 +4,13 @@ Each cell is one subprocess of its binary in its own folder (suite_commands.cell
 its log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time,
 command, steps and the git commit it ran from) and is skipped on the next run; a cell that
 fails gets suite_failed.json (retried next run); cells that depend on it are skipped.
+
+Records (record_dir, e.g. benchmarks/results/suite): a copy of each finished cell's
+suite_done.json, its pseudo-label precision/recall folded into its metrics, at
+<record_dir>/<scale>/cells/<cell>/<seed_s|shared>/ -- small files to commit, so that results
+outlive the run folders (checkpoints) of the machine that made them. A recorded cell is not
+run again unless a cell still to run starts from its checkpoint and the run folder is gone;
+then it is rerun (seeded runs repeat exactly) and its metric is compared with the record.
 """
 import json
 import os
@@ -35,6 +42,22 @@ def repo_commit() -> Optional[str]:
   except (OSError, subprocess.CalledProcessError):
     return None
   return head + ('+dirty' if dirty else '')
+
+
+def record_path(record_dir: Optional[str], scale: str, name: str, seed: int) -> Optional[str]:
+  """Where cell `name`'s record for `seed` lives under record_dir; None without one."""
+  return os.path.join(cell_dir(record_dir, scale, name, seed), DONE) if record_dir else None
+
+
+def read_record(record_dir: Optional[str], scale: str, name: str, seed: int) -> Optional[dict]:
+  path = record_path(record_dir, scale, name, seed)
+  return read_json(path) if path else None
+
+
+def _write_json(path: str, value: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(value, f, indent=1)
 
 
 def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
@@ -95,6 +118,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
               only: Sequence[str] = (), optional: bool = False,
               convergence: str = DEFAULT_CONVERGENCE, max_cells: Optional[int] = None,
               dry_run: bool = False, gin_files: Sequence[str] = (),
+              record_dir: Optional[str] = None,
               gin_params: Sequence[str] = (),
               runner: Callable[[Sequence[str], str], int] = subprocess_runner,
               echo: Callable[[str], None] = print) -> Dict[str, int]:
@@ -102,8 +126,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
 
   only: run just these cells (and their unfinished dependencies). optional: also the tables'
   optional rows and columns. convergence: the step budgets (digit scale), read before
-  anything runs. max_cells: stop after starting this many runs. Returns counts: ran,
-  skipped (already done), failed, blocked.
+  anything runs. max_cells: stop after starting this many runs. record_dir: where finished
+  cells are recorded (module docstring). Returns counts: ran, skipped (already done), failed,
+  blocked.
   """
   order = planned_cells(table_names, scale, only, optional)
   budgets, budget_source = budgets_for(order, scale, convergence)
@@ -114,16 +139,21 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
   counts = dict(ran=0, skipped=0, failed=0, blocked=0)
   started = 0
   for seed in seeds:
+    run_here = lambda n, s=seed: os.path.exists(os.path.join(cell_dir(out_dir, scale, n, s),
+                                                             DONE))
+    finished = lambda n, s=seed: run_here(n) or bool(read_record(record_dir, scale, n, s))
     for name in order:
       cell = tables_lib.CELLS[name]
       if not cell.seeded and seed != seeds[0]:
         continue
       directory = cell_dir(out_dir, scale, name, seed)
-      if os.path.exists(os.path.join(directory, DONE)):
+      # A recorded cell runs again only to give an unfinished cell its checkpoint.
+      needed = [n for n in order if name in tables_lib.CELLS[n].depends(scale)
+                and not finished(n)]
+      if run_here(name) or (finished(name) and not needed):
         counts['skipped'] += 1
         continue
-      deps = [d for d in cell.depends(scale)
-              if not os.path.exists(os.path.join(cell_dir(out_dir, scale, d, seed), DONE))]
+      deps = [d for d in cell.depends(scale) if not run_here(d)]
       cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
                          gin_params=gin_params)
       if dry_run:
@@ -140,40 +170,51 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       os.makedirs(directory, exist_ok=True)
       if os.path.exists(os.path.join(directory, FAILED)):
         os.remove(os.path.join(directory, FAILED))
-      echo(f'[suite] {name} seed {seed}: running ({os.path.join(directory, LOG)})')
+      record = read_record(record_dir, scale, name, seed)
+      why = f' again for {", ".join(needed)} (recorded, run folder gone)' if record else ''
+      echo(f'[suite] {name} seed {seed}: running{why} ({os.path.join(directory, LOG)})')
       start = time.time()
       code = runner(cmd, os.path.join(directory, LOG))
       seconds = time.time() - start
       metrics = read_metrics(name, directory) if code == 0 else None
       # steps: this cell's training steps (a student's, for self-training cells); None: the
       # cell's own gin files set them (pretrain; every cell at full scale).
-      record = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
-                'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
-                'steps_from': budget_source if cell.policy else None}
+      info = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
+              'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
+              'steps_from': budget_source if cell.policy else None}
       if metrics is None:
         counts['failed'] += 1
-        with open(os.path.join(directory, FAILED), 'w') as f:
-          json.dump({'exit_code': code, **record}, f, indent=1)
+        _write_json(os.path.join(directory, FAILED), {'exit_code': code, **info})
         echo(f'[suite] {name} seed {seed}: FAILED (exit {code}); see {LOG}')
         continue
       counts['ran'] += 1
-      with open(os.path.join(directory, DONE), 'w') as f:
-        json.dump({'metrics': metrics, **record}, f, indent=1)
+      _write_json(os.path.join(directory, DONE), {'metrics': metrics, **info})
       shown = metrics.get(cell.metric)
       echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, {cell.metric}='
            + ('n/a' if shown is None else f'{shown:.4f}'))
+      if record:
+        was = record['metrics'].get(cell.metric)
+        echo(f'[suite] {name} seed {seed}: {cell.metric} {shown} against the record\'s '
+             f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is kept'))
+      elif record_dir:   # out_dir is this machine's; the record names it <out_dir>
+        if cell.binary == 'self_train':
+          metrics = {**metrics, **read_pseudo_quality(directory)}
+        info['command'] = [a.replace(out_dir, '<out_dir>') for a in cmd]
+        _write_json(record_path(record_dir, scale, name, seed), {'metrics': metrics, **info})
   return counts
 
 
 # ------------------------------------------------------------------------- finished runs
-def read_runs(name: str, scale: str, seeds: Sequence[int], out_dir: str) -> Dict[str, dict]:
+def read_runs(name: str, scale: str, seeds: Sequence[int], out_dir: str,
+              record_dir: Optional[str] = None) -> Dict[str, dict]:
   """{seed: metrics} of cell `name`'s finished runs, from suite_done.json (with seconds,
-  steps and commit) or, for runs outside the suite (e.g. a cluster job from
-  --dry_run's command), from eval_metrics.json / results.json."""
+  steps and commit), else its record under record_dir, else, for runs outside the suite
+  (e.g. a cluster job from --dry_run's command), from eval_metrics.json / results.json."""
   runs = {}
   for seed in seeds:
     directory = cell_dir(out_dir, scale, name, seed)
-    done = read_json(os.path.join(directory, DONE))
+    done = read_json(os.path.join(directory, DONE)) or read_record(record_dir, scale, name,
+                                                                   seed)
     if done:
       run = {**done['metrics'], 'seconds': done['seconds']}
       run.update({k: done[k] for k in ('steps', 'commit') if done.get(k)})

@@ -79,9 +79,9 @@ def test_digit_cells_parse_as_gin(tmp_path):
     policy = name[:2]
     assert macro('CELL_STEPS') == BUDGETS[policy]
     if name == 's4_f100_rand_init_continued':
-      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == 1200
+      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == tables.student_steps(BUDGETS['s4'])
     if tables.CELLS[name].binary == 'self_train':
-      assert macro('STUDENT_STEPS') == BUDGETS[policy] // 2
+      assert macro('STUDENT_STEPS') == tables.student_steps(BUDGETS[policy])
     if name == 's1_f20_matched_control':
       assert gin.query_parameter('rethink_st.losses.LossNormalizer.matched_control') is True
   assert macro('LABELED_FRACTION') == 0.2
@@ -130,14 +130,14 @@ def test_budgets_from_convergence_json_reach_every_command(tmp_path):
     steps = BUDGETS[name[:2]]
     assert f'CELL_STEPS={steps}' in params, name
     student = cmd[1] == 'bin/self_train.py'
-    assert (f'STUDENT_STEPS={steps // 2}' in params) == student, name
+    assert (f'STUDENT_STEPS={tables.student_steps(steps)}' in params) == student, name
     continued = name.endswith('_continued')
-    assert (f'rethink_st.training.run.run_train.train_steps={steps // 2}' in params) == continued
+    assert (f'rethink_st.training.run.run_train.train_steps={tables.student_steps(steps)}' in params) == continued
     if continued:   # after continue_supervised.gin, which binds train_steps = 300
-      assert cmd.index(f'--gin_param=rethink_st.training.run.run_train.train_steps={steps // 2}') > (
+      assert cmd.index(f'--gin_param=rethink_st.training.run.run_train.train_steps={tables.student_steps(steps)}') > (
           cmd.index('--gin_file=gin_configs/digits/experiments/continue_supervised.gin'))
   assert 'CELL_STEPS=1500' in _flag(by_cell['s1_f20_self_training'], 'gin_param')
-  assert 'STUDENT_STEPS=1200' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
+  assert 'STUDENT_STEPS=600' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
 
 
 def test_a_missing_policy_stops_the_suite_with_one_line_before_anything_runs(tmp_path):
@@ -262,6 +262,44 @@ def test_run_cells_order_resume_failures_and_limits(tmp_path):
   suite.run_cells(['table2'], 'digits', [0], out, runner=runner3, convergence=conv,
                   only=['s4_f20_rand_init_continued'], echo=log.append)
   assert [n for n, _ in runner3.calls] == ['s4_f20_rand_init_continued']
+
+
+def test_records_outlive_run_folders(tmp_path):
+  """--record_dir: finished cells are copied there (pseudo-label quality folded in, paths
+  as <out_dir>); on a machine without the run folders a recorded cell is skipped unless a
+  cell still to run needs its checkpoint, then it reruns and is compared with its record;
+  the tables and claims read the records."""
+  conv, records, log = _convergence(tmp_path), str(tmp_path / 'records'), []
+  only = ['s1_f20_self_training']
+  first = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'a'), only=only, runner=first,
+                  convergence=conv, record_dir=records, echo=log.append)
+  assert [n for n, _ in first.calls] == ['s1_f20_rand_init', 's1_f20_self_training']
+  rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_self_training/seed_0',
+                                    suite.DONE)))
+  assert rec['metrics']['teacher_AP'] == 0.1 and rec['steps'] == 1500
+  assert any(a.startswith('--model_dir=<out_dir>/digits/') for a in rec['command'])
+  assert not any(str(tmp_path / 'a') in a for a in rec['command'])
+  # another machine (new out_dir): both recorded, nothing needs the teacher -> nothing runs
+  second = FakeRunner()
+  counts = suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'b'), only=only,
+                           runner=second, convergence=conv, record_dir=records)
+  assert second.calls == [] and counts['skipped'] == 2
+  # the matched control still to run: its recorded teacher reruns first, checked
+  third = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'b'),
+                  only=only + ['s1_f20_matched_control'], runner=third, convergence=conv,
+                  record_dir=records, echo=log.append)
+  assert [n for n, _ in third.calls] == ['s1_f20_rand_init', 's1_f20_matched_control']
+  assert any('s1_f20_rand_init seed 0: running again for s1_f20_matched_control' in line
+             for line in log)
+  assert any('against the record' in line and 'the same' in line for line in log)
+  # the tables and claims read records when the run folders are gone
+  res = suite.collect_results('table2', 'digits', [0], str(tmp_path / 'c'), records)
+  assert res['cells']['s1_f20_self_training']['seeds']['0']['AP'] == rec['metrics']['AP']
+  claims = suite.collect_claims('digits', [0], str(tmp_path / 'c'), records)
+  by_id = {c['id']: c for c in claims['claims']}
+  assert by_id['st_vs_matched_control/S1/20']['n'] == 1
 
 
 def test_dry_run_lists_teachers_before_their_students(tmp_path):
@@ -516,7 +554,7 @@ def test_segmentation_cells_parse_as_gin(tmp_path):
           'rethink_st.modeling.backbones.build_backbone.depth_multiplier') == 0.5
       if tables.CELLS[name].binary != 'self_train':
         continue
-      assert macro('STUDENT_STEPS') == BUDGETS['seg_' + policy] // 2
+      assert macro('STUDENT_STEPS') == tables.student_steps(BUDGETS['seg_' + policy])
       assert gin.query_parameter('rethink_st.self_training.run_self_training.metric') == 'mIoU'
       assert macro('PSEUDO_MASK_THRESHOLD') == 0.5
       assert gin.query_parameter(f'{pseudo}.scales') == (1.0,)   # the model is built at 128 px
@@ -555,7 +593,7 @@ def test_table6_dry_run_commands_budgets_and_matched_control(tmp_path):
     if name.endswith('_rand_init'):
       assert cmd[1] == 'bin/train_teacher.py' and len(files) == 2
       continue
-    assert cmd[1] == 'bin/self_train.py' and f'STUDENT_STEPS={steps // 2}' in params
+    assert cmd[1] == 'bin/self_train.py' and f'STUDENT_STEPS={tables.student_steps(steps)}' in params
     assert 'gin_configs/digits/experiments/seg_self_training.gin' in files
     teacher = suite.cell_dir(out, 'digits', f'seg_{policy}_f20_rand_init', 0)
     assert f"rethink_st.self_training.run_self_training.teacher_dir='{teacher}'" in params
