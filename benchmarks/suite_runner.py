@@ -177,8 +177,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       code = runner(cmd, os.path.join(directory, LOG))
       seconds = time.time() - start
       metrics = read_metrics(name, directory) if code == 0 else None
-      # steps: this cell's training steps (a student's, for self-training cells); None: the
-      # cell's own gin files set them (pretrain; every cell at full scale).
+      # steps: the step budget of the cell's policy (a teacher trains it, a student
+      # cells.student_steps of it); None: the cell's own gin files set them (pretrain; every
+      # cell at full scale).
       info = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
               'steps_from': budget_source if cell.policy else None}
