@@ -46,10 +46,19 @@ SEG_CELL = 'gin_configs/digits/experiments/seg_cell.gin'
 AUGMENT = 'gin_configs/digits/augment_{}.gin'
 POLICIES = ('s1', 's2', 's3', 's4')
 SEG = 'seg_'          # prefix of a segmentation policy's key (folder, record, chosen)
-# Per task: the cell file, the key prefix, and the eval_metrics.json keys recorded (x 100):
-# the metric the budget is chosen on, then a second one shown beside it.
-TASKS = {'detection': dict(cell=CELL, prefix='', metrics=('AP', 'AP50')),
-         'segmentation': dict(cell=SEG_CELL, prefix=SEG, metrics=('mIoU', 'pixel_accuracy'))}
+# Per task: the cell file, the key prefix, the eval_metrics.json keys recorded (x 100: the
+# metric the budget is chosen on, then a second one shown beside it), whether a record names
+# its task (detection's records, older, do not), what convergence.json's `rule` adds when
+# the task has runs, and the plot panel's labels.
+TASKS = {
+    'detection': dict(
+        cell=CELL, prefix='', metrics=('AP', 'AP50'), record_names_task=False, rule_note='',
+        ylabel='COCO AP x 100 (val)', title='Digit-scale teacher: AP against the step budget'),
+    'segmentation': dict(
+        cell=SEG_CELL, prefix=SEG, metrics=('mIoU', 'pixel_accuracy'), record_names_task=True,
+        rule_note='; seg_<policy> keys: the same with mIoU in place of AP',
+        ylabel='mIoU x 100 (val)', title='Segmentation teacher: mIoU against the step budget'),
+}
 
 FLAGS = flags.FLAGS
 
@@ -83,7 +92,9 @@ def key(task: str, policy: str) -> str:
 
 
 def task_of(policy_key: str) -> str:
-  return 'segmentation' if policy_key.startswith(SEG) else 'detection'
+  """The task whose key prefix `policy_key` starts with (the longest one: detection's is '')."""
+  return max((t for t, spec in TASKS.items() if policy_key.startswith(spec['prefix'])),
+             key=lambda t: len(TASKS[t]['prefix']))
 
 
 def metric_of(policy_key: str) -> str:
@@ -179,14 +190,12 @@ def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
     with open(os.path.join(directory, 'convergence_seconds.json')) as f:
       seconds = json.load(f)['seconds']
   ips = images_per_second(os.path.join(directory, 'convergence_log.txt'))
-  if task_of(policy) == 'segmentation':
-    return {'policy': policy, 'task': 'segmentation', 'steps': budget, 'seed': seed,
-            **{f'{m}_x100': round(100 * metrics[m], 2) for m in TASKS['segmentation']['metrics']},
-            'seconds': seconds, 'images_per_sec': ips}
-  return {'policy': policy, 'steps': budget, 'seed': seed,
-          'AP_x100': round(100 * metrics['AP'], 2), 'AP50_x100': round(100 * metrics['AP50'], 2),
-          'seconds': seconds,
-          'images_per_sec': ips}
+  task = task_of(policy)
+  spec = TASKS[task]
+  return {'policy': policy, **({'task': task} if spec['record_names_task'] else {}),
+          'steps': budget, 'seed': seed,
+          **{f'{m}_x100': round(100 * metrics[m], 2) for m in spec['metrics']},
+          'seconds': seconds, 'images_per_sec': ips}
 
 
 def collect(out_dir: str, seed: int) -> List[dict]:
@@ -303,12 +312,8 @@ def _plot_task(ax, results: dict, task: str) -> None:
     ax.axhline(c[f'plateau_{m}'] - results['tolerance'], color=line.get_color(), lw=0.6,
                ls=':')
   ax.set_xlabel('step budget (batch 16; each point its own cosine run)')
-  if task == 'detection':
-    ax.set_ylabel('COCO AP x 100 (val)')
-    ax.set_title('Digit-scale teacher: AP against the step budget')
-  else:
-    ax.set_ylabel('mIoU x 100 (val)')
-    ax.set_title('Segmentation teacher: mIoU against the step budget')
+  ax.set_ylabel(TASKS[task]['ylabel'])
+  ax.set_title(TASKS[task]['title'])
   ax.grid(alpha=0.3)
   ax.legend()
 
@@ -332,8 +337,8 @@ def write(runs: List[dict], prefix: str, seed: int, tolerance: float) -> dict:
              'rule': f'chosen = smallest budget with AP >= plateau - {tolerance} '
                      f'(plateau = best AP over the budgets)',
              'runs': runs, 'chosen': choose(runs, tolerance)}
-  if any(task_of(r['policy']) == 'segmentation' for r in runs):
-    results['rule'] += '; seg_<policy> keys: the same with mIoU in place of AP'
+  for task in sorted({task_of(r['policy']) for r in runs}, key=list(TASKS).index):
+    results['rule'] += TASKS[task]['rule_note']
 
   os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
   with open(prefix + '.json', 'w') as f:

@@ -1,0 +1,69 @@
+"""benchmarks/convergence.py: a finished run's record per task (detection's fields as
+before, segmentation's keyed seg_<policy> and naming its task), the chosen budgets, and the
+rule and tables written for each task that has runs."""
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+import convergence  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _finished_run(out_dir, key, budget, metrics, seconds=None):
+  directory = convergence.run_dir(out_dir, key, budget, 0)
+  os.makedirs(directory)
+  with open(os.path.join(directory, 'eval_metrics.json'), 'w') as f:
+    json.dump({'step': budget, **metrics}, f)
+  if seconds is not None:
+    with open(os.path.join(directory, 'convergence_seconds.json'), 'w') as f:
+      json.dump({'seconds': seconds}, f)
+    with open(os.path.join(directory, 'convergence_log.txt'), 'w') as f:
+      f.write('img/s=9.0 img/s=5.0 img/s=7.0 img/s=6.0\n')   # the first (tracing) left out
+
+
+def test_records_keys_and_chosen_budgets_per_task(tmp_path):
+  out = str(tmp_path)
+  _finished_run(out, 's1', 100, {'AP': 0.30, 'AP50': 0.5}, seconds=60)
+  _finished_run(out, 's1', 200, {'AP': 0.355, 'AP50': 0.6})
+  _finished_run(out, 'seg_s1', 100, {'mIoU': 0.5, 'pixel_accuracy': 0.9})
+  _finished_run(out, 'seg_s1', 200, {'mIoU': 0.7, 'pixel_accuracy': 0.95})
+  os.makedirs(convergence.run_dir(out, 's4', 300, 0))   # not finished: no record
+  assert [convergence.task_of(k) for k in ('s4', 'seg_s4')] == ['detection', 'segmentation']
+  assert convergence.key('segmentation', 's4') == 'seg_s4'
+  runs = convergence.collect(out, 0)
+  assert [list(r) for r in runs[:1] + runs[2:3]] == [
+      ['policy', 'steps', 'seed', 'AP_x100', 'AP50_x100', 'seconds', 'images_per_sec'],
+      ['policy', 'task', 'steps', 'seed', 'mIoU_x100', 'pixel_accuracy_x100', 'seconds',
+       'images_per_sec']]
+  assert runs[0] == {'policy': 's1', 'steps': 100, 'seed': 0, 'AP_x100': 30.0,
+                     'AP50_x100': 50.0, 'seconds': 60, 'images_per_sec': 6.0}
+  assert runs[3]['task'] == 'segmentation' and runs[3]['mIoU_x100'] == 70.0
+  chosen = convergence.choose(runs, tolerance=1.0)
+  assert chosen['s1']['steps'] == 200 and chosen['s1']['plateau_AP_x100'] == 35.5
+  assert chosen['seg_s1']['steps'] == 200 and chosen['seg_s1']['still_rising']
+
+
+def test_the_rule_and_tables_name_each_task_with_runs(tmp_path, monkeypatch):
+  monkeypatch.setattr(convergence, 'git_commit', lambda: 'abc1234')
+  out = str(tmp_path / 'runs')
+  _finished_run(out, 's4', 100, {'AP': 0.2, 'AP50': 0.4})
+  _finished_run(out, 'seg_s4', 100, {'mIoU': 0.6, 'pixel_accuracy': 0.9})
+  runs = convergence.collect(out, 0)
+  prefix = str(tmp_path / 'results' / 'convergence')
+  detection_only = convergence.write(runs[:1], prefix, 0, 1.0)
+  assert detection_only['rule'] == ('chosen = smallest budget with AP >= plateau - 1.0 '
+                                    '(plateau = best AP over the budgets)')
+  both = convergence.write(runs, prefix, 0, 1.0)
+  assert both['rule'] == detection_only['rule'] + ('; seg_<policy> keys: the same with mIoU '
+                                                   'in place of AP')
+  with open(prefix + '.md') as f:
+    md = f.read()
+  assert md.startswith('# AP against the step budget')
+  assert '## Segmentation: mIoU against the step budget' in md
+  assert '| S4 | 100 | 20.00 | 40.00 |  |  |' in md and '| SEG_S4 | 100 | 60.00 | 90.00 |' in md
+  assert os.path.getsize(prefix + '.png') > 0
+  segmentation_only = convergence.write(runs[1:], prefix, 0, 1.0)
+  assert segmentation_only['rule'] == both['rule']
+  with open(prefix + '.md') as f:
+    assert f.read().startswith('# mIoU against the step budget (digit-scale segmentation')
