@@ -38,6 +38,10 @@ _SEG_SELF = _EXP + 'seg_self_training.gin'
 PRETRAIN_CELL = 'pretrain'
 # The number a cell gives (its eval_metrics.json / results.json key, 0-1), per task.
 METRICS = {'detection': 'AP', 'segmentation': 'mIoU', 'classification': 'top1_accuracy'}
+# The prefix of a cell's step-budget key in convergence.json's `chosen`, per task: a
+# segmentation cell's budget is its own curve's (seg_<policy>); a task not here trains the
+# budget convergence.py chose for its policy on the detection teacher (<policy>).
+BUDGET_KEY_PREFIX = {'segmentation': 'seg_'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Cell:
     (detection, 's4') or 'seg_<policy>' (segmentation, its own curve); None: no budget."""
     if self.policy is None:
       return None
-    return f'seg_{self.policy}' if self.task == 'segmentation' else self.policy
+    return BUDGET_KEY_PREFIX.get(self.task, '') + self.policy
 
   def teacher_for(self, scale: str) -> Optional[str]:
     return self.full_teacher if scale == 'full' and self.full_teacher else self.teacher

@@ -53,7 +53,7 @@ flags.DEFINE_integer('num_batches', 150, 'Timed batches per round.')
 flags.DEFINE_integer('warmup_batches', 3, 'Untimed batches first (tracing, autotuning).')
 flags.DEFINE_integer('rounds', 3, 'Rounds per (task, policy); each side once per round.')
 flags.DEFINE_list('policies', ['s1', 's2', 's3', 's4'], 'Policies to run.')
-flags.DEFINE_list('tasks', ['detection', 'segmentation'], 'Tasks to run.')
+flags.DEFINE_list('tasks', ['detection', 'segmentation'], 'Tasks to run (keys of SIDES).')
 flags.DEFINE_bool('masks_rows', True, 'Also time detection with boxes_from_masks=True.')
 flags.DEFINE_string('out_dir', os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                             'results'), 'Where results go.')
@@ -116,19 +116,35 @@ class DecodedSegmentationParser(segmentation_input.Parser):
     return image, label
 
 
+def mg_detection_parser(size, aug, aug_type):
+  return retinanet_input.Parser(
+      output_size=size, min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_scales=3,
+      aspect_ratios=[0.5, 1.0, 2.0], anchor_size=4.0, aug_type=aug_type,
+      aug_rand_hflip=True, aug_scale_min=aug.scale_min, aug_scale_max=aug.scale_max,
+      dtype='float32')
+
+
+def mg_segmentation_parser(size, aug, aug_type):
+  del aug_type   # Model Garden's segmentation Parser has no policies
+  return DecodedSegmentationParser(output_size=size, aug_rand_hflip=True,
+                                   aug_scale_min=aug.scale_min, aug_scale_max=aug.scale_max)
+
+
+# What a task's row times besides ours: Model Garden's parser that matches ours
+# (`model_garden`), the policies it matches (None: every one; its segmentation Parser has no
+# AutoAugment / RandAugment: S1 only), and whether --masks_rows adds ours with
+# boxes_from_masks=True.
+SIDES = {
+    'detection': dict(model_garden=mg_detection_parser, mg_policies=None, masks_row=True),
+    'segmentation': dict(model_garden=mg_segmentation_parser, mg_policies=('s1',),
+                         masks_row=False),
+}
+
+
 def mg_dataset(base, task, policy):
   size = [FLAGS.output_size, FLAGS.output_size]
   aug, aug_type = policy_settings(policy)
-  if task == 'detection':
-    parser = retinanet_input.Parser(
-        output_size=size, min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_scales=3,
-        aspect_ratios=[0.5, 1.0, 2.0], anchor_size=4.0, aug_type=aug_type,
-        aug_rand_hflip=True, aug_scale_min=aug.scale_min, aug_scale_max=aug.scale_max,
-        dtype='float32')
-  else:
-    parser = DecodedSegmentationParser(output_size=size, aug_rand_hflip=True,
-                                       aug_scale_min=aug.scale_min,
-                                       aug_scale_max=aug.scale_max)
+  parser = SIDES[task]['model_garden'](size, aug, aug_type)
   ds = base.repeat().map(parser.parse_fn(is_training=True),
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   return ds.batch(FLAGS.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -167,10 +183,10 @@ def configurations(base):
     for policy in FLAGS.policies:
       sides = out.setdefault((task, policy), [])
       sides.append(('ours', lambda t=task, p=policy: our_dataset(base, t, p)))
-      if task == 'detection' and FLAGS.masks_rows:
+      if SIDES[task]['masks_row'] and FLAGS.masks_rows:
         sides.append(('ours+boxes_from_masks',
                       lambda t=task, p=policy: our_dataset(base, t, p, True)))
-      if task == 'detection' or policy == 's1':
+      if SIDES[task]['mg_policies'] is None or policy in SIDES[task]['mg_policies']:
         sides.append(('model_garden', lambda t=task, p=policy: mg_dataset(base, t, p)))
   return out
 
@@ -242,6 +258,10 @@ def main(argv):
     sys.exit(f'error: --output_size={FLAGS.output_size} must be a multiple of {2 ** MAX_LEVEL}')
   if min(FLAGS.rounds, FLAGS.num_batches) < 1 or FLAGS.warmup_batches < 0:
     sys.exit('error: --rounds and --num_batches must be positive, --warmup_batches >= 0')
+  unknown = [t for t in FLAGS.tasks if t not in SIDES]
+  if unknown:
+    sys.exit(f'error: --tasks={",".join(FLAGS.tasks)}: {",".join(unknown)} not among '
+             f'{",".join(SIDES)}')
   base, _ = decoded_scenes(FLAGS.num_examples, FLAGS.image_size)
   runs, pairs = [], []
   for (task, policy), sides in configurations(base).items():
