@@ -152,6 +152,12 @@ class CountTask(tasks.Task):
   def new_evaluator(self):
     return MeanAbsoluteError()
 
+  restored_from = []   # each restore's `where`: evaluation restores through the Task too
+
+  def restore(self, model, path, where):
+    CountTask.restored_from.append(where)
+    return super().restore(model, path, where)
+
   def update_evaluator(self, evaluator, outputs):
     evaluator.update_state(outputs['labels'], outputs['predictions'])
 
@@ -196,5 +202,7 @@ def test_a_new_kind_is_one_task_class_and_its_gin_file(digit_scenes_dir, tmp_pat
   with open(os.path.join(model_dir, 'eval_metrics.json')) as f:
     assert json.load(f) == {'step': 4, 'count_mae': metrics['count_mae']}
   # Evaluated again from its checkpoint (run_evaluate, as bin/evaluate.py does): the same.
+  del CountTask.restored_from[:]
   again = run.run_evaluate(model_dir, eval_batch_size=8)
   assert abs(again['count_mae'] - metrics['count_mae']) < 1e-5, (again, metrics)
+  assert CountTask.restored_from == ['--model_dir']   # what the Task says its checkpoint restores

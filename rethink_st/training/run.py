@@ -319,8 +319,7 @@ def run_evaluate(model_dir: str, task=gin.REQUIRED, *, checkpoint: Optional[str]
                                     strategy=strategy, global_batch_size=eval_batch_size)
     evaluator.compile_steps(eval=jit_compile, bindings=('', 'run_evaluate.jit_compile'))
     evaluator.attach_datasets(train=False, eval_batch_size=eval_batch_size)
-  checkpoint_lib.restore_model(
-      model, path, 'run_evaluate.checkpoint' if checkpoint else '--model_dir')
+  task.restore(model, path, 'run_evaluate.checkpoint' if checkpoint else '--model_dir')
   config_io.save_operative_config(out_dir)
   step = checkpoint_lib.training_step(path)
   metrics = {k: float(v) for k, v in evaluator.evaluate(tf.constant(eval_steps)).items()}

@@ -71,9 +71,9 @@ class Task:
 
   def restore(self, model: tf_keras.Model, path: str,
               where: str) -> checkpoint_lib.RestoreReport:
-    """What a checkpoint of this task restores into its built model to label or export
-    with it: the whole model (checkpoint.restore_model; `where` names the flag or binding
-    that gave `path`)."""
+    """What a checkpoint of this task restores into its built model to evaluate, label or
+    export with it: the whole model (checkpoint.restore_model; `where` names the flag or
+    binding that gave `path`)."""
     return checkpoint_lib.restore_model(model, path, where)
 
   # --- data ------------------------------------------------------------------------------
