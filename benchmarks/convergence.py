@@ -18,7 +18,9 @@ more than the tolerance above the one before it is marked `still_rising`: the cu
 flattened and longer budgets should be added. benchmarks/suite.py trains every cell of a
 policy for its chosen budget.
 
-Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s per run).
+Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s and the code's
+commit per run). Records already in that JSON that no run under --out_dir redoes are kept, so
+a curve grows across machines whose run folders are gone.
 
 --task=segmentation does the same for the digit-scale segmentation teacher
 (gin_configs/digits/experiments/seg_cell.gin, Table 6's cells) with mIoU x 100 (and pixel
@@ -158,9 +160,11 @@ def run_one(policy: str, budget: int, seed: int, out_dir: str,
     print(f'[convergence] {name} {budget} steps: running ({log})', flush=True)
     before, start = _seconds_so_far(timing), time.time()
 
+    commit = git_commit()
+
     def save():
       with open(timing, 'w') as f:
-        json.dump({'seconds': before + time.time() - start}, f)
+        json.dump({'seconds': before + time.time() - start, 'commit': commit}, f)
 
     with open(log, 'a') as f:
       f.write(f'$ {shlex.join(cmd)}\n')
@@ -185,17 +189,36 @@ def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
   metrics = finished(directory, budget)
   if metrics is None:
     return None
-  seconds = None
+  seconds, commit = None, None
   if os.path.exists(os.path.join(directory, 'convergence_seconds.json')):
     with open(os.path.join(directory, 'convergence_seconds.json')) as f:
-      seconds = json.load(f)['seconds']
+      timing = json.load(f)
+    seconds, commit = timing['seconds'], timing.get('commit')
   ips = images_per_second(os.path.join(directory, 'convergence_log.txt'))
   task = task_of(policy)
   spec = TASKS[task]
   return {'policy': policy, **({'task': task} if spec['record_names_task'] else {}),
           'steps': budget, 'seed': seed,
           **{f'{m}_x100': round(100 * metrics[m], 2) for m in spec['metrics']},
-          'seconds': seconds, 'images_per_sec': ips}
+          'seconds': seconds, 'images_per_sec': ips, **({'commit': commit} if commit else {})}
+
+
+def keep_earlier(runs: List[dict], prefix: str, seed: int) -> List[dict]:
+  """`runs` (finished under out_dir) plus the records of <prefix>.json that they do not
+  redo (same policy and steps; same seed): runs made on another machine, whose folders are
+  gone, stay in the curve. A kept record without its own commit gets the file's."""
+  path = prefix + '.json'
+  if not os.path.exists(path):
+    return runs
+  with open(path) as f:
+    earlier = json.load(f)
+  if earlier.get('seed') != seed:
+    return runs
+  redone = {(r['policy'], r['steps']) for r in runs}
+  kept = [dict(r, commit=r.get('commit') or earlier.get('commit')) for r in earlier['runs']
+          if (r['policy'], r['steps']) not in redone]
+  order = list(POLICIES) + [key('segmentation', p) for p in POLICIES]
+  return sorted(kept + runs, key=lambda r: (order.index(r['policy']), r['steps']))
 
 
 def collect(out_dir: str, seed: int) -> List[dict]:
@@ -333,7 +356,9 @@ def plot(results: dict, path: str) -> None:
 
 
 def write(runs: List[dict], prefix: str, seed: int, tolerance: float) -> dict:
-  results = {'seed': seed, 'tolerance': tolerance, 'commit': git_commit(),
+  commits = sorted({r['commit'] for r in runs if r.get('commit')})
+  results = {'seed': seed, 'tolerance': tolerance,
+             'commit': ', '.join(commits) if commits else git_commit(),
              'rule': f'chosen = smallest budget with AP >= plateau - {tolerance} '
                      f'(plateau = best AP over the budgets)',
              'runs': runs, 'chosen': choose(runs, tolerance)}
@@ -374,8 +399,9 @@ def main(_):
     for policy in policies:        # one policy's whole curve first
       for budget in budgets:
         run_one(policy, budget, FLAGS.seed, out_dir, FLAGS.gin_param, FLAGS.task)
-        write(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed, FLAGS.tolerance)
-  runs = collect(out_dir, FLAGS.seed)
+        write(keep_earlier(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed), prefix,
+              FLAGS.seed, FLAGS.tolerance)
+  runs = keep_earlier(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed)
   if not runs:
     sys.exit(f'error: no finished run under {out_dir}')
   write(runs, prefix, FLAGS.seed, FLAGS.tolerance)

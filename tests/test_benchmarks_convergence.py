@@ -67,3 +67,30 @@ def test_the_rule_and_tables_name_each_task_with_runs(tmp_path, monkeypatch):
   assert segmentation_only['rule'] == both['rule']
   with open(prefix + '.md') as f:
     assert f.read().startswith('# mIoU against the step budget (digit-scale segmentation')
+
+
+def test_earlier_records_stay_in_the_curve(tmp_path, monkeypatch):
+  """Runs in the results file that no run under out_dir redoes (another machine's) are
+  kept, with the file's commit; a redone budget takes the new run; each run names its
+  commit and the header lists them all."""
+  monkeypatch.setattr(convergence, 'git_commit', lambda: 'new5678')
+  prefix = str(tmp_path / 'results' / 'convergence')
+  old_out = str(tmp_path / 'old')
+  _finished_run(old_out, 's1', 100, {'AP': 0.30, 'AP50': 0.5})
+  _finished_run(old_out, 's1', 200, {'AP': 0.36, 'AP50': 0.6})
+  monkeypatch.setattr(convergence, 'git_commit', lambda: 'old1234')
+  convergence.write(convergence.collect(old_out, 0), prefix, 0, 1.0)
+  monkeypatch.setattr(convergence, 'git_commit', lambda: 'new5678')
+  new_out = str(tmp_path / 'new')
+  _finished_run(new_out, 's4', 300, {'AP': 0.2, 'AP50': 0.4}, seconds=60)
+  _finished_run(new_out, 's1', 200, {'AP': 0.33, 'AP50': 0.55})
+  with open(os.path.join(convergence.run_dir(new_out, 's4', 300, 0),
+                         'convergence_seconds.json'), 'w') as f:
+    json.dump({'seconds': 60, 'commit': 'new5678'}, f)
+  runs = convergence.keep_earlier(convergence.collect(new_out, 0), prefix, 0)
+  assert [(r['policy'], r['steps'], r['AP_x100'], r.get('commit')) for r in runs] == [
+      ('s1', 100, 30.0, 'old1234'), ('s1', 200, 33.0, None), ('s4', 300, 20.0, 'new5678')]
+  results = convergence.write(runs, prefix, 0, 1.0)
+  assert results['commit'] == 'new5678, old1234'
+  assert results['chosen']['s1']['steps'] == 200 and results['chosen']['s4']['steps'] == 300
+  assert convergence.keep_earlier(runs, prefix, seed=1) == runs    # another seed's file
