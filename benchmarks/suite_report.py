@@ -177,8 +177,12 @@ def format_markdown(results: dict) -> str:
   extra = []
   for e in results['grid']:
     bits = []
-    if e.get('steps'):
-      bits.append('/'.join(f'{s:,}' for s in e['steps']) + ' steps')
+    if e.get('steps'):   # the policy's budget; a cell that starts from a teacher trains less
+      if tables_lib.CELLS[e['cell']].teacher and results['scale'] == 'digits':
+        bits.append('/'.join(f'{tables_lib.student_steps(s):,}' for s in e['steps'])
+                    + ' steps from a teacher of ' + '/'.join(f'{s:,}' for s in e['steps']))
+      else:
+        bits.append('/'.join(f'{s:,}' for s in e['steps']) + ' steps')
     if e.get('teacher_mean') is not None:
       bits.append(f'teacher {metric} {e["teacher_mean"]:.{nd}f}')
     if e.get('pseudo_boxes_per_image') is not None:

@@ -509,7 +509,7 @@ def test_collect_results_reads_finished_cells(tmp_path):
   assert e['steps'] == [2400]
   assert suite._entry(res, 'Standard loss', 'alpha=1').get('pseudo_recall') is None
   md = suite.format_markdown(res)
-  assert 'pseudo-label precision 46% / recall 10%' in md and '2,400 steps' in md
+  assert 'pseudo-label precision 46% / recall 10%' in md and '600 steps from a teacher of 2,400' in md
   assert f'Code: commit `{suite.repo_commit()}` (8 runs)' in md
   # a row with more seeds than its baseline: the gain's own n is shown
   cells = json.loads(json.dumps(res['cells']))
