@@ -48,8 +48,8 @@ from suite_commands import (  # noqa: E402,F401  (re-exported)
 from suite_report import (  # noqa: E402,F401  (re-exported)
     _entry, build_results, collect_results, format_markdown, plot, verdict, write_report)
 from suite_runner import (  # noqa: E402,F401  (re-exported)
-    DONE, FAILED, LOG, read_metrics, read_pseudo_quality, read_runs, repo_commit, run_cells,
-    subprocess_runner)
+    DONE, FAILED, LOG, cpu_kind, read_metrics, read_pseudo_quality, read_runs, repo_commit,
+    run_cells, subprocess_runner)
 # pylint: enable=g-import-not-at-top,unused-import,g-multiple-import
 
 

@@ -14,6 +14,7 @@ then it is rerun (seeded runs repeat exactly) and its metric is compared with th
 """
 import json
 import os
+import platform
 import shlex
 import subprocess
 import time
@@ -42,6 +43,26 @@ def repo_commit() -> Optional[str]:
   except (OSError, subprocess.CalledProcessError):
     return None
   return head + ('+dirty' if dirty else '')
+
+
+def cpu_kind() -> str:
+  """The CPU a cell ran on, as far as it changes results: op determinism repeats a seeded run
+  on the same kind of CPU, but TensorFlow's kernels differ between AVX2 and AVX-512 machines."""
+  model, flags = platform.machine(), set()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        name, _, value = line.partition(':')
+        if name.strip() == 'model name' and model == platform.machine():
+          model = value.strip()
+        elif name.strip() == 'flags':
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  simd = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'
+  bf16 = ' + bf16' if flags & {'avx512_bf16', 'amx_bf16'} else ''
+  return f'{model} ({simd}{bf16}), {os.cpu_count()} CPUs'
 
 
 def record_path(record_dir: Optional[str], scale: str, name: str, seed: int) -> Optional[str]:
@@ -181,6 +202,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       # cells.student_steps of it); None: the cell's own gin files set them (pretrain; every
       # cell at full scale).
       info = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
+              'cpu': cpu_kind(),
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
               'steps_from': budget_source if cell.policy else None}
       if metrics is None:

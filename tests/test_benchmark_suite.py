@@ -278,6 +278,7 @@ def test_records_outlive_run_folders(tmp_path):
   rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_self_training/seed_0',
                                     suite.DONE)))
   assert rec['metrics']['teacher_AP'] == 0.1 and rec['steps'] == 1500
+  assert rec['cpu'] == suite.cpu_kind() and 'CPUs' in rec['cpu']   # results differ by CPU kind
   assert any(a.startswith('--model_dir=<out_dir>/digits/') for a in rec['command'])
   assert not any(str(tmp_path / 'a') in a for a in rec['command'])
   # another machine (new out_dir): both recorded, nothing needs the teacher -> nothing runs
