@@ -17,6 +17,7 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -73,6 +74,17 @@ def record_path(record_dir: Optional[str], scale: str, name: str, seed: int) -> 
 def read_record(record_dir: Optional[str], scale: str, name: str, seed: int) -> Optional[dict]:
   path = record_path(record_dir, scale, name, seed)
   return read_json(path) if path else None
+
+
+def portable(record: dict, out_dir: str) -> dict:
+  """A record without this machine's paths: the command's and steps_from's out_dir as
+  <out_dir>, the repository's files relative to it, the interpreter as `python`."""
+  def text(value):
+    if not isinstance(value, str) or value == sys.executable:
+      return 'python' if value == sys.executable else value
+    return value.replace(out_dir, '<out_dir>').replace(REPO + os.sep, '')
+  return {**record, 'command': [text(a) for a in record.get('command', ())],
+          'steps_from': text(record.get('steps_from'))}
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -219,11 +231,11 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
         was = record['metrics'].get(cell.metric)
         echo(f'[suite] {name} seed {seed}: {cell.metric} {shown} against the record\'s '
              f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is kept'))
-      elif record_dir:   # out_dir is this machine's; the record names it <out_dir>
+      elif record_dir:
         if cell.binary == 'self_train':
           metrics = {**metrics, **read_pseudo_quality(directory)}
-        info['command'] = [a.replace(out_dir, '<out_dir>') for a in cmd]
-        _write_json(record_path(record_dir, scale, name, seed), {'metrics': metrics, **info})
+        _write_json(record_path(record_dir, scale, name, seed),
+                    portable({'metrics': metrics, **info}, out_dir))
   return counts
 
 

@@ -281,6 +281,9 @@ def test_records_outlive_run_folders(tmp_path):
   assert rec['cpu'] == suite.cpu_kind() and 'CPUs' in rec['cpu']   # results differ by CPU kind
   assert any(a.startswith('--model_dir=<out_dir>/digits/') for a in rec['command'])
   assert not any(str(tmp_path / 'a') in a for a in rec['command'])
+  assert rec['command'][:2] == ['python', 'bin/self_train.py']
+  assert rec['steps_from'].startswith(os.path.relpath(conv, suite.REPO)) or (
+      not conv.startswith(suite.REPO))
   # another machine (new out_dir): both recorded, nothing needs the teacher -> nothing runs
   second = FakeRunner()
   counts = suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'b'), only=only,
