@@ -65,7 +65,8 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
       if teacher:
         entry['teacher_mean'] = mean_std(teacher)[0]
       for key in ('pseudo_boxes_per_image', 'pseudo_precision', 'pseudo_recall',
-                  'pseudo_ignored_fraction', 'pseudo_mIoU'):
+                  'pseudo_ignored_fraction', 'pseudo_mIoU', 'train_human_loss',
+                  'train_pseudo_loss', 'train_total_loss'):
         got = [m[key] for m in runs.values() if m.get(key) is not None]
         if got:
           entry[key] = mean_std(got)[0]
@@ -190,6 +191,11 @@ def format_markdown(results: dict) -> str:
     if e.get('pseudo_recall') is not None:
       bits.append(f'pseudo-label precision {100 * e["pseudo_precision"]:.0f}% / recall '
                   f'{100 * e["pseudo_recall"]:.0f}%')
+    if e.get('train_human_loss') is not None:
+      bits.append(f'last [train] human loss {e["train_human_loss"]:.3f}, pseudo loss '
+                  f'{e["train_pseudo_loss"]:.3f}')
+    elif e.get('train_total_loss') is not None:
+      bits.append(f'last [train] loss {e["train_total_loss"]:.3f}')
     if e.get('pseudo_ignored_fraction') is not None:
       bits.append(f'{100 * e["pseudo_ignored_fraction"]:.0f}% of pseudo-mask pixels ignored')
     if e.get('pseudo_mIoU') is not None:

@@ -112,6 +112,31 @@ def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
   return {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if metrics else None
 
 
+TRAIN_LOSSES = ('total_loss', 'human_loss', 'pseudo_loss', 'cls_loss', 'box_loss')
+
+
+def read_last_losses(directory: str) -> Dict[str, float]:
+  """The losses of the last `[train]` progress line in the cell's log (the loop mean over its
+  last log interval; a student's human and pseudo terms apart), as train_<loss>; {} when the
+  log has none. With a matched control beside it, they show what the pseudo labels changed."""
+  path = os.path.join(directory, LOG)
+  if not os.path.exists(path):
+    return {}
+  last = ''
+  with open(path) as f:
+    for line in f:
+      if line.startswith('[train] '):
+        last = line
+  values = dict(item.split('=', 1) for item in last.split()[1:] if '=' in item)
+  out = {}
+  for name in TRAIN_LOSSES:
+    try:
+      out['train_' + name] = float(values[name])
+    except (KeyError, ValueError):
+      pass
+  return out
+
+
 def read_pseudo_quality(directory: str) -> Dict[str, float]:
   """Precision / recall of a self-training run's last-round pseudo labels at the labeler's
   score threshold, from round_<k>/pseudo_report/report.json when that report was made against
@@ -210,6 +235,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       code = runner(cmd, os.path.join(directory, LOG))
       seconds = time.time() - start
       metrics = read_metrics(name, directory) if code == 0 else None
+      if metrics is not None:
+        metrics.update(read_last_losses(directory))
       # steps: the step budget of the cell's policy (a teacher trains it, a student
       # cells.student_steps of it); None: the cell's own gin files set them (pretrain; every
       # cell at full scale).

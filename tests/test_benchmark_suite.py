@@ -218,9 +218,13 @@ class FakeRunner:
                'pseudo_boxes_per_image': None if metric == 'mIoU' else 2.5}]
       with open(os.path.join(model_dir, 'results.json'), 'w') as f:
         json.dump({'rows': rows, 'metric': metric}, f)
+      progress = 'total_loss=0.5 img/s=9.0 human_loss=0.3 pseudo_loss=0.4 eta=0m00s'
     else:
       with open(os.path.join(model_dir, 'eval_metrics.json'), 'w') as f:
         json.dump({'step': 300, metric: ap}, f)
+      progress = 'total_loss=0.9 lr=0 cls_loss=0.6 box_loss=0.01'
+    with open(log_path, 'a') as f:   # the binary's progress lines: an earlier one, the last
+      f.write(f'[train] step 1/2 total_loss=7.0\n[train] step 2/2 {progress}\n')
     return 0
 
 
@@ -279,6 +283,9 @@ def test_records_outlive_run_folders(tmp_path):
                                     suite.DONE)))
   assert rec['metrics']['teacher_AP'] == 0.1 and rec['steps'] == 1500
   assert rec['cpu'] == suite.cpu_kind() and 'CPUs' in rec['cpu']   # results differ by CPU kind
+  # the last [train] line's losses, the student's human and pseudo terms apart
+  assert {k: v for k, v in rec['metrics'].items() if k.startswith('train_')} == {
+      'train_total_loss': 0.5, 'train_human_loss': 0.3, 'train_pseudo_loss': 0.4}
   assert any(a.startswith('--model_dir=<out_dir>/digits/') for a in rec['command'])
   assert not any(str(tmp_path / 'a') in a for a in rec['command'])
   assert rec['command'][:2] == ['python', 'bin/self_train.py']
@@ -301,6 +308,9 @@ def test_records_outlive_run_folders(tmp_path):
   # the tables and claims read records when the run folders are gone
   res = suite.collect_results('table2', 'digits', [0], str(tmp_path / 'c'), records)
   assert res['cells']['s1_f20_self_training']['seeds']['0']['AP'] == rec['metrics']['AP']
+  md = suite.format_markdown(res)
+  assert 'last [train] human loss 0.300, pseudo loss 0.400' in md
+  assert 'last [train] loss 0.900' in md
   claims = suite.collect_claims('digits', [0], str(tmp_path / 'c'), records)
   by_id = {c['id']: c for c in claims['claims']}
   assert by_id['st_vs_matched_control/S1/20']['n'] == 1
