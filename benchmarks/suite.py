@@ -13,9 +13,10 @@ pre-trains, or bin/self_train.py), in its own folder  <out_dir>/<scale>/cells/<c
 with its log (suite_log.txt). A finished cell gets suite_done.json (its metrics, wall time,
 command, steps and the git commit it ran from) and is skipped on the next run, so the suite is
 resumable: kill it and start it again. --record_dir keeps a copy of each suite_done.json
-(small, to commit) that counts as finished on another machine (suite_runner.py). A cell that fails gets suite_failed.json (retried next
-run); cells that depend on it are skipped. Cells run one at a time, seed by seed (all of seed
-0 first, so a partial run already gives whole tables).
+(small, to commit) that counts as finished on another machine (suite_runner.py). A cell that
+fails gets suite_failed.json (retried next run); cells that depend on it are skipped. Cells
+run one at a time, seed by seed (all of seed 0 first, so a partial run already gives whole
+tables).
 
 At digit scale every cell of augmentation policy sX trains the steps --convergence (default
 benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX
