@@ -22,7 +22,9 @@ At digit scale every cell of augmentation policy sX trains the steps --convergen
 benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX
 (segmentation cells: for seg_sX, made with --task=segmentation): its teacher CELL_STEPS, its
 student cells.student_steps of that (STUDENT_STEPS: a quarter, at twice the batch). Without a
-budget a requested cell needs, the suite stops before running anything.
+budget a requested cell needs, the suite stops before running anything. A run or record of
+another budget (convergence.json chose anew since) is not finished: its folder is moved
+aside, its record replaced, and the tables leave it out (suite_runner.py).
 
 The tables (benchmarks/tables.py) are then made from the finished cells:
 <out_dir>/<scale>/<table>.json, .md and .png, and the paper's claims, each tested on
@@ -49,8 +51,8 @@ from suite_commands import (  # noqa: E402,F401  (re-exported)
 from suite_report import (  # noqa: E402,F401  (re-exported)
     _entry, build_results, collect_results, format_markdown, plot, verdict, write_report)
 from suite_runner import (  # noqa: E402,F401  (re-exported)
-    DONE, FAILED, LOG, cpu_kind, read_metrics, read_pseudo_quality, read_runs, repo_commit,
-    run_cells, subprocess_runner)
+    DONE, FAILED, LOG, STARTED, cpu_kind, known_budgets, other_budget, read_metrics,
+    read_pseudo_quality, read_runs, repo_commit, run_cells, subprocess_runner)
 # pylint: enable=g-import-not-at-top,unused-import,g-multiple-import
 
 
@@ -116,13 +118,15 @@ def main(argv=None) -> int:
       print(f'[suite] {counts}')
     if fl.dry_run:
       return 0
+    # runs of another step budget than convergence.json's now are left out of the tables
+    budgets = known_budgets(fl.convergence) if fl.scale == 'digits' else {}
     for name in names:
-      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir, fl.record_dir),
-                           report_dir)
+      paths = write_report(collect_results(name, fl.scale, seeds, fl.out_dir, fl.record_dir,
+                                           budgets), report_dir)
       print(f'[suite] {name}: {paths["md"]}')
       with open(paths['md']) as f:
         print(f.read())
-    path = write_claims(collect_claims(fl.scale, seeds, fl.out_dir, fl.record_dir),
+    path = write_claims(collect_claims(fl.scale, seeds, fl.out_dir, fl.record_dir, budgets),
                         report_dir)
     print(f'[suite] claims: {path}')
   except SuiteError as e:

@@ -71,12 +71,13 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
 
 
 def collect_claims(scale: str, seeds: Sequence[int], out_dir: str,
-                   record_dir: Optional[str] = None) -> dict:
+                   record_dir: Optional[str] = None,
+                   budgets: Optional[Mapping[str, int]] = None) -> dict:
   """claims.json: every claim of tables_lib.CLAIMS from the finished cells' per-seed AP
   (mIoU for the segmentation claims; each claim's `metric`), read as collect_results does."""
   claims = []
   for claim in tables_lib.CLAIMS:
-    runs = [read_runs(n, scale, seeds, out_dir, record_dir)
+    runs = [read_runs(n, scale, seeds, out_dir, record_dir, budgets)
             if n and tables_lib.CELLS[n].exists(scale) else {}
             for n in (claim.treatment, claim.control)]
     claims.append(claim_result(claim, scale, *runs))

@@ -18,11 +18,13 @@ from suite_runner import read_runs
 
 # -------------------------------------------------------------------------------- results
 def collect_results(table_name: str, scale: str, seeds: Sequence[int], out_dir: str,
-                    record_dir: Optional[str] = None) -> dict:
+                    record_dir: Optional[str] = None,
+                    budgets: Optional[Mapping[str, int]] = None) -> dict:
   """The results JSON of one table from the finished cells (read_runs; their records under
-  record_dir where the run folder is gone), optional rows and columns included."""
+  record_dir where the run folder is gone; runs of another step budget than `budgets` left
+  out), optional rows and columns included."""
   table = tables_lib.TABLES[table_name]
-  cells = {name: {'seeds': read_runs(name, scale, seeds, out_dir, record_dir)}
+  cells = {name: {'seeds': read_runs(name, scale, seeds, out_dir, record_dir, budgets)}
            for name in table.cell_names(scale, optional=True)}
   return build_results(table_name, scale, seeds, cells)
 

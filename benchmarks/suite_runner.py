@@ -11,6 +11,12 @@ suite_done.json, its pseudo-label precision/recall folded into its metrics, at
 outlive the run folders (checkpoints) of the machine that made them. A recorded cell is not
 run again unless a cell still to run starts from its checkpoint and the run folder is gone;
 then it is rerun (seeded runs repeat exactly) and its metric is compared with the record.
+
+Step budgets: a run folder or record whose steps are not its policy's budget now (e.g.
+convergence.json chose a longer S4 schedule after it ran) answers another question. It
+does not count as finished, its folder is moved aside to <folder>.steps_<n> rather than
+resumed (its checkpoint follows another schedule), its record is replaced when the new run
+finishes, and the tables leave it out.
 """
 import json
 import os
@@ -19,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import tables as tables_lib
 from suite_commands import DEFAULT_CONVERGENCE
@@ -31,6 +37,38 @@ from suite_commands import planned_cells
 from suite_commands import read_json
 
 DONE, FAILED, LOG = 'suite_done.json', 'suite_failed.json', 'suite_log.txt'
+STARTED = 'suite_started.json'   # the steps a run folder was started with
+
+
+def other_budget(run: Optional[dict], name: str, budgets: Mapping[str, int]) -> Optional[int]:
+  """The steps `run` (a suite_done.json, record or suite_started.json) trained when they are
+  not the budget cell `name`'s policy has in `budgets` now, else None (also when either is
+  unknown: cells without a policy, the full scale)."""
+  key = tables_lib.CELLS[name].budget_key
+  steps = (run or {}).get('steps')
+  if steps is None or key not in budgets or steps == budgets[key]:
+    return None
+  return steps
+
+
+def known_budgets(convergence: str) -> Dict[str, int]:
+  """Every budget convergence.json has chosen ({} without a readable file): what the tables
+  check runs against (read_runs), where a missing policy is no error."""
+  try:
+    chosen = (read_json(convergence) or {}).get('chosen') or {}
+  except (OSError, ValueError):
+    return {}
+  return {k: v['steps'] for k, v in chosen.items()
+          if isinstance(v, dict) and isinstance(v.get('steps'), int)}
+
+
+def _move_aside(directory: str, steps: int) -> str:
+  target, n = f'{directory}.steps_{steps}', 1
+  while os.path.exists(target):
+    n += 1
+    target = f'{directory}.steps_{steps}.{n}'
+  os.rename(directory, target)
+  return target
 
 
 def repo_commit() -> Optional[str]:
@@ -197,9 +235,21 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
   counts = dict(ran=0, skipped=0, failed=0, blocked=0)
   started = 0
   for seed in seeds:
+    for name in order:   # run folders of another step budget: moved aside, never resumed
+      directory = cell_dir(out_dir, scale, name, seed)
+      for marker in (DONE, STARTED):
+        old = other_budget(read_json(os.path.join(directory, marker)), name, budgets)
+        if old is not None:
+          where = (f'{directory}.steps_{old}' if dry_run else _move_aside(directory, old))
+          echo(f'[suite] {name} seed {seed}: its run folder trained {old} steps, the budget '
+               f'is {budgets[tables_lib.CELLS[name].budget_key]} now; '
+               + ('would move it to ' if dry_run else 'moved it to ') + where)
+          break
     run_here = lambda n, s=seed: os.path.exists(os.path.join(cell_dir(out_dir, scale, n, s),
                                                              DONE))
-    finished = lambda n, s=seed: run_here(n) or bool(read_record(record_dir, scale, n, s))
+    current = lambda n, s=seed: (lambda r: r if r and other_budget(r, n, budgets) is None
+                                 else None)(read_record(record_dir, scale, n, s))
+    finished = lambda n: run_here(n) or bool(current(n))
     for name in order:
       cell = tables_lib.CELLS[name]
       if not cell.seeded and seed != seeds[0]:
@@ -228,9 +278,12 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       os.makedirs(directory, exist_ok=True)
       if os.path.exists(os.path.join(directory, FAILED)):
         os.remove(os.path.join(directory, FAILED))
-      record = read_record(record_dir, scale, name, seed)
+      record, replaced = current(name), read_record(record_dir, scale, name, seed)
       why = f' again for {", ".join(needed)} (recorded, run folder gone)' if record else ''
       echo(f'[suite] {name} seed {seed}: running{why} ({os.path.join(directory, LOG)})')
+      _write_json(os.path.join(directory, STARTED), {
+          'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
+          'commit': commit})
       start = time.time()
       code = runner(cmd, os.path.join(directory, LOG))
       seconds = time.time() - start
@@ -259,6 +312,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
         echo(f'[suite] {name} seed {seed}: {cell.metric} {shown} against the record\'s '
              f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is kept'))
       elif record_dir:
+        if replaced:
+          echo(f'[suite] {name} seed {seed}: replaces its record of {replaced.get("steps")} '
+               'steps')
         if cell.binary == 'self_train':
           metrics = {**metrics, **read_pseudo_quality(directory)}
         _write_json(record_path(record_dir, scale, name, seed),
@@ -268,15 +324,20 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
 
 # ------------------------------------------------------------------------- finished runs
 def read_runs(name: str, scale: str, seeds: Sequence[int], out_dir: str,
-              record_dir: Optional[str] = None) -> Dict[str, dict]:
+              record_dir: Optional[str] = None,
+              budgets: Optional[Mapping[str, int]] = None) -> Dict[str, dict]:
   """{seed: metrics} of cell `name`'s finished runs, from suite_done.json (with seconds,
   steps and commit), else its record under record_dir, else, for runs outside the suite
-  (e.g. a cluster job from --dry_run's command), from eval_metrics.json / results.json."""
+  (e.g. a cluster job from --dry_run's command), from eval_metrics.json / results.json.
+  budgets (known_budgets): runs of another step budget are left out."""
   runs = {}
   for seed in seeds:
     directory = cell_dir(out_dir, scale, name, seed)
-    done = read_json(os.path.join(directory, DONE)) or read_record(record_dir, scale, name,
-                                                                   seed)
+    found = [r for r in (read_json(os.path.join(directory, DONE)),
+                         read_record(record_dir, scale, name, seed)) if r]
+    done = next((r for r in found if other_budget(r, name, budgets or {}) is None), None)
+    if found and not done:
+      continue
     if done:
       run = {**done['metrics'], 'seconds': done['seconds']}
       run.update({k: done[k] for k in ('steps', 'commit') if done.get(k)})

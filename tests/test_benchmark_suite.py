@@ -316,6 +316,60 @@ def test_records_outlive_run_folders(tmp_path):
   assert by_id['st_vs_matched_control/S1/20']['n'] == 1
 
 
+def test_a_new_step_budget_moves_old_runs_aside_and_replaces_their_records(tmp_path):
+  """convergence.json chose a longer schedule after cells ran: their folders (finished, or
+  started and unfinished) are moved aside, not resumed; the cells rerun; the records of the
+  old budget are replaced; the tables leave runs of another budget out."""
+  records, out, log = str(tmp_path / 'records'), str(tmp_path / 'runs'), []
+  only = ['s1_f20_self_training']
+  old_conv = _convergence(tmp_path)                       # s1: 1500 steps
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=FakeRunner(),
+                  convergence=old_conv, record_dir=records)
+  # an unfinished run of the old budget beside them
+  control = os.path.join(out, 'digits/cells/s1_f20_matched_control/seed_0')
+  os.makedirs(control)
+  with open(os.path.join(control, suite.STARTED), 'w') as f:
+    json.dump({'steps': 1500}, f)
+  with open(os.path.join(control, 'ckpt-50.index'), 'w') as f:
+    f.write('a checkpoint of the 1500-step schedule')
+  longer = tmp_path / 'longer'
+  longer.mkdir()
+  data = json.loads(open(old_conv).read())
+  data['chosen']['s1']['steps'] = 3000
+  new_conv = longer / 'convergence.json'
+  new_conv.write_text(json.dumps(data))
+  budgets = suite.known_budgets(str(new_conv))
+  assert budgets == {'s1': 3000, 's4': BUDGETS['s4']}
+  # the tables under the new budget: the old runs are left out
+  res = suite.collect_results('table2', 'digits', [0], out, records, budgets)
+  assert res['cells']['s1_f20_self_training']['seeds'] == {}
+  runner = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], out, only=only + ['s1_f20_matched_control'],
+                  runner=runner, convergence=str(new_conv), record_dir=records,
+                  echo=log.append)
+  assert [n for n, _ in runner.calls] == ['s1_f20_rand_init', 's1_f20_self_training',
+                                          's1_f20_matched_control']
+  for name in ('s1_f20_rand_init', 's1_f20_self_training', 's1_f20_matched_control'):
+    moved = os.path.join(out, f'digits/cells/{name}/seed_0.steps_1500')
+    assert os.path.isdir(moved), name
+    assert any(f'{name} seed 0: its run folder trained 1500 steps, the budget is 3000 now'
+               in line for line in log)
+  assert os.path.exists(os.path.join(out, 'digits/cells/s1_f20_matched_control/'
+                                     'seed_0.steps_1500/ckpt-50.index'))
+  assert not os.path.exists(os.path.join(control, 'ckpt-50.index'))   # not resumed
+  rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_self_training/seed_0',
+                                    suite.DONE)))
+  assert rec['steps'] == 3000
+  assert any('s1_f20_self_training seed 0: replaces its record of 1500 steps' in line
+             for line in log)
+  res = suite.collect_results('table2', 'digits', [0], str(tmp_path / 'gone'), records,
+                              budgets)
+  assert res['cells']['s1_f20_self_training']['seeds']['0']['steps'] == 3000
+  # and under the old budget, nothing of the new runs counts
+  assert suite.collect_results('table2', 'digits', [0], out, records, {'s1': 1500})[
+      'cells']['s1_f20_self_training']['seeds'] == {}
+
+
 def test_dry_run_lists_teachers_before_their_students(tmp_path):
   lines, out = [], str(tmp_path / 'runs')
   suite.run_cells(['table2', 'table3', 'appendix_b'], 'digits', [0, 1, 2], out, dry_run=True,
