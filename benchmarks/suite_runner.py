@@ -245,11 +245,19 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
                f'is {budgets[tables_lib.CELLS[name].budget_key]} now; '
                + ('would move it to ' if dry_run else 'moved it to ') + where)
           break
-    run_here = lambda n, s=seed: os.path.exists(os.path.join(cell_dir(out_dir, scale, n, s),
-                                                             DONE))
-    current = lambda n, s=seed: (lambda r: r if r and other_budget(r, n, budgets) is None
-                                 else None)(read_record(record_dir, scale, n, s))
-    finished = lambda n: run_here(n) or bool(current(n))
+
+    def of_budget(run, n):   # a run (suite_done.json, record) of n's budget now, else None
+      return run if run and other_budget(run, n, budgets) is None else None
+
+    def run_here(n, s=seed):
+      return bool(of_budget(read_json(os.path.join(cell_dir(out_dir, scale, n, s), DONE)), n))
+
+    def current(n, s=seed):
+      return of_budget(read_record(record_dir, scale, n, s), n)
+
+    def finished(n):
+      return run_here(n) or bool(current(n))
+
     for name in order:
       cell = tables_lib.CELLS[name]
       if not cell.seeded and seed != seeds[0]:
@@ -278,7 +286,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       os.makedirs(directory, exist_ok=True)
       if os.path.exists(os.path.join(directory, FAILED)):
         os.remove(os.path.join(directory, FAILED))
-      record, replaced = current(name), read_record(record_dir, scale, name, seed)
+      record = current(name)
+      stale = None if record else read_record(record_dir, scale, name, seed)
       why = f' again for {", ".join(needed)} (recorded, run folder gone)' if record else ''
       echo(f'[suite] {name} seed {seed}: running{why} ({os.path.join(directory, LOG)})')
       _write_json(os.path.join(directory, STARTED), {
@@ -312,8 +321,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
         echo(f'[suite] {name} seed {seed}: {cell.metric} {shown} against the record\'s '
              f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is kept'))
       elif record_dir:
-        if replaced:
-          echo(f'[suite] {name} seed {seed}: replaces its record of {replaced.get("steps")} '
+        if stale:
+          echo(f'[suite] {name} seed {seed}: replaces its record of {stale.get("steps")} '
                'steps')
         if cell.binary == 'self_train':
           metrics = {**metrics, **read_pseudo_quality(directory)}

@@ -343,6 +343,14 @@ def test_a_new_step_budget_moves_old_runs_aside_and_replaces_their_records(tmp_p
   # the tables under the new budget: the old runs are left out
   res = suite.collect_results('table2', 'digits', [0], out, records, budgets)
   assert res['cells']['s1_f20_self_training']['seeds'] == {}
+  # --dry_run says what it would move and lists the stale cells' commands, moving nothing
+  dry = []
+  suite.run_cells(['table2'], 'digits', [0], out, only=only + ['s1_f20_matched_control'],
+                  convergence=str(new_conv), record_dir=records, dry_run=True,
+                  echo=dry.append)
+  assert sum('would move it to' in line for line in dry) == 3
+  assert sum('CELL_STEPS=3000' in line or 'STUDENT_STEPS=750' in line for line in dry) == 3
+  assert os.path.exists(os.path.join(control, 'ckpt-50.index'))
   runner = FakeRunner()
   suite.run_cells(['table2'], 'digits', [0], out, only=only + ['s1_f20_matched_control'],
                   runner=runner, convergence=str(new_conv), record_dir=records,
