@@ -5,6 +5,7 @@ The command of a cell is its gin files and bindings (benchmarks/cells.py), its s
 benchmarks/convergence.py chose for its augmentation policy (convergence.json). Also the
 suite's argument checks (SuiteError: one line) and --estimate (steps and images per cell).
 """
+import hashlib
 import json
 import os
 import sys
@@ -184,6 +185,70 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
   cmd += [f'--gin_param={p}' for p in params]
   cmd.append(f'--model_dir={cell_dir(out_dir, scale, name, seed)}')
   return cmd
+
+
+def gin_statements(path: str, root: str = REPO, _seen: Optional[set] = None) -> List[str]:
+  """The bindings of gin file `path` and of the files it includes (paths relative to root),
+  each without comments or whitespace, imports and includes left out: what the file binds,
+  whichever file of the include tree binds it and however it is laid out."""
+  seen = set() if _seen is None else _seen
+  full = path if os.path.isabs(path) else os.path.join(root, path)
+  if full in seen:
+    return []
+  seen.add(full)
+  try:
+    with open(full) as f:
+      text = f.read()
+  except OSError as e:
+    raise SuiteError(f'gin file {path}: {e.strerror}') from None
+  out, current, depth = [], '', 0
+  for line in text.splitlines():
+    code, quote = [], None
+    for ch in line:
+      if quote:
+        quote = None if ch == quote else quote
+      elif ch in '\'"':
+        quote = ch
+      elif ch == '#':
+        break
+      code.append(ch)
+    code = ''.join(code).strip()
+    depth += sum(code.count(c) for c in '([{') - sum(code.count(c) for c in ')]}')
+    current += code
+    if depth > 0 or current.endswith('\\'):
+      current = current.rstrip('\\')
+      continue
+    statement, current, depth = ''.join(current.split()), '', 0
+    if statement.startswith('include'):
+      out += gin_statements(statement[len('include'):].strip('\'"'), root, seen)
+    elif statement and not statement.startswith(('import', 'from')):
+      out.append(statement)
+  return out
+
+
+def config_digest(name: str, scale: str, seed: int, out_dir: str, *,
+                  budgets: Optional[Mapping[str, int]] = None,
+                  gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
+                  root: str = REPO) -> str:
+  """12 hex digits that change when what cell `name` (seed `seed`) trains changes: its
+  binary, the bindings of its gin files (gin_statements: not their comments, layout or
+  which file holds them), its --gin_param bindings (out_dir written <out_dir>) and the
+  digests of the cells it starts from (a new pre-training changes every pre-trained cell's).
+  The suite records it with each run, so a finished run of other bindings is not resumed or
+  counted as this cell's (suite_runner)."""
+  cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
+                     gin_params=gin_params, python='python')
+  statements = []
+  for arg in cmd:
+    if arg.startswith('--gin_file='):
+      statements += gin_statements(arg.split('=', 1)[1], root)
+    elif arg.startswith('--gin_param='):
+      statements.append(''.join(arg.split('=', 1)[1].replace(out_dir, '<out_dir>').split()))
+  deps = [config_digest(d, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
+                        gin_params=gin_params, root=root)
+          for d in tables_lib.CELLS[name].depends(scale)]
+  blob = json.dumps([cmd[1], sorted(statements), deps])
+  return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ------------------------------------------------------------------------------- estimate

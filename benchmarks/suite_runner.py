@@ -17,6 +17,14 @@ convergence.json chose a longer S4 schedule after it ran) answers another questi
 does not count as finished, its folder is moved aside to <folder>.steps_<n> rather than
 resumed (its checkpoint follows another schedule), its record is replaced when the new run
 finishes, and the tables leave it out.
+
+Bindings: each run and record also holds `config`, suite_commands.config_digest of what the
+cell trains (its gin files' bindings, its --gin_param bindings and the digests of the cells it
+starts from). A run folder or record of another digest (a gin file changed since, e.g. the
+pre-training's, which changes every pre-trained cell's digest too) is likewise not finished:
+its folder is moved aside to <folder>.config_<digest>, and the cell runs again. Runs recorded
+before digests were kept have none and count as they are. The tables do not check digests:
+they show the records as they are, each with its commit.
 """
 import json
 import os
@@ -33,6 +41,7 @@ from suite_commands import REPO
 from suite_commands import budgets_for
 from suite_commands import cell_command
 from suite_commands import cell_dir
+from suite_commands import config_digest
 from suite_commands import planned_cells
 from suite_commands import read_json
 
@@ -51,6 +60,13 @@ def other_budget(run: Optional[dict], name: str, budgets: Mapping[str, int]) -> 
   return steps
 
 
+def other_config(run: Optional[dict], digest: Optional[str]) -> Optional[str]:
+  """The config digest `run` (suite_done.json, record or suite_started.json) was made with
+  when it is not `digest`, else None (also when the run has none: made before digests)."""
+  old = (run or {}).get('config')
+  return old if old and digest and old != digest else None
+
+
 def known_budgets(convergence: str) -> Dict[str, int]:
   """Every budget convergence.json has chosen ({} without a readable file): what the tables
   check runs against (read_runs), where a missing policy is no error."""
@@ -62,11 +78,11 @@ def known_budgets(convergence: str) -> Dict[str, int]:
           if isinstance(v, dict) and isinstance(v.get('steps'), int)}
 
 
-def _move_aside(directory: str, steps: int) -> str:
-  target, n = f'{directory}.steps_{steps}', 1
+def _move_aside(directory: str, steps, what: str = 'steps') -> str:
+  target, n = f'{directory}.{what}_{steps}', 1
   while os.path.exists(target):
     n += 1
-    target = f'{directory}.steps_{steps}.{n}'
+    target = f'{directory}.{what}_{steps}.{n}'
   os.rename(directory, target)
   return target
 
@@ -235,19 +251,28 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
   counts = dict(ran=0, skipped=0, failed=0, blocked=0)
   started = 0
   for seed in seeds:
-    for name in order:   # run folders of another step budget: moved aside, never resumed
+    digests = {n: config_digest(n, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
+                                gin_params=gin_params) for n in order}
+    for name in order:   # run folders of another step budget or bindings: moved aside
       directory = cell_dir(out_dir, scale, name, seed)
       for marker in (DONE, STARTED):
-        old = other_budget(read_json(os.path.join(directory, marker)), name, budgets)
-        if old is not None:
-          where = (f'{directory}.steps_{old}' if dry_run else _move_aside(directory, old))
-          echo(f'[suite] {name} seed {seed}: its run folder trained {old} steps, the budget '
-               f'is {budgets[tables_lib.CELLS[name].budget_key]} now; '
-               + ('would move it to ' if dry_run else 'moved it to ') + where)
-          break
+        run = read_json(os.path.join(directory, marker))
+        old, conf = other_budget(run, name, budgets), other_config(run, digests[name])
+        if old is None and conf is None:
+          continue
+        what, value = ('steps', old) if old is not None else ('config', conf)
+        where = (f'{directory}.{what}_{value}' if dry_run
+                 else _move_aside(directory, value, what))
+        echo(f'[suite] {name} seed {seed}: its run folder '
+             + (f'trained {old} steps, the budget is '
+                f'{budgets[tables_lib.CELLS[name].budget_key]} now; ' if old is not None else
+                f'has other bindings (config {conf}, now {digests[name]}); ')
+             + ('would move it to ' if dry_run else 'moved it to ') + where)
+        break
 
-    def of_budget(run, n):   # a run (suite_done.json, record) of n's budget now, else None
-      return run if run and other_budget(run, n, budgets) is None else None
+    def of_budget(run, n):   # a run (suite_done.json, record) of n's budget and bindings now
+      ok = run and other_budget(run, n, budgets) is None and not other_config(run, digests[n])
+      return run if ok else None
 
     def run_here(n, s=seed):
       return bool(of_budget(read_json(os.path.join(cell_dir(out_dir, scale, n, s), DONE)), n))
@@ -292,7 +317,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       echo(f'[suite] {name} seed {seed}: running{why} ({os.path.join(directory, LOG)})')
       _write_json(os.path.join(directory, STARTED), {
           'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
-          'commit': commit})
+          'commit': commit, 'config': digests[name]})
       start = time.time()
       code = runner(cmd, os.path.join(directory, LOG))
       seconds = time.time() - start
@@ -303,7 +328,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       # cells.student_steps of it); None: the cell's own gin files set them (pretrain; every
       # cell at full scale).
       info = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
-              'cpu': cpu_kind(),
+              'config': digests[name], 'cpu': cpu_kind(),
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
               'steps_from': budget_source if cell.policy else None}
       if metrics is None:
@@ -322,8 +347,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
              f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is kept'))
       elif record_dir:
         if stale:
-          echo(f'[suite] {name} seed {seed}: replaces its record of {stale.get("steps")} '
-               'steps')
+          echo(f'[suite] {name} seed {seed}: replaces its record of '
+               + (f'{stale.get("steps")} steps' if stale.get('steps') != info['steps'] else
+                  f'other bindings (config {stale.get("config")})'))
         if cell.binary == 'self_train':
           metrics = {**metrics, **read_pseudo_quality(directory)}
         _write_json(record_path(record_dir, scale, name, seed),

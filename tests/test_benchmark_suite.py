@@ -378,6 +378,86 @@ def test_a_new_step_budget_moves_old_runs_aside_and_replaces_their_records(tmp_p
       'cells']['s1_f20_self_training']['seeds'] == {}
 
 
+def test_config_digest_follows_bindings_not_layout(tmp_path):
+  """What a gin file binds, whichever included file binds it: comments, spacing, line breaks
+  and moving a binding into an included file leave the digest; a changed value changes it,
+  and a changed pre-training changes every pre-trained cell's digest, not the others'."""
+  import suite_commands  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'a.gin').write_text("import x.y\nA = 1  # one\nf.g = {'k': 2,\n  'j': 3}\n"
+                                  "h.i = 'a # not a comment'\n")
+  (tmp_path / 'b.gin').write_text("include 'c.gin'\n# the same, moved\nf.g = {'k': 2, 'j': 3}\n"
+                                  "h.i = 'a # not a comment'\n")
+  (tmp_path / 'c.gin').write_text('A=1\n')
+  (tmp_path / 'd.gin').write_text("include 'c.gin'\nf.g = {'k': 2, 'j': 4}\n"
+                                  "h.i = 'a # not a comment'\n")
+  def bound(name):
+    return sorted(suite_commands.gin_statements(name, root=str(tmp_path)))
+  assert bound('a.gin') == ["A=1", "f.g={'k':2,'j':3}", "h.i='a#notacomment'"]
+  assert bound('b.gin') == bound('a.gin') != bound('d.gin')
+  # the repository's own files: a copy with pretrain.gin changed
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'repo'
+  shutil.copytree(os.path.join(REPO, 'gin_configs'), root / 'gin_configs')
+  def digest(name, where):
+    return suite_commands.config_digest(name, 'digits', 0, '/out', budgets=BUDGETS,
+                                        root=str(where))
+  names = ('pretrain', 's1_f20_pretrained', 's1_f20_pretrained_self_training',
+           's1_f20_rand_init', 's1_f20_self_training')
+  before = {n: digest(n, REPO) for n in names}
+  assert before == {n: digest(n, root) for n in names}
+  assert len(set(before.values())) == len(names)
+  pretrain = root / 'gin_configs/digits/experiments/pretrain.gin'
+  pretrain.write_text(pretrain.read_text() + '\nPRETRAIN_STEPS = 123\n')
+  after = {n: digest(n, root) for n in names}
+  assert [n for n in names if after[n] != before[n]] == list(names[:3])
+  # the extra bindings of a run are part of it, its out_dir is not
+  assert suite_commands.config_digest('s1_f20_self_training', 'digits', 0, '/elsewhere',
+                                      budgets=BUDGETS) == before['s1_f20_self_training']
+  assert suite_commands.config_digest('s1_f20_self_training', 'digits', 0, '/out',
+                                      budgets=BUDGETS, gin_params=('ALPHA=2.0',)) != before[
+                                          's1_f20_self_training']
+
+
+def test_runs_of_other_bindings_are_moved_aside_and_rerun(tmp_path):
+  """A finished run and record made with other bindings (here an extra --gin_param; in use, a
+  gin file edited since) do not count as this cell's: the folder is moved aside to
+  <folder>.config_<digest>, the cell reruns and its record is replaced. Runs recorded before
+  digests were kept (no `config`) count as they are."""
+  conv, records, out, log = (_convergence(tmp_path), str(tmp_path / 'records'),
+                             str(tmp_path / 'runs'), [])
+  only = ['s1_f20_rand_init']
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=FakeRunner(),
+                  convergence=conv, record_dir=records)
+  folder = os.path.join(out, 'digits/cells/s1_f20_rand_init/seed_0')
+  first = json.load(open(os.path.join(folder, suite.DONE)))['config']
+  record = os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0', suite.DONE)
+  assert json.load(open(record))['config'] == first
+  runner = FakeRunner()    # the same bindings: nothing runs
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=runner, convergence=conv,
+                  record_dir=records)
+  assert runner.calls == []
+  runner = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=runner, convergence=conv,
+                  record_dir=records, gin_params=('CELL_WEIGHT_DECAY=0.0',), echo=log.append)
+  assert [n for n, _ in runner.calls] == ['s1_f20_rand_init']
+  assert os.path.isdir(f'{folder}.config_{first}')
+  now = json.load(open(record))['config']
+  assert now != first and json.load(open(os.path.join(folder, suite.DONE)))['config'] == now
+  assert any(f'has other bindings (config {first}, now {now}); moved it to {folder}.config_'
+             in line for line in log)
+  assert any(f'replaces its record of other bindings (config {first})' in line for line in log)
+  # a run and record from before digests: finished, whatever the bindings now
+  for path in (record, os.path.join(folder, suite.DONE)):
+    data = json.load(open(path))
+    del data['config']
+    with open(path, 'w') as f:
+      json.dump(data, f)
+  runner = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=runner, convergence=conv,
+                  record_dir=records)
+  assert runner.calls == []
+
+
 def test_dry_run_lists_teachers_before_their_students(tmp_path):
   lines, out = [], str(tmp_path / 'runs')
   suite.run_cells(['table2', 'table3', 'appendix_b'], 'digits', [0, 1, 2], out, dry_run=True,
