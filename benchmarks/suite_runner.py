@@ -169,26 +169,34 @@ def read_metrics(name: str, directory: str) -> Optional[Dict[str, float]]:
 TRAIN_LOSSES = ('total_loss', 'human_loss', 'pseudo_loss', 'cls_loss', 'box_loss')
 
 
+def read_progress(log_path: str) -> Dict[int, Dict[str, float]]:
+  """{step: {name: value}} of the `[train] step N/T name=value ...` progress lines of a log,
+  the last line of each step (a resumed run logs the steps after its checkpoint again)."""
+  steps = {}
+  with open(log_path) as f:
+    for line in f:
+      fields = line.split()
+      if fields[:2] != ['[train]', 'step'] or len(fields) < 3:
+        continue
+      values = {}
+      for item in fields[3:]:
+        name, _, value = item.partition('=')
+        try:
+          values[name] = float(value)
+        except ValueError:
+          pass
+      steps[int(fields[2].split('/')[0])] = values
+  return steps
+
+
 def read_last_losses(directory: str) -> Dict[str, float]:
   """The losses of the last `[train]` progress line in the cell's log (the loop mean over its
   last log interval; a student's human and pseudo terms apart), as train_<loss>; {} when the
   log has none. With a matched control beside it, they show what the pseudo labels changed."""
   path = os.path.join(directory, LOG)
-  if not os.path.exists(path):
-    return {}
-  last = ''
-  with open(path) as f:
-    for line in f:
-      if line.startswith('[train] '):
-        last = line
-  values = dict(item.split('=', 1) for item in last.split()[1:] if '=' in item)
-  out = {}
-  for name in TRAIN_LOSSES:
-    try:
-      out['train_' + name] = float(values[name])
-    except (KeyError, ValueError):
-      pass
-  return out
+  progress = read_progress(path) if os.path.exists(path) else {}
+  values = progress[max(progress)] if progress else {}
+  return {'train_' + name: values[name] for name in TRAIN_LOSSES if name in values}
 
 
 def read_pseudo_quality(directory: str) -> Dict[str, float]:
