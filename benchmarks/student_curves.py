@@ -87,6 +87,11 @@ def collect(out_dir: str, cell: str, seeds: Sequence[int], variants: Dict[str, s
                           f'(suite_done.json and {LOG})')
   runs = {label: {str(s): curve(os.path.join(f, LOG)) for s, f in by_seed.items()}
           for label, by_seed in folders.items()}
+  for label, by_seed in runs.items():
+    for seed, c in by_seed.items():
+      if not c['step']:
+        raise CurvesError(f'{label} seed {seed}: {folders[label][int(seed)]}/{LOG} has no '
+                          f'[train] line with both {" and ".join(LOSSES)} (not a student?)')
   last = {label: {str(s): {k: tail_mean(c[k]) for k in LOSSES} for s, c in by_seed.items()}
           for label, by_seed in runs.items()}
   roots = {'<out_dir>': out_dir, **{f'<{label}>': where for label, where in variants.items()}}

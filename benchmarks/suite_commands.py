@@ -187,67 +187,88 @@ def cell_command(name: str, scale: str, seed: int, out_dir: str, *,
   return cmd
 
 
-def gin_statements(path: str, root: str = REPO, _seen: Optional[set] = None) -> List[str]:
-  """The bindings of gin file `path` and of the files it includes (paths relative to root),
-  each without comments or whitespace, imports and includes left out: what the file binds,
-  whichever file of the include tree binds it and however it is laid out."""
+class _Refs(object):
+  """gin's parser delegate for the digest: a configurable reference or macro as its text."""
+
+  def configurable_reference(self, name, evaluate):
+    return '@' + name + ('()' if evaluate else '')
+
+  def macro(self, name):
+    return '%' + name
+
+
+def _read_text(path: str) -> str:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  with open(path) as f:
+    return f.read()
+
+
+def gin_bindings(text: str, where: str, root: str = REPO,
+                 _seen: Optional[set] = None) -> List[Tuple[str, str]]:
+  """(key, value) of each binding of gin text `text` in the order gin applies them, the
+  bindings of an included file (path relative to root) at its include: `scope/name.arg`
+  (a macro: its name) and repr of the value (references and macros as written). `where`
+  names the text in errors (a gin file, or the flag that gave it)."""
+  from gin import config_parser  # pylint: disable=g-import-not-at-top
   seen = set() if _seen is None else _seen
-  full = path if os.path.isabs(path) else os.path.join(root, path)
-  if full in seen:
-    return []
-  seen.add(full)
+  out = []
   try:
-    with open(full) as f:
-      text = f.read()
-  except OSError as e:
-    raise SuiteError(f'gin file {path}: {e.strerror}') from None
-  out, current, depth = [], '', 0
-  for line in text.splitlines():
-    code, quote = [], None
-    for ch in line:
-      if quote:
-        quote = None if ch == quote else quote
-      elif ch in '\'"':
-        quote = ch
-      elif ch == '#':
-        break
-      code.append(ch)
-    code = ''.join(code).strip()
-    depth += sum(code.count(c) for c in '([{') - sum(code.count(c) for c in ')]}')
-    current += code
-    if depth > 0 or current.endswith('\\'):
-      current = current.rstrip('\\')
-      continue
-    statement, current, depth = ''.join(current.split()), '', 0
-    if statement.startswith('include'):
-      out += gin_statements(statement[len('include'):].strip('\'"'), root, seen)
-    elif statement and not statement.startswith(('import', 'from')):
-      out.append(statement)
+    statements = list(config_parser.ConfigParser(text, _Refs()))
+  except SyntaxError as e:
+    raise SuiteError(f'{where}: gin syntax error at line {e.lineno}: {e.msg}') from None
+  for st in statements:
+    if isinstance(st, config_parser.IncludeStatement):
+      path = st.filename if '://' in st.filename or os.path.isabs(st.filename) else (
+          os.path.join(root, st.filename))
+      if path in seen:
+        continue
+      seen.add(path)
+      try:
+        included = _read_text(path)
+      except OSError as e:
+        raise SuiteError(f'{where}: include {st.filename}: {e.strerror or e}') from None
+      out += gin_bindings(included, f'{where}: include {st.filename}', root, seen)
+    elif isinstance(st, config_parser.BindingStatement):
+      key = (f'{st.scope}/' if st.scope else '') + st.selector + (
+          f'.{st.arg_name}' if st.arg_name else '')
+      out.append((key, repr(st.value)))
   return out
 
 
-def config_digest(name: str, scale: str, seed: int, out_dir: str, *,
+def config_digest(name: str, scale: str, seed: int, *,
                   budgets: Optional[Mapping[str, int]] = None,
                   gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
                   root: str = REPO) -> str:
   """12 hex digits that change when what cell `name` (seed `seed`) trains changes: its
-  binary, the bindings of its gin files (gin_statements: not their comments, layout or
-  which file holds them), its --gin_param bindings (out_dir written <out_dir>) and the
-  digests of the cells it starts from (a new pre-training changes every pre-trained cell's).
-  The suite records it with each run, so a finished run of other bindings is not resumed or
-  counted as this cell's (suite_runner)."""
-  cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
+  binary and the value of every binding after gin applies its gin files (with their
+  includes) and its --gin_param bindings in order, the last binding of a key winning (so
+  comments, layout, which file holds a binding and a default that a later file overrides
+  do not count), and the digests of the cells it starts from (a new pre-training changes
+  every pre-trained cell's). Folders are written <out_dir>, so the digest does not depend on
+  where the runs are. Code is not in it: each run records its commit. The suite records the
+  digest with each run, so a finished run of other bindings is not resumed or counted as
+  this cell's (suite_runner)."""
+  cmd = cell_command(name, scale, seed, '<out_dir>', budgets=budgets, gin_files=gin_files,
                      gin_params=gin_params, python='python')
-  statements = []
+  bound = {}
   for arg in cmd:
-    if arg.startswith('--gin_file='):
-      statements += gin_statements(arg.split('=', 1)[1], root)
-    elif arg.startswith('--gin_param='):
-      statements.append(''.join(arg.split('=', 1)[1].replace(out_dir, '<out_dir>').split()))
-  deps = [config_digest(d, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
+    flag, _, value = arg.partition('=')
+    if flag == '--gin_file':
+      path = value if '://' in value or os.path.isabs(value) else os.path.join(root, value)
+      try:
+        text = _read_text(path)
+      except OSError as e:
+        raise SuiteError(f'--gin_file={value}: {e.strerror or e}') from None
+      bound.update(gin_bindings(text, f'--gin_file={value}', root, {path}))
+    elif flag == '--gin_param':
+      bound.update(gin_bindings(value, f'--gin_param={value}', root))
+  deps = [config_digest(d, scale, seed, budgets=budgets, gin_files=gin_files,
                         gin_params=gin_params, root=root)
           for d in tables_lib.CELLS[name].depends(scale)]
-  blob = json.dumps([cmd[1], sorted(statements), deps])
+  blob = json.dumps([cmd[1], sorted(bound.items()), deps])
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -38,6 +38,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import tables as tables_lib
 from suite_commands import DEFAULT_CONVERGENCE
 from suite_commands import REPO
+from suite_commands import SuiteError
 from suite_commands import budgets_for
 from suite_commands import cell_command
 from suite_commands import cell_dir
@@ -178,6 +179,10 @@ def read_progress(log_path: str) -> Dict[int, Dict[str, float]]:
       fields = line.split()
       if fields[:2] != ['[train]', 'step'] or len(fields) < 3:
         continue
+      try:
+        step = int(fields[2].split('/')[0])
+      except ValueError:
+        continue
       values = {}
       for item in fields[3:]:
         name, _, value = item.partition('=')
@@ -185,7 +190,7 @@ def read_progress(log_path: str) -> Dict[int, Dict[str, float]]:
           values[name] = float(value)
         except ValueError:
           pass
-      steps[int(fields[2].split('/')[0])] = values
+      steps[step] = values
   return steps
 
 
@@ -234,6 +239,20 @@ def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
     return subprocess.call(list(cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def _digest(name, scale, seed, budgets, gin_files, gin_params, dry_run) -> Optional[str]:
+  """config_digest, or with --dry_run None when a gin file cannot be read here (a
+  cluster's gs:// file without credentials): the commands still print."""
+  if dry_run and any('://' in f for f in gin_files):
+    return None
+  try:
+    return config_digest(name, scale, seed, budgets=budgets, gin_files=gin_files,
+                         gin_params=gin_params)
+  except (SuiteError, ImportError):
+    if dry_run:
+      return None
+    raise
+
+
 def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_dir: str, *,
               only: Sequence[str] = (), optional: bool = False,
               convergence: str = DEFAULT_CONVERGENCE, max_cells: Optional[int] = None,
@@ -259,8 +278,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
   counts = dict(ran=0, skipped=0, failed=0, blocked=0)
   started = 0
   for seed in seeds:
-    digests = {n: config_digest(n, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
-                                gin_params=gin_params) for n in order}
+    digests = {n: _digest(n, scale, seed, budgets, gin_files, gin_params, dry_run)
+               for n in order}
     for name in order:   # run folders of another step budget or bindings: moved aside
       directory = cell_dir(out_dir, scale, name, seed)
       for marker in (DONE, STARTED):

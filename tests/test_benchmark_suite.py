@@ -379,28 +379,33 @@ def test_a_new_step_budget_moves_old_runs_aside_and_replaces_their_records(tmp_p
 
 
 def test_config_digest_follows_bindings_not_layout(tmp_path):
-  """What a gin file binds, whichever included file binds it: comments, spacing, line breaks
-  and moving a binding into an included file leave the digest; a changed value changes it,
-  and a changed pre-training changes every pre-trained cell's digest, not the others'."""
+  """What gin ends up binding: comments, layout, moving a binding into an included file and
+  a default a later file overrides leave the digest; a changed value, the order of two
+  bindings of one key, or a binding after an awkward string change it. A changed
+  pre-training changes every pre-trained cell's digest and no other's."""
   import suite_commands  # pylint: disable=g-import-not-at-top
-  (tmp_path / 'a.gin').write_text("import x.y\nA = 1  # one\nf.g = {'k': 2,\n  'j': 3}\n"
-                                  "h.i = 'a # not a comment'\n")
-  (tmp_path / 'b.gin').write_text("include 'c.gin'\n# the same, moved\nf.g = {'k': 2, 'j': 3}\n"
-                                  "h.i = 'a # not a comment'\n")
-  (tmp_path / 'c.gin').write_text('A=1\n')
-  (tmp_path / 'd.gin').write_text("include 'c.gin'\nf.g = {'k': 2, 'j': 4}\n"
-                                  "h.i = 'a # not a comment'\n")
-  def bound(name):
-    return sorted(suite_commands.gin_statements(name, root=str(tmp_path)))
-  assert bound('a.gin') == ["A=1", "f.g={'k':2,'j':3}", "h.i='a#notacomment'"]
-  assert bound('b.gin') == bound('a.gin') != bound('d.gin')
+  def bound(text):
+    return dict(suite_commands.gin_bindings(text, 'test', root=str(tmp_path)))
+  (tmp_path / 'c.gin').write_text('A = 1\n')
+  base = bound("import x.y\nA = 1  # one\nf.g = {'k': ':(',\n  'j': @s/h()}\nB = %A\n")
+  assert base == {'A': '1', 'f.g': "{'k': ':(', 'j': '@s/h()'}", 'B': "'%A'"}
+  assert bound("include 'c.gin'\nf.g = {'k': ':(', 'j': @s/h()}\nB=%A") == base
+  assert bound("A = 5\ninclude 'c.gin'\nf.g = {'k': ':(', 'j': @s/h()}\nB = %A") == base
+  assert bound("A = 1\nA = 2\n") != bound("A = 2\nA = 1\n")
+  # a string with a bracket or '#', then names that start like keywords: all kept
+  odd = bound("h.i = 'a # b ('\ninclude_background = True\nfrom_logits = 1\nimportance = 2\n")
+  assert odd == {'h.i': "'a # b ('", 'include_background': 'True', 'from_logits': '1',
+                 'importance': '2'}
+  assert bound("h.i = 'a b'") != bound("h.i = 'ab'")
+  with pytest.raises(suite.SuiteError, match="test: include missing.gin: No such file"):
+    bound("include 'missing.gin'")
   # the repository's own files: a copy with pretrain.gin changed
   import shutil  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'repo'
   shutil.copytree(os.path.join(REPO, 'gin_configs'), root / 'gin_configs')
-  def digest(name, where):
-    return suite_commands.config_digest(name, 'digits', 0, '/out', budgets=BUDGETS,
-                                        root=str(where))
+  def digest(name, where, **kw):
+    return suite_commands.config_digest(name, 'digits', 0, budgets=BUDGETS, root=str(where),
+                                        **kw)
   names = ('pretrain', 's1_f20_pretrained', 's1_f20_pretrained_self_training',
            's1_f20_rand_init', 's1_f20_self_training')
   before = {n: digest(n, REPO) for n in names}
@@ -410,12 +415,19 @@ def test_config_digest_follows_bindings_not_layout(tmp_path):
   pretrain.write_text(pretrain.read_text() + '\nPRETRAIN_STEPS = 123\n')
   after = {n: digest(n, root) for n in names}
   assert [n for n in names if after[n] != before[n]] == list(names[:3])
-  # the extra bindings of a run are part of it, its out_dir is not
-  assert suite_commands.config_digest('s1_f20_self_training', 'digits', 0, '/elsewhere',
-                                      budgets=BUDGETS) == before['s1_f20_self_training']
-  assert suite_commands.config_digest('s1_f20_self_training', 'digits', 0, '/out',
-                                      budgets=BUDGETS, gin_params=('ALPHA=2.0',)) != before[
-                                          's1_f20_self_training']
+  # an S1 default of the teacher's that augment_s4.gin overrides: S4 cells keep their digest
+  s4 = digest('s4_f20_self_training', root)
+  s1 = root / 'gin_configs/base/augment_s1.gin'
+  text = s1.read_text()
+  assert 'rethink_st.augment.Augment.scale_min = 0.8' in text
+  s1.write_text(text.replace('Augment.scale_min = 0.8', 'Augment.scale_min = 0.7'))
+  assert digest('s4_f20_self_training', root) == s4
+  assert digest('s1_f20_self_training', root) != before['s1_f20_self_training']
+  # the extra bindings of a run are part of it
+  assert digest('s1_f20_self_training', REPO, gin_params=('ALPHA=2.0',)) != before[
+      's1_f20_self_training']
+  with pytest.raises(suite.SuiteError, match=r'--gin_file=nope.gin: No such file'):
+    digest('s1_f20_rand_init', REPO, gin_files=('nope.gin',))
 
 
 def test_runs_of_other_bindings_are_moved_aside_and_rerun(tmp_path):
@@ -446,6 +458,20 @@ def test_runs_of_other_bindings_are_moved_aside_and_rerun(tmp_path):
   assert any(f'has other bindings (config {first}, now {now}); moved it to {folder}.config_'
              in line for line in log)
   assert any(f'replaces its record of other bindings (config {first})' in line for line in log)
+  # an interrupted run (suite_started.json only) of other bindings: moved aside, not resumed
+  os.remove(os.path.join(folder, suite.DONE))
+  dry = []
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=FakeRunner(),
+                  convergence=conv, record_dir=records, dry_run=True, echo=dry.append)
+  assert any(f'has other bindings (config {now}, now {first}); would move it to '
+             f'{folder}.config_{now}' in line for line in dry)
+  assert os.path.exists(os.path.join(folder, suite.STARTED))
+  runner = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=runner, convergence=conv,
+                  record_dir=records)
+  assert [n for n, _ in runner.calls] == ['s1_f20_rand_init']
+  assert os.path.exists(f'{folder}.config_{now}/{suite.STARTED}')
+  assert json.load(open(record))['config'] == first
   # a run and record from before digests: finished, whatever the bindings now
   for path in (record, os.path.join(folder, suite.DONE)):
     data = json.load(open(path))
@@ -487,6 +513,11 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
   assert not runner.calls and not os.path.exists(os.path.join(str(tmp_path), 'full'))
   assert any('gin_configs/coco/appendix_b/s4_standard_loss.gin' in l for l in lines)
   assert any('ALPHA=3.0' in l and 'standard_loss.gin' in l for l in lines)
+  # a cluster's gin file this machine cannot read: the commands still print
+  lines = []
+  suite.run_cells(['appendix_b'], 'full', [0], str(tmp_path), dry_run=True,
+                  gin_files=('gs://bucket/tpu.gin',), echo=lines.append, runner=runner)
+  assert not runner.calls and any('--gin_file=gs://bucket/tpu.gin' in l for l in lines)
 
 
 _MADE_UP = {'Rand Init': 0.20, 'ImageNet Init': 0.25, 'Rand Init + self-training': 0.24,

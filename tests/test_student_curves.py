@@ -73,6 +73,12 @@ def test_an_unfinished_run_or_bad_flag_is_one_line_before_writing(tmp_path):
       'error: matched control seed 0: no finished suite run in '
       f'{out}/digits/cells/s4_f20_matched_control/seed_0 (suite_done.json and suite_log.txt)']
   assert not os.path.exists(prefix + '.json')
+  teacher = str(tmp_path / 'teacher_only')
+  for name in ('s4_f20_self_training', 's4_f20_matched_control'):
+    _cell(teacher, name, 0, ['[train] step 100/300 total_loss=0.9 cls_loss=0.6\n'])
+  with pytest.raises(student_curves.CurvesError, match='has no .train. line with both'):
+    student_curves.run(teacher, 's4_f20', [0], [], prefix)
+  assert not os.path.exists(prefix + '.json')
   with pytest.raises(student_curves.CurvesError, match='--variant=x: expected label=out_dir'):
     student_curves.run(out, 's4_f20', [0], ['x'], prefix)
   with pytest.raises(student_curves.CurvesError, match='curves.json does not exist'):
