@@ -245,8 +245,8 @@ def config_digest(name: str, scale: str, seed: int, *,
   """12 hex digits that change when what cell `name` (seed `seed`) trains changes: its
   binary and the value of every binding after gin applies its gin files (with their
   includes) and its --gin_param bindings in order, the last binding of a key winning (so
-  comments, layout, which file holds a binding and a default that a later file overrides
-  do not count), and the digests of the cells it starts from (a new pre-training changes
+  comments, layout, which file holds a binding, a default that a later file overrides and a
+  macro nothing refers to do not count), and the digests of the cells it starts from (a new pre-training changes
   every pre-trained cell's). Folders are written <out_dir>, so the digest does not depend on
   where the runs are. Code is not in it: each run records its commit. The suite records the
   digest with each run, so a finished run of other bindings is not resumed or counted as
@@ -265,6 +265,11 @@ def config_digest(name: str, scale: str, seed: int, *,
       bound.update(gin_bindings(text, f'--gin_file={value}', root, {path}))
     elif flag == '--gin_param':
       bound.update(gin_bindings(value, f'--gin_param={value}', root))
+  # A macro nothing refers to binds nothing: e.g. a variant's --gin_param=STUDENT_STEPS=...,
+  # given to every cell, leaves the teacher's digest (and its shared folder) alone.
+  refs = ' '.join(bound.values())
+  bound = {k: v for k, v in bound.items()
+           if '.' in k.rsplit('/', 1)[-1] or repr('%' + k) in refs}
   deps = [config_digest(d, scale, seed, budgets=budgets, gin_files=gin_files,
                         gin_params=gin_params, root=root)
           for d in tables_lib.CELLS[name].depends(scale)]

@@ -423,9 +423,14 @@ def test_config_digest_follows_bindings_not_layout(tmp_path):
   s1.write_text(text.replace('Augment.scale_min = 0.8', 'Augment.scale_min = 0.7'))
   assert digest('s4_f20_self_training', root) == s4
   assert digest('s1_f20_self_training', root) != before['s1_f20_self_training']
-  # the extra bindings of a run are part of it
+  # the extra bindings of a run are part of it; a macro the cell never reads is not (a
+  # student's variant leaves the teacher it shares with the suite alone)
   assert digest('s1_f20_self_training', REPO, gin_params=('ALPHA=2.0',)) != before[
       's1_f20_self_training']
+  variant = ('PSEUDO_SCORE_THRESHOLD=0.3', 'STUDENT_STEPS=999')
+  assert digest('s1_f20_rand_init', REPO, gin_params=variant) == before['s1_f20_rand_init']
+  assert digest('s1_f20_self_training', REPO, gin_params=variant[:1]) != before[
+      's1_f20_self_training'] != digest('s1_f20_self_training', REPO, gin_params=variant[1:])
   with pytest.raises(suite.SuiteError, match=r'--gin_file=nope.gin: No such file'):
     digest('s1_f20_rand_init', REPO, gin_files=('nope.gin',))
 
@@ -450,7 +455,7 @@ def test_runs_of_other_bindings_are_moved_aside_and_rerun(tmp_path):
   assert runner.calls == []
   runner = FakeRunner()
   suite.run_cells(['table2'], 'digits', [0], out, only=only, runner=runner, convergence=conv,
-                  record_dir=records, gin_params=('CELL_WEIGHT_DECAY=0.0',), echo=log.append)
+                  record_dir=records, gin_params=('CELL_BATCH_SIZE=8',), echo=log.append)
   assert [n for n, _ in runner.calls] == ['s1_f20_rand_init']
   assert os.path.isdir(f'{folder}.config_{first}')
   now = json.load(open(record))['config']
