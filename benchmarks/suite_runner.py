@@ -79,11 +79,12 @@ def known_budgets(convergence: str) -> Dict[str, int]:
           if isinstance(v, dict) and isinstance(v.get('steps'), int)}
 
 
-def _move_aside(directory: str, steps, what: str = 'steps') -> str:
-  target, n = f'{directory}.{what}_{steps}', 1
+def _move_aside(directory: str, value, what: str = 'steps') -> str:
+  """Renames a run folder to <directory>.<what>_<value> (steps_4800, config_<digest>)."""
+  target, n = f'{directory}.{what}_{value}', 1
   while os.path.exists(target):
     n += 1
-    target = f'{directory}.{what}_{steps}.{n}'
+    target = f'{directory}.{what}_{value}.{n}'
   os.rename(directory, target)
   return target
 
