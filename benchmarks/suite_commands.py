@@ -246,8 +246,8 @@ def config_digest(name: str, scale: str, seed: int, *,
   binary and the value of every binding after gin applies its gin files (with their
   includes) and its --gin_param bindings in order, the last binding of a key winning (so
   comments, layout, which file holds a binding, a default that a later file overrides and a
-  macro nothing refers to do not count), and the digests of the cells it starts from (a new pre-training changes
-  every pre-trained cell's). Folders are written <out_dir>, so the digest does not depend on
+  macro nothing refers to do not count), and the digests of the cells it starts from (a new
+  pre-training changes every pre-trained cell's). Folders are written <out_dir>, so the digest does not depend on
   where the runs are. Code is not in it: each run records its commit. The suite records the
   digest with each run, so a finished run of other bindings is not resumed or counted as
   this cell's (suite_runner)."""
