@@ -24,6 +24,9 @@ plus `image/segmentation/class/encoded` (PNG), `image/class/label` and
 """
 
 IGNORE_LABEL = 255
+# The class of a detection pseudo box in the student's ignore band (pseudo_label_source's
+# ignore_threshold): the anchors it matches are neither an object nor background in the loss.
+IGNORE_BOX_CLASS = -1
 
 SOURCE_ID = 'source_id'
 IMAGE = 'image'

@@ -162,6 +162,39 @@ def test_detection_train_labels_are_model_garden_train_labels(scenes):
     assert positives[i].any() == has_objects     # the scene without instances has none
 
 
+def test_an_ignored_pseudo_box_is_neither_object_nor_background(scenes):
+  """A pseudo box in the student's ignore band (class F.IGNORE_BOX_CLASS): the anchors it
+  matches weigh 0 in both losses (removed, the box would make them background, weight 1);
+  every other anchor's targets and weights are those of the scene with the box labeled;
+  num_boxes counts the labeled boxes only."""
+  aug = A.Augment('s1', output_size=(SIZE, SIZE), scale_min=1.0, scale_max=1.0, flip=False)
+  labeled = scenes[0]
+  n = len(labeled[F.CLASSES])
+  ignored = dict(labeled, **{F.CLASSES: np.where(np.arange(n) == 0, F.IGNORE_BOX_CLASS,
+                                                 labeled[F.CLASSES])})
+  removed = {k: (v[1:] if k in (F.BOXES, F.CLASSES, F.IS_CROWD, F.AREA, F.INSTANCE_MASKS)
+                 else v) for k, v in labeled.items()}
+
+  def labels_of(example):
+    ds = P.build_input(FakeSource([example]), task='detection', global_batch_size=1,
+                       is_training=True, output_size=(SIZE, SIZE), augment=aug, repeat=False,
+                       shuffle_buffer=0, seed=1)
+    out = element(first(ds)[1])
+    out['flat_cls'] = np.concatenate([out['cls_targets'][k].reshape(-1)
+                                      for k in out['cls_targets']])
+    return out
+
+  full, band, gone = labels_of(labeled), labels_of(ignored), labels_of(removed)
+  assert (full['cls_weights'] == 1).all() and not labeled[F.IS_CROWD].any()
+  of_box = (full['box_weights'] > 0) & (band['box_weights'] == 0)   # box 0's anchors
+  assert of_box.any() and (full['flat_cls'][of_box] == labeled[F.CLASSES][0]).all()
+  assert (band['cls_weights'][of_box] == 0).all() and (band['cls_weights'][~of_box] == 1).all()
+  assert (gone['cls_weights'][of_box] == 1).all() and (gone['box_weights'][of_box] == 0).all()
+  np.testing.assert_array_equal(band['flat_cls'][~of_box], full['flat_cls'][~of_box])
+  np.testing.assert_array_equal(band['box_weights'][~of_box], full['box_weights'][~of_box])
+  assert band['num_boxes'] == n - 1 and full['num_boxes'] == n
+
+
 def _mg_segmentation_data(example):
   return {
       'image/encoded': tf.io.encode_png(example[F.IMAGE]),

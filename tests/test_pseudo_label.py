@@ -1018,6 +1018,26 @@ def test_a_student_at_0_7_reads_the_boxes_a_labeler_at_0_7_writes(confident_teac
                                       r'score floor 0.7 the pseudo labels in .* were written '
                                       r'at; label again with run_pseudo_label.score_floor'):
     pl_source.pseudo_label_source(at_07, score_threshold=0.5)
+  # An ignore band [0.5, 0.7): those boxes are kept with class F.IGNORE_BOX_CLASS, the boxes
+  # at or above 0.7 are the student's at 0.7, unchanged.
+  band = _labels_by_image(pl_source.pseudo_label_source(floor, score_threshold=0.7,
+                                                        ignore_threshold=0.5))
+  assert sorted(band) == sorted(want)
+  for sid in want:
+    sure = band[sid][F.SCORES] >= 0.7
+    assert (band[sid][F.SCORES] >= 0.5).all()
+    assert (band[sid][F.CLASSES][~sure] == F.IGNORE_BOX_CLASS).all()
+    for key in want[sid]:
+      np.testing.assert_array_equal(band[sid][key][sure], want[sid][key], err_msg=f'{sid} {key}')
+  assert sum(len(v[F.SCORES]) for v in band.values()) == np.sum(written >= 0.5)
+  assert sum(int((v[F.CLASSES] == F.IGNORE_BOX_CLASS).sum()) for v in band.values()) == (
+      np.sum((written >= 0.5) & (written < 0.7)))
+  with pytest.raises(UserError, match=r'^pseudo_label_source.ignore_threshold=0.7 must be '
+                                      r'below the score threshold 0.7'):
+    pl_source.pseudo_label_source(floor, score_threshold=0.7, ignore_threshold=0.7)
+  with pytest.raises(UserError, match=r'^pseudo_label_source.ignore_threshold=0.5 is below the '
+                                      r'score floor 0.7'):
+    pl_source.pseudo_label_source(at_07, ignore_threshold=0.5)
 
 
 # --- labeling across machines: 3 hosts, one killed and rerun, verified -------------------

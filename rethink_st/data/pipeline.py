@@ -182,6 +182,15 @@ class DetectionParser(InputParser):
     anchor_boxes = self.anchor_generator(image_size=self.output_size)
     cls_targets, box_targets, _, cls_weights, box_weights = self.labeler.label_anchors(
         anchor_boxes, boxes, tf.expand_dims(out[F.CLASSES], axis=1))
+    # A pseudo box in the ignore band (class F.IGNORE_BOX_CLASS; pseudo_label_source's
+    # ignore_threshold): the anchors it matches get weight 0 in both losses and are not
+    # counted as positives. (Model Garden's gt_weights would also zero the background anchors
+    # whose nearest box it is.) A matched anchor is one with box weight 1; its class target
+    # is the box's class, so < 0 only for these boxes.
+    flat_cls = tf.concat([tf.reshape(cls_targets[k], [-1]) for k in anchor_boxes], axis=0)
+    ignored = tf.logical_and(box_weights > 0, flat_cls < 0)
+    cls_weights = tf.where(ignored, tf.zeros_like(cls_weights), cls_weights)
+    box_weights = tf.where(ignored, tf.zeros_like(box_weights), box_weights)
     labels = {
         'cls_targets': cls_targets,
         'box_targets': box_targets,
@@ -191,7 +200,7 @@ class DetectionParser(InputParser):
         'image_info': out[augment_lib.IMAGE_INFO],
     }
     if self.is_training:   # boxes left after augmentation (the student logs them per image)
-      labels['num_boxes'] = tf.shape(out[F.BOXES])[0]
+      labels['num_boxes'] = tf.reduce_sum(tf.cast(out[F.CLASSES] >= 0, tf.int32))
     else:
       image_shape = tf.shape(example[F.IMAGE])[0:2]
       groundtruths = {

@@ -4,8 +4,12 @@ Detection: the chunks' tf.Examples hold every box the labeler wrote (score >= it
 `score_floor` in meta.json, not dropped by class-agnostic suppression) with its score; the
 source keeps those with score >= `score_threshold` (default: the labeler's own threshold,
 meta.json's `score_threshold`), so one labeling pass serves students at any threshold down to
-the floor. The detections below the floor or suppressed are in the COCO JSON files alone,
-for the report. Segmentation pseudo masks are used as written (their threshold is the
+the floor. With `ignore_threshold` below `score_threshold`, the boxes between the two are
+kept too, as ignored regions (class F.IGNORE_BOX_CLASS): the anchors they match count as
+neither object nor background in the student's loss (rethink_st/data/pipeline.py), so a
+digit the teacher was unsure of is not taught as background. The paper does not do this; it
+is off (None) unless bound. The detections below the floor or suppressed are in the COCO JSON
+files alone, for the report. Segmentation pseudo masks are used as written (their threshold is the
 labeler's `mask_threshold`).
 
 The source carries the folder's `label_space` (meta.json; the student refuses pseudo labels
@@ -30,19 +34,28 @@ _BOX_KEYS = (F.CLASSES, F.IS_CROWD, F.AREA, F.BOXES, F.SCORES)
 
 
 class PseudoLabelSource(sources.TFRecordSource):
-  """A pseudo-label folder's records; detection boxes below `score_threshold` left out."""
+  """A pseudo-label folder's records; detection boxes below `score_threshold` left out, or
+  with `ignore_threshold`, those between the two kept as ignored (class F.IGNORE_BOX_CLASS)."""
 
-  def __init__(self, file_pattern, *, num_classes, score_threshold: Optional[float]):
+  def __init__(self, file_pattern, *, num_classes, score_threshold: Optional[float],
+               ignore_threshold: Optional[float] = None):
     self.score_threshold = score_threshold
+    self.ignore_threshold = ignore_threshold
     super().__init__(file_pattern, num_classes=num_classes)
 
   def _keep(self, example):
     if self.score_threshold is None or F.SCORES not in example:
       return example
-    keep = example[F.SCORES] >= tf.constant(self.score_threshold, tf.float32)
+    scores = example[F.SCORES]
+    floor = self.score_threshold if self.ignore_threshold is None else self.ignore_threshold
+    keep = scores >= tf.constant(floor, tf.float32)
     out = dict(example)
     for key in _BOX_KEYS:
       out[key] = tf.boolean_mask(example[key], keep)
+    if self.ignore_threshold is not None:
+      unsure = tf.boolean_mask(scores, keep) < tf.constant(self.score_threshold, tf.float32)
+      classes = out[F.CLASSES]
+      out[F.CLASSES] = tf.where(unsure, tf.cast(F.IGNORE_BOX_CLASS, classes.dtype), classes)
     return out
 
   def _decode(self, source_id, serialized):
@@ -61,7 +74,8 @@ def check_score_threshold(where: str, value) -> float:
 
 @gin.configurable
 def pseudo_label_source(directory: str, require_complete: bool = True,
-                        score_threshold: Optional[float] = None) -> PseudoLabelSource:
+                        score_threshold: Optional[float] = None,
+                        ignore_threshold: Optional[float] = None) -> PseudoLabelSource:
   """The complete chunks in `directory`, with the label space recorded in its meta.json.
 
   require_complete: stop (one line) unless every host of the labeling run has finished.
@@ -69,11 +83,16 @@ def pseudo_label_source(directory: str, require_complete: bool = True,
     --pseudo_label_threshold sets it); None: the labeler's run_pseudo_label.score_threshold.
     Below the floor the boxes were written at (meta.json's score_floor; labels made before
     floors existed: their score_threshold) is one UserError line.
+  ignore_threshold: detection: also keep the boxes of score in [ignore_threshold,
+    score_threshold), as ignored regions (module docstring); None: no such band. At or above
+    the floor and below the score threshold, else one UserError line.
   """
   meta = check_folder(directory, 'pseudo_label_source.directory', require_complete)
   threshold = resolve_threshold(meta, directory, score_threshold)
+  ignore = resolve_ignore_threshold(meta, directory, threshold, ignore_threshold)
   source = PseudoLabelSource(shards.tfrecord_pattern(directory),
-                             num_classes=int(meta['num_classes']), score_threshold=threshold)
+                             num_classes=int(meta['num_classes']), score_threshold=threshold,
+                             ignore_threshold=ignore)
   source.label_space = label_space_of_folder(meta)
   stats = shards.complete_stats(directory)
   source.pseudo_set = dict(pseudo_set_density(stats, threshold, meta), directory=directory)
@@ -100,6 +119,28 @@ def resolve_threshold(meta: Dict[str, Any], directory: str,
                     f'floor {floor:g} the pseudo labels in {directory} were written at; label '
                     f'again with run_pseudo_label.score_floor <= {threshold:g}')
   return threshold
+
+
+def resolve_ignore_threshold(meta: Dict[str, Any], directory: str, threshold: Optional[float],
+                             ignore_threshold: Optional[float]) -> Optional[float]:
+  """The lower end of the ignore band (None: none), or one UserError line naming
+  pseudo_label_source.ignore_threshold."""
+  if ignore_threshold is None:
+    return None
+  where = 'pseudo_label_source.ignore_threshold'
+  value = check_score_threshold(where, ignore_threshold)
+  if threshold is None:
+    raise UserError(f'{where}={value:g}: {directory} holds {meta.get("kind")} pseudo labels '
+                    'without scores; an ignore band applies to detection boxes only')
+  if value >= threshold:
+    raise UserError(f'{where}={value:g} must be below the score threshold {threshold:g} '
+                    '(the band is [ignore_threshold, score_threshold))')
+  floor = meta.get('score_floor', meta.get('score_threshold'))
+  if floor is not None and value < float(floor) - 1e-9:
+    raise UserError(f'{where}={value:g} is below the score floor {floor:g} the pseudo labels '
+                    f'in {directory} were written at; label again with '
+                    f'run_pseudo_label.score_floor <= {value:g}')
+  return value
 
 
 def label_space_of_folder(meta: Dict[str, Any]) -> label_space_lib.LabelSpace:
