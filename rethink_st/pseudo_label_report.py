@@ -141,7 +141,9 @@ def write_report(pseudo_dir: str,
     thresholds = sorted(set(thresholds) | {float(labeler_threshold)})
   num_shards = int(meta.get('num_shards', 1))
 
-  source = pseudo_source.pseudo_label_source(pseudo_dir, require_complete=False)
+  # The labeler's own boxes: no student's ignore band (a binding of it reaches here too).
+  source = pseudo_source.pseudo_label_source(pseudo_dir, require_complete=False,
+                                             ignore_threshold=None)
   reference = (part.index_reference(reference_source) if reference_source is not None
                else None)
   tf.io.gfile.makedirs(out_dir)

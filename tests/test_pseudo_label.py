@@ -1020,6 +1020,7 @@ def test_a_student_at_0_7_reads_the_boxes_a_labeler_at_0_7_writes(confident_teac
     pl_source.pseudo_label_source(at_07, score_threshold=0.5)
   # An ignore band [0.5, 0.7): those boxes are kept with class F.IGNORE_BOX_CLASS, the boxes
   # at or above 0.7 are the student's at 0.7, unchanged.
+  assert np.sum((written >= 0.5) & (written < 0.7)) > 0   # the band holds boxes
   band = _labels_by_image(pl_source.pseudo_label_source(floor, score_threshold=0.7,
                                                         ignore_threshold=0.5))
   assert sorted(band) == sorted(want)
