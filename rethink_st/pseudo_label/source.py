@@ -9,8 +9,8 @@ kept too, as ignored regions (class F.IGNORE_BOX_CLASS): the anchors they match 
 neither object nor background in the student's loss (rethink_st/data/pipeline.py), so a
 digit the teacher was unsure of is not taught as background. The paper does not do this; it
 is off (None) unless bound. The detections below the floor or suppressed are in the COCO JSON
-files alone, for the report. Segmentation pseudo masks are used as written (their threshold is the
-labeler's `mask_threshold`).
+files alone, for the report. Segmentation pseudo masks are used as written (their threshold
+is the labeler's `mask_threshold`).
 
 The source carries the folder's `label_space` (meta.json; the student refuses pseudo labels
 of another label space than its task's), its `score_threshold`, and `pseudo_set`
@@ -112,13 +112,19 @@ def resolve_threshold(meta: Dict[str, Any], directory: str,
   labeler = meta.get('score_threshold')   # None: a folder written without one
   if score_threshold is None:
     return None if labeler is None else float(labeler)
-  threshold = check_score_threshold('pseudo_label_source.score_threshold', score_threshold)
-  floor = meta.get('score_floor', labeler)
-  if floor is not None and threshold < float(floor) - 1e-9:
-    raise UserError(f'pseudo_label_source.score_threshold={threshold:g} is below the score '
-                    f'floor {floor:g} the pseudo labels in {directory} were written at; label '
-                    f'again with run_pseudo_label.score_floor <= {threshold:g}')
-  return threshold
+  where = 'pseudo_label_source.score_threshold'
+  return check_above_floor(where, check_score_threshold(where, score_threshold), meta, directory)
+
+
+def check_above_floor(where: str, value: float, meta: Dict[str, Any], directory: str) -> float:
+  """`value`, or one UserError line naming `where` if it is below the score floor the folder's
+  boxes were written at (meta.json's score_floor; before floors existed: its score_threshold)."""
+  floor = meta.get('score_floor', meta.get('score_threshold'))
+  if floor is not None and value < float(floor) - 1e-9:
+    raise UserError(f'{where}={value:g} is below the score floor {floor:g} the pseudo labels '
+                    f'in {directory} were written at; label again with '
+                    f'run_pseudo_label.score_floor <= {value:g}')
+  return value
 
 
 def resolve_ignore_threshold(meta: Dict[str, Any], directory: str, threshold: Optional[float],
@@ -135,12 +141,7 @@ def resolve_ignore_threshold(meta: Dict[str, Any], directory: str, threshold: Op
   if value >= threshold:
     raise UserError(f'{where}={value:g} must be below the score threshold {threshold:g} '
                     '(the band is [ignore_threshold, score_threshold))')
-  floor = meta.get('score_floor', meta.get('score_threshold'))
-  if floor is not None and value < float(floor) - 1e-9:
-    raise UserError(f'{where}={value:g} is below the score floor {floor:g} the pseudo labels '
-                    f'in {directory} were written at; label again with '
-                    f'run_pseudo_label.score_floor <= {value:g}')
-  return value
+  return check_above_floor(where, value, meta, directory)
 
 
 def label_space_of_folder(meta: Dict[str, Any]) -> label_space_lib.LabelSpace:
