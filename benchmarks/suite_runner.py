@@ -134,13 +134,22 @@ def read_record(record_dir: Optional[str], scale: str, name: str, seed: int) -> 
 
 def portable(record: dict, out_dir: str) -> dict:
   """A record without this machine's paths: the command's and steps_from's out_dir as
-  <out_dir>, the repository's files relative to it, the interpreter as `python`."""
+  <out_dir>, the repository's files relative to it, the interpreter as `python`; a
+  convergence.json elsewhere (--convergence outside both) as <elsewhere>/<its name>."""
   def text(value):
     if not isinstance(value, str) or value == sys.executable:
       return 'python' if value == sys.executable else value
     return value.replace(out_dir, '<out_dir>').replace(REPO + os.sep, '')
   return {**record, 'command': [text(a) for a in record.get('command', ())],
-          'steps_from': text(record.get('steps_from'))}
+          'steps_from': portable_source(text(record.get('steps_from')))}
+
+
+def portable_source(steps_from: Optional[str]) -> Optional[str]:
+  """steps_from ('<path> (commit ...)') with an absolute path as <elsewhere>/<file name>."""
+  if not isinstance(steps_from, str) or not os.path.isabs(steps_from):
+    return steps_from
+  path, sep, rest = steps_from.partition(' ')
+  return f'<elsewhere>/{os.path.basename(path)}{sep}{rest}'
 
 
 def _write_json(path: str, value: dict) -> None:
