@@ -149,10 +149,14 @@ def markdown(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def run(record_dir: str, cell: str, seeds: Sequence[int], variants: Sequence[str],
+def run(record_dir: str, cell: str, seeds: Sequence, variants: Sequence[str],
         results: Optional[str], convergence: Optional[str] = None) -> dict:
   if not results:
     raise VariantError('--results: a path prefix is required')
+  try:
+    seeds = [int(s) for s in seeds]
+  except ValueError:
+    raise VariantError(f'--seeds={",".join(map(str, seeds))}: expected integers') from None
   if not os.path.isdir(record_dir):
     raise VariantError(f'--record_dir={record_dir}: no such folder')
   budgets = known_budgets(convergence) if convergence else {}
@@ -170,12 +174,8 @@ def run(record_dir: str, cell: str, seeds: Sequence[int], variants: Sequence[str
 def main(argv):
   del argv
   try:
-    seeds = [int(s) for s in FLAGS.seeds]
-  except ValueError:
-    print(f'error: --seeds={",".join(FLAGS.seeds)}: expected integers', file=sys.stderr)
-    return 2
-  try:
-    run(FLAGS.record_dir, FLAGS.cell, seeds, FLAGS.variant, FLAGS.results, FLAGS.convergence)
+    run(FLAGS.record_dir, FLAGS.cell, FLAGS.seeds, FLAGS.variant, FLAGS.results,
+        FLAGS.convergence)
   except VariantError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -94,3 +94,8 @@ def test_cli_prints_one_line_for_a_bad_cell(records, tmp_path):
       capture_output=True, text=True, cwd=REPO, check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip() == 'error: --cell=s9_f20: no digit-scale cell s9_f20_self_training'
+
+
+def test_seeds_that_are_not_integers_are_one_line(records, tmp_path):
+  with pytest.raises(variant_claims.VariantError, match='--seeds=0,x: expected integers'):
+    variant_claims.run(records[0], 's4_f20', ['0', 'x'], [], str(tmp_path / 'vc'))
