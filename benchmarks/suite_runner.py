@@ -148,7 +148,7 @@ def portable_source(steps_from: Optional[str]) -> Optional[str]:
   """steps_from ('<path> (commit ...)') with an absolute path as <elsewhere>/<file name>."""
   if not isinstance(steps_from, str) or not os.path.isabs(steps_from):
     return steps_from
-  path, sep, rest = steps_from.partition(' ')
+  path, sep, rest = steps_from.partition(' (commit ')
   return f'<elsewhere>/{os.path.basename(path)}{sep}{rest}'
 
 

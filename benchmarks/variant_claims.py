@@ -3,25 +3,29 @@
     python benchmarks/variant_claims.py --cell=s4_f20 --seeds=0,1,2 \
         --record_dir=benchmarks/results/suite \
         --variant=threshold_0.3=benchmarks/results/suite_variants/s4_pseudo_threshold_0.3 \
-        --results=benchmarks/results/suite_variants/s4_f20_vs_matched_control
+        --variant=students_4800=benchmarks/results/suite_variants/s4_student_steps_4800 \
+        --shared_control=threshold_0.3 --results=runs/variants/s4_f20_vs_matched_control
 
 A variant is the suite's <cell>_self_training run with other --gin_param bindings into its
 own --out_dir and --record_dir (benchmarks/README.md, "Variants"). Its control is the
-matched control in the variant's record_dir when it has one (a variant that changes the
-control too, e.g. longer students), else the suite's (a variant that changes only the pseudo
-labels shares the suite's teachers and controls). Each row is tested as claims.json tests a
-claim (suite_claims.claim_result: differences paired by seed, holds when mean - 2 s.e. > 0),
-the suite's own self-training cell first. Besides AP x 100 each row gives the means of
-AR@100 (treatment and control) and of the pseudo labels' boxes per scene, precision and
-recall. Seeds that finished one side only are listed, not paired.
+matched control in the variant's own record_dir (a variant that changes the control too,
+e.g. longer students, runs both cells), or, for a variant named in --shared_control, the
+suite's (its bindings leave the control as it is: the pseudo labels' threshold or ignore
+band do not matter at pseudo-loss weight 0). Each row is tested as claims.json tests a claim
+(suite_claims.claim_result: differences paired by seed, holds when mean - 2 s.e. > 0), the
+suite's own self-training cell first. A paired seed whose two runs record different teacher
+AP started from different teachers: an error. Besides AP x 100 each row gives, over its
+paired seeds, the means of AR@100 (treatment and control) and of the pseudo labels' boxes per
+scene, precision and recall, and the commits the runs came from. Seeds that finished one
+side only are listed under the table, not paired.
 
-Writes <results>.json and <results>.md. A flag that names no records is one line, before
-anything is written.
+Writes <results>.json (with the command that made it) and <results>.md. A bad flag, or one
+that names no records, is one line before anything is written.
 """
 import json
 import os
 import sys
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -47,7 +51,9 @@ def define_flags() -> None:
   flags.DEFINE_string('cell', 's4_f20', 'Cell prefix <policy>_f<pct>.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds to pair.')
   flags.DEFINE_multi_string('variant', [], 'label=record_dir of a variant\'s '
-                            '<cell>_self_training (and <cell>_matched_control, if it has one).')
+                            '<cell>_self_training and <cell>_matched_control.')
+  flags.DEFINE_list('shared_control', [], 'Labels of variants compared with the suite\'s '
+                    'matched control (their bindings leave the control unchanged).')
   flags.DEFINE_string('convergence', DEFAULT_CONVERGENCE, 'Runs of another step budget than '
                       'this file chose are left out, as in the suite\'s tables.')
   flags.DEFINE_string('results', None, 'Prefix of the .json / .md written.')
@@ -58,8 +64,19 @@ class VariantError(ValueError):
 
 
 def _mean(runs: Mapping[str, dict], seeds: Sequence[int], key: str) -> Optional[float]:
+  """Mean of `key` over `seeds`; None unless every seed's run has it."""
   values = [runs[str(s)][key] for s in seeds if key in runs.get(str(s), {})]
-  return mean_std(values)[0]
+  return mean_std(values)[0] if len(values) == len(seeds) else None
+
+
+def check_same_teacher(label: str, treatment: Mapping[str, dict],
+                       control: Mapping[str, dict]) -> None:
+  for seed in sorted(set(treatment) & set(control), key=int):
+    t, c = treatment[seed].get('teacher_AP'), control[seed].get('teacher_AP')
+    if t is not None and c is not None and abs(t - c) > 1e-9:
+      raise VariantError(f'{label} seed {seed}: the self-training run\'s teacher has AP '
+                         f'{100 * t:.2f} and the matched control\'s {100 * c:.2f}: not the '
+                         f'same teacher')
 
 
 def compare(label: str, treatment: Mapping[str, dict], control: Mapping[str, dict],
@@ -80,7 +97,7 @@ def compare(label: str, treatment: Mapping[str, dict], control: Mapping[str, dic
   return row
 
 
-def parse_variants(items: Sequence[str]) -> Dict[str, str]:
+def parse_variants(items: Sequence[str], shared: Sequence[str] = ()) -> Dict[str, str]:
   pairs = {}
   for item in items:
     label, sep, where = item.partition('=')
@@ -89,11 +106,34 @@ def parse_variants(items: Sequence[str]) -> Dict[str, str]:
     if label == SUITE_LABEL or label in pairs:
       raise VariantError(f'--variant={item}: the label {label} is taken')
     pairs[label] = where
+  unknown = [x for x in shared if x not in pairs]
+  if unknown:
+    raise VariantError(f'--shared_control={",".join(shared)}: no --variant labeled '
+                       f'{", ".join(unknown)}')
   return pairs
 
 
+def parse_seed_list(seeds: Sequence) -> List[int]:
+  text = ','.join(map(str, seeds))
+  try:
+    out = [int(s) for s in seeds]
+  except ValueError:
+    raise VariantError(f'--seeds={text}: expected integers') from None
+  if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
+    raise VariantError(f'--seeds={text}: expected distinct seeds >= 0')
+  return out
+
+
+def shown(path: str) -> str:
+  """A folder as the outputs name it: relative to the repository, else <elsewhere>/<name>."""
+  full = os.path.abspath(path)
+  if full.startswith(REPO + os.sep):
+    return os.path.relpath(full, REPO)
+  return f'<elsewhere>/{os.path.basename(full.rstrip(os.sep))}'
+
+
 def collect(record_dir: str, cell: str, seeds: Sequence[int], variants: Mapping[str, str],
-            budgets: Optional[Mapping[str, int]] = None) -> dict:
+            budgets: Optional[Mapping[str, int]] = None, shared: Sequence[str] = ()) -> dict:
   st, mc = f'{cell}_self_training', f'{cell}_matched_control'
   for name in (st, mc):
     if name not in tables_lib.CELLS or not tables_lib.CELLS[name].exists(SCALE):
@@ -102,21 +142,25 @@ def collect(record_dir: str, cell: str, seeds: Sequence[int], variants: Mapping[
   def runs(name, where):
     return read_runs(name, SCALE, seeds, where, where, budgets)
 
-  suite_mc = runs(mc, record_dir)
   sources = {SUITE_LABEL: record_dir, **variants}
   rows = []
   for label, where in sources.items():
+    flag = '--record_dir' if label == SUITE_LABEL else f'--variant={label}={where}'
     treatment = runs(st, where)
     if not treatment:
-      flag = '--record_dir' if label == SUITE_LABEL else f'--variant={label}={where}'
       raise VariantError(f'{flag}: no finished {st} for seeds '
                          f'{",".join(map(str, seeds))} under {where}/{SCALE}/cells/')
-    own = runs(mc, where) if label != SUITE_LABEL else {}
-    control, control_from = (own, label) if own else (suite_mc, SUITE_LABEL)
+    control_from = SUITE_LABEL if label in shared else label
+    if control_from == SUITE_LABEL:
+      flag, where = '--record_dir', record_dir
+    control = runs(mc, where)
+    if not control:
+      hint = (f'; if {label}\'s bindings leave the control unchanged, pass '
+              f'--shared_control={label}' if label != SUITE_LABEL else '')
+      raise VariantError(f'{flag}: no finished {mc} for seeds {",".join(map(str, seeds))} '
+                         f'under {where}/{SCALE}/cells/{hint}')
+    check_same_teacher(label, treatment, control)
     rows.append(compare(label, treatment, control, control_from, cell))
-  def shown(path):   # no machine paths: the repository's folders relative to it
-    full = os.path.abspath(path)
-    return os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else path
   return {'cell': cell, 'seeds': list(seeds), 'rule': CLAIM_RULE,
           'metric': 'COCO AP x 100; AR@100 x 100; pseudo precision / recall as fractions',
           'sources': {k: shown(v) for k, v in sources.items()}, 'rows': rows}
@@ -129,38 +173,47 @@ def _f(value, fmt='.2f') -> str:
 def markdown(results: dict) -> str:
   lines = [f'# {results["cell"]}: self-training variants against the matched control',
            '', results['rule'], '',
-           '| variant | control | n | ST AP per seed | MC AP per seed | ST - MC | bound | '
-           'holds | AR@100 ST / MC | pseudo boxes / scene | precision | recall |',
-           '| --- | --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |']
+           'Per row, over its paired seeds: AP x 100 per seed, the mean difference ± its sample '
+           'std, the bound (mean - 2 s.e.), the means of AR@100 x 100 and of the pseudo labels\' '
+           'boxes per scene, precision and recall, and the commits of the runs.', '',
+           '| variant | control | n | ST AP (seed: AP) | MC AP (seed: AP) | ST - MC | bound | '
+           'holds | AR@100 ST / MC | pseudo boxes / scene | precision | recall | commits |',
+           '| --- | --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |']
+  notes = []
   for r in results['rows']:
     diff = _f(r['diff_mean']) + ('' if r['diff_std'] is None else f' ± {r["diff_std"]:.2f}')
-    holds = r['holds'] if r['holds'] is not None else f'- ({r["reason"]})'
-    per = lambda xs: ', '.join(f'{x:.2f}' for x in xs)  # noqa: E731
+    holds = {True: 'yes', False: 'no'}.get(r['holds'], f'- ({r.get("reason")})')
+    per = lambda xs: ', '.join(f'{s}: {x:.2f}' for s, x in zip(r['seeds'], xs))  # noqa: E731
     pct = lambda x: '-' if x is None else f'{100 * x:.1f}%'  # noqa: E731
     lines.append(
         f'| {r["label"]} | {r["control_from"]} | {r["n"]} | {per(r["treatment_ap"])} | '
         f'{per(r["control_ap"])} | {diff} | {_f(r["bound"])} | {holds} | '
         f'{_f(r["treatment_ar100"], ".1f")} / {_f(r["control_ar100"], ".1f")} | '
         f'{_f(r["pseudo_boxes_per_image"])} | {pct(r["pseudo_precision"])} | '
-        f'{pct(r["pseudo_recall"])} |')
-    unpaired = {k: v for k, v in r['unpaired_seeds'].items() if v}
-    if unpaired:
-      lines.append(f'|  | unpaired seeds: {unpaired} | | | | | | | | | | |')
-  return '\n'.join(lines) + '\n'
+        f'{pct(r["pseudo_recall"])} | {", ".join(c[:7] for c in r["commits"])} |')
+    for side, unpaired in r['unpaired_seeds'].items():
+      if unpaired:
+        notes.append(f'- {r["label"]}: seeds {", ".join(map(str, unpaired))} finished the '
+                     f'{side} only (not paired).')
+  return '\n'.join(lines + ([''] + notes if notes else [])) + '\n'
 
 
 def run(record_dir: str, cell: str, seeds: Sequence, variants: Sequence[str],
-        results: Optional[str], convergence: Optional[str] = None) -> dict:
-  if not results:
-    raise VariantError('--results: a path prefix is required')
-  try:
-    seeds = [int(s) for s in seeds]
-  except ValueError:
-    raise VariantError(f'--seeds={",".join(map(str, seeds))}: expected integers') from None
+        results: Optional[str], convergence: Optional[str] = None,
+        shared_control: Sequence[str] = (), command: Sequence[str] = ()) -> dict:
+  if not results or not os.path.basename(results):
+    raise VariantError(f'--results={results or ""}: a path prefix is required (e.g. '
+                       f'runs/variants/s4_f20, which writes s4_f20.json and s4_f20.md)')
+  seeds = parse_seed_list(seeds)
   if not os.path.isdir(record_dir):
     raise VariantError(f'--record_dir={record_dir}: no such folder')
+  if convergence and not os.path.isfile(convergence):
+    raise VariantError(f'--convergence={convergence}: no such file (it says which step '
+                       f'budgets count)')
   budgets = known_budgets(convergence) if convergence else {}
-  data = collect(record_dir, cell, seeds, parse_variants(variants), budgets)
+  data = collect(record_dir, cell, seeds, parse_variants(variants, shared_control), budgets,
+                 shared_control)
+  data['command'] = [a.replace(REPO + os.sep, '') for a in command]
   os.makedirs(os.path.dirname(results) or '.', exist_ok=True)
   with open(results + '.json', 'w') as f:
     json.dump(data, f, indent=1)
@@ -175,7 +228,8 @@ def main(argv):
   del argv
   try:
     run(FLAGS.record_dir, FLAGS.cell, FLAGS.seeds, FLAGS.variant, FLAGS.results,
-        FLAGS.convergence)
+        FLAGS.convergence, FLAGS.shared_control,
+        ['python', 'benchmarks/variant_claims.py'] + sys.argv[1:])
   except VariantError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

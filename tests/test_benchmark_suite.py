@@ -1024,3 +1024,17 @@ def test_perf_table_reads_pseudo_label_timing_and_tagged_results(tmp_path):
   assert got[('pseudo_label', 'images_per_sec')] == (9.0, 11.0)        # medians
   assert got[('pseudo_label', 'images_per_cpu_sec')] == (18.0, 20.0)
   assert got[('input_pipeline_640', 'images_per_sec')] == (3.0, 4.0)
+
+
+@pytest.mark.parametrize('steps_from, expected', [
+    ('/home/me/My Runs/convergence.json (commit 743cf84, e196deb)',
+     '<elsewhere>/convergence.json (commit 743cf84, e196deb)'),
+    ('/data/conv.json', '<elsewhere>/conv.json'),
+    ('benchmarks/results/convergence.json (commit abc)',
+     'benchmarks/results/convergence.json (commit abc)'),
+    ('<out_dir>/conv/convergence.json (commit abc)', '<out_dir>/conv/convergence.json (commit abc)'),
+    (None, None),
+])
+def test_portable_source_hides_only_absolute_paths(steps_from, expected):
+  from suite_runner import portable_source  # pylint: disable=g-import-not-at-top
+  assert portable_source(steps_from) == expected

@@ -13,12 +13,13 @@ sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 import variant_claims  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def _record(root, name, seed, ap, ar=0.6, steps=9600, **pseudo):
+def _record(root, name, seed, ap, ar=0.6, steps=9600, teacher=0.4, commit='abc1234def',
+            **pseudo):
   folder = os.path.join(root, 'digits', 'cells', name, f'seed_{seed}')
   os.makedirs(folder)
   with open(os.path.join(folder, 'suite_done.json'), 'w') as f:
-    json.dump({'metrics': {'AP': ap, 'ARmax100': ar, **pseudo}, 'seconds': 1.0,
-               'steps': steps, 'commit': 'abc'}, f)
+    json.dump({'metrics': {'AP': ap, 'ARmax100': ar, 'teacher_AP': teacher, **pseudo},
+               'seconds': 1.0, 'steps': steps, 'commit': commit}, f)
 
 
 @pytest.fixture
@@ -28,7 +29,8 @@ def records(tmp_path):
                                         (0.45, 0.46, 0.46))):
     _record(suite, 's4_f20_self_training', seed, st, pseudo_precision=0.9, pseudo_recall=0.4)
     _record(suite, 's4_f20_matched_control', seed, mc, ar=0.7)
-    _record(thr, 's4_f20_self_training', seed, t03, pseudo_recall=0.6 + seed / 10)
+    _record(thr, 's4_f20_self_training', seed, t03, commit='fedcba9876',
+            pseudo_recall=0.6 + seed / 10)
   # a variant with its own controls, seed 2 missing on the treatment side
   for seed in (0, 1):
     _record(longer, 's4_f20_self_training', seed, 0.6)
@@ -37,10 +39,11 @@ def records(tmp_path):
   return suite, thr, longer
 
 
-def test_rows_pair_by_seed_and_take_the_variants_own_control(records, tmp_path):
+def test_rows_pair_by_seed_with_the_control_each_variant_names(records, tmp_path):
   suite, thr, longer = records
-  data = variant_claims.run(suite, 's4_f20', [0, 1, 2],
-                            [f'thr={thr}', f'longer={longer}'], str(tmp_path / 'out' / 'vc'))
+  data = variant_claims.run(suite, 's4_f20', ['0', '1', '2'],
+                            [f'thr={thr}', f'longer={longer}'], str(tmp_path / 'out' / 'vc'),
+                            shared_control=['thr'], command=['python', 'x.py', '--a=b'])
   rows = {r['label']: r for r in data['rows']}
   assert list(rows) == ['suite', 'thr', 'longer']
   s = rows['suite']
@@ -52,16 +55,41 @@ def test_rows_pair_by_seed_and_take_the_variants_own_control(records, tmp_path):
   assert s['pseudo_precision'] == pytest.approx(0.9)
   t = rows['thr']
   assert t['control_from'] == 'suite' and t['control_ap'] == pytest.approx([52, 43, 46])
-  assert t['diff_mean'] == pytest.approx(-1 / 3)   # -0.5, -0.5, 0 and t['pseudo_recall'] == pytest.approx(0.7)
+  assert t['diff_mean'] == pytest.approx(-1 / 3)       # -0.5, -0.5, 0
+  assert t['pseudo_recall'] == pytest.approx(0.7)
   assert t['pseudo_precision'] is None
+  assert t['commits'] == ['abc1234def', 'fedcba9876']
   lg = rows['longer']
   assert lg['control_from'] == 'longer' and lg['n'] == 2
   assert lg['control_ap'] == pytest.approx([55, 56])
   assert lg['unpaired_seeds'] == {'treatment': [], 'control': [2]}
   md = open(str(tmp_path / 'out' / 'vc.md')).read()
-  assert '| thr | suite | 3 | 51.50, 42.50, 46.00 | 52.00, 43.00, 46.00 | -0.33 ± 0.29 |' in md
-  assert "unpaired seeds: {'control': [2]}" in md
-  assert json.load(open(str(tmp_path / 'out' / 'vc.json')))['rows'][1]['label'] == 'thr'
+  assert ('| thr | suite | 3 | 0: 51.50, 1: 42.50, 2: 46.00 | 0: 52.00, 1: 43.00, 2: 46.00 | '
+          '-0.33 ± 0.29 | -0.67 | no |') in md
+  assert '| abc1234, fedcba9 |' in md
+  assert '- longer: seeds 2 finished the control only (not paired).' in md
+  saved = json.load(open(str(tmp_path / 'out' / 'vc.json')))
+  assert saved['rows'][1]['label'] == 'thr' and saved['command'] == ['python', 'x.py', '--a=b']
+  assert saved['sources']['thr'] == '<elsewhere>/thr'   # no machine path
+
+
+def test_a_variant_without_its_own_control_must_say_it_shares_the_suites(records, tmp_path):
+  suite, thr, _ = records
+  with pytest.raises(variant_claims.VariantError,
+                     match=r'--variant=thr=.*: no finished s4_f20_matched_control .*'
+                           r'--shared_control=thr'):
+    variant_claims.run(suite, 's4_f20', [0, 1, 2], [f'thr={thr}'], str(tmp_path / 'vc'))
+  assert not os.path.exists(str(tmp_path / 'vc.json'))
+
+
+def test_a_pair_from_different_teachers_is_an_error(records, tmp_path):
+  suite, _, _ = records
+  other = str(tmp_path / 'other')
+  _record(other, 's4_f20_self_training', 0, 0.5, teacher=0.41)
+  with pytest.raises(variant_claims.VariantError,
+                     match='other seed 0: .* 41.00 .* 40.00: not the same teacher'):
+    variant_claims.run(suite, 's4_f20', [0], [f'other={other}'], str(tmp_path / 'vc'),
+                       shared_control=['other'])
 
 
 def test_runs_of_another_budget_are_left_out(records, tmp_path):
@@ -70,19 +98,30 @@ def test_runs_of_another_budget_are_left_out(records, tmp_path):
   conv.write_text(json.dumps({'chosen': {'s4': {'steps': 4800}}}))
   with pytest.raises(variant_claims.VariantError, match='no finished s4_f20_self_training'):
     variant_claims.run(suite, 's4_f20', [0, 1, 2], [f'thr={thr}'], str(tmp_path / 'vc'),
-                       str(conv))
+                       str(conv), shared_control=['thr'])
 
 
-@pytest.mark.parametrize('variant, message', [
-    ('thr', '--variant=thr: expected label=record_dir'),
-    ('suite={thr}', 'the label suite is taken'),
-    ('x=/no/such', '--variant=x=/no/such: no finished s4_f20_self_training'),
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(variants=['thr']), '--variant=thr: expected label=record_dir'),
+    (dict(variants=['suite={thr}']), 'the label suite is taken'),
+    (dict(variants=['x=/no/such'], shared_control=['x']),
+     '--variant=x=/no/such: no finished s4_f20_self_training'),
+    (dict(shared_control=['nope']), '--shared_control=nope: no --variant labeled nope'),
+    (dict(seeds=['0', 'x']), '--seeds=0,x: expected integers'),
+    (dict(seeds=[]), '--seeds=: expected distinct seeds >= 0'),
+    (dict(seeds=[0, 0]), '--seeds=0,0: expected distinct seeds >= 0'),
+    (dict(convergence='/no/conv.json'), '--convergence=/no/conv.json: no such file'),
+    (dict(results='{tmp}/dir/'), 'a path prefix is required'),
 ])
-def test_bad_variants_are_one_line_before_writing(records, tmp_path, variant, message):
+def test_bad_flags_are_one_line_before_writing(records, tmp_path, kwargs, message):
   suite, thr, _ = records
+  args = dict(record_dir=suite, cell='s4_f20', seeds=[0, 1, 2], variants=[],
+              results=str(tmp_path / 'vc'))
+  args.update(kwargs)
+  args['variants'] = [v.format(thr=thr) for v in args['variants']]
+  args['results'] = args['results'].format(tmp=tmp_path)
   with pytest.raises(variant_claims.VariantError, match=message.replace('.', r'\.')):
-    variant_claims.run(suite, 's4_f20', [0, 1, 2], [variant.format(thr=thr)],
-                       str(tmp_path / 'vc'))
+    variant_claims.run(**args)
   assert not os.path.exists(str(tmp_path / 'vc.json'))
 
 
@@ -94,8 +133,3 @@ def test_cli_prints_one_line_for_a_bad_cell(records, tmp_path):
       capture_output=True, text=True, cwd=REPO, check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip() == 'error: --cell=s9_f20: no digit-scale cell s9_f20_self_training'
-
-
-def test_seeds_that_are_not_integers_are_one_line(records, tmp_path):
-  with pytest.raises(variant_claims.VariantError, match='--seeds=0,x: expected integers'):
-    variant_claims.run(records[0], 's4_f20', ['0', 'x'], [], str(tmp_path / 'vc'))
