@@ -145,7 +145,8 @@ def portable(record: dict, out_dir: str) -> dict:
 
 
 def portable_source(steps_from: Optional[str]) -> Optional[str]:
-  """steps_from ('<path> (commit ...)') with an absolute path as <elsewhere>/<file name>."""
+  """steps_from ('<path> (commit ...)'), or any path, with an absolute path as
+  <elsewhere>/<its last name>; anything else as it is."""
   if not isinstance(steps_from, str) or not os.path.isabs(steps_from):
     return steps_from
   path, sep, rest = steps_from.partition(' (commit ')

@@ -37,6 +37,7 @@ from suite_claims import mean_std
 from suite_commands import DEFAULT_CONVERGENCE
 from suite_commands import REPO
 from suite_runner import known_budgets
+from suite_runner import portable_source
 from suite_runner import read_runs
 
 SCALE = 'digits'
@@ -129,7 +130,7 @@ def shown(path: str) -> str:
   full = os.path.abspath(path)
   if full.startswith(REPO + os.sep):
     return os.path.relpath(full, REPO)
-  return f'<elsewhere>/{os.path.basename(full.rstrip(os.sep))}'
+  return portable_source(full)
 
 
 def collect(record_dir: str, cell: str, seeds: Sequence[int], variants: Mapping[str, str],
