@@ -33,14 +33,14 @@ before; every write collects the finished runs of both tasks under --out_dir.
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+
+from timed_run import run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELL = 'gin_configs/digits/experiments/cell.gin'
@@ -138,14 +138,6 @@ def images_per_second(log_path: str) -> Optional[float]:
   return rates[len(rates) // 2] if rates else None
 
 
-def _seconds_so_far(timing: str) -> float:
-  """Wall seconds earlier starts of an unfinished run recorded (0 for a new run)."""
-  if not os.path.exists(timing):
-    return 0.0
-  with open(timing) as f:
-    return float(json.load(f).get('seconds') or 0.0)
-
-
 def run_one(policy: str, budget: int, seed: int, out_dir: str,
             gin_params: Sequence[str], task: str = 'detection') -> None:
   """Trains one budget (resuming a killed run). Its wall seconds add up over starts:
@@ -158,26 +150,7 @@ def run_one(policy: str, budget: int, seed: int, out_dir: str,
     os.makedirs(directory, exist_ok=True)
     cmd = command(policy, budget, seed, out_dir, gin_params, task)
     print(f'[convergence] {name} {budget} steps: running ({log})', flush=True)
-    before, start = _seconds_so_far(timing), time.time()
-
-    commit = git_commit()
-
-    def save():
-      with open(timing, 'w') as f:
-        json.dump({'seconds': before + time.time() - start, 'commit': commit}, f)
-
-    with open(log, 'a') as f:
-      f.write(f'$ {shlex.join(cmd)}\n')
-      f.flush()
-      proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONUNBUFFERED='1'))
-      while True:
-        try:
-          code = proc.wait(timeout=60)
-          break
-        except subprocess.TimeoutExpired:
-          save()
-    save()
+    code = run_timed(cmd, log, timing, REPO, extra={'commit': git_commit()})
     if code != 0 or finished(directory, budget) is None:
       raise RuntimeError(f'{name} {budget} steps failed (exit {code}); see {log}')
 

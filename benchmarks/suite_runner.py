@@ -45,9 +45,12 @@ from suite_commands import cell_dir
 from suite_commands import config_digest
 from suite_commands import planned_cells
 from suite_commands import read_json
+from timed_run import run_timed
+from timed_run import seconds_so_far
 
 DONE, FAILED, LOG = 'suite_done.json', 'suite_failed.json', 'suite_log.txt'
 STARTED = 'suite_started.json'   # the steps a run folder was started with
+SECONDS = 'suite_seconds.json'   # wall seconds of every start of a run folder (timed_run)
 
 
 def other_budget(run: Optional[dict], name: str, budgets: Mapping[str, int]) -> Optional[int]:
@@ -242,12 +245,9 @@ def read_pseudo_quality(directory: str) -> Dict[str, float]:
 
 
 def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
-  """Runs `cmd` from the repository root, output to log_path; returns its exit code."""
-  with open(log_path, 'a') as log:
-    log.write(f'$ {shlex.join(cmd)}\n')
-    log.flush()
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.call(list(cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+  """Runs `cmd` from the repository root, output to log_path; returns its exit code. Its wall
+  seconds, added up over the starts of a resumed cell, go to SECONDS beside the log."""
+  return run_timed(cmd, log_path, os.path.join(os.path.dirname(log_path), SECONDS), REPO)
 
 
 def _digest(name, scale, seed, budgets, gin_files, gin_params, dry_run) -> Optional[str]:
@@ -358,7 +358,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
           'commit': commit, 'config': digests[name]})
       start = time.time()
       code = runner(cmd, os.path.join(directory, LOG))
-      seconds = time.time() - start
+      # every start of a resumed cell (subprocess_runner's SECONDS), else this start's
+      seconds = seconds_so_far(os.path.join(directory, SECONDS)) or time.time() - start
       metrics = read_metrics(name, directory) if code == 0 else None
       if metrics is not None:
         metrics.update(read_last_losses(directory))

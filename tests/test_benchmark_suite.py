@@ -979,6 +979,26 @@ def test_convergence_wall_seconds_add_up_over_starts(tmp_path, monkeypatch):
   assert json.load(open(timing))['seconds'] == seconds
 
 
+def test_a_resumed_suite_cell_records_the_wall_time_of_every_start(tmp_path):
+  """A cell killed after 10 minutes and started again records both starts, as convergence."""
+  import suite_runner  # pylint: disable=g-import-not-at-top
+  out, fake = str(tmp_path / 'runs'), FakeRunner()
+  directory = suite.cell_dir(out, 'digits', 's1_f20_rand_init', 0)
+  os.makedirs(directory)
+  with open(os.path.join(directory, suite_runner.SECONDS), 'w') as f:
+    json.dump({'seconds': 600.0}, f)  # what the first start wrote before it was killed
+
+  def runner(cmd, log_path):          # the second start: the real runner on a 0.2 s command
+    sleep = [sys.executable, '-c', 'import time; time.sleep(0.2)']
+    assert suite_runner.subprocess_runner(sleep, log_path) == 0
+    return fake(cmd, log_path)
+
+  suite.run_cells(['table2'], 'digits', [0], out, only=['s1_f20_rand_init'], runner=runner,
+                  convergence=_convergence(tmp_path))
+  with open(os.path.join(directory, 'suite_done.json')) as f:
+    assert 600.2 <= json.load(f)['seconds'] < 660
+
+
 def test_perf_table_pairs_ours_with_model_garden(tmp_path):
   """TEST DATA ONLY: fabricated benchmark JSON in the formats the benchmarks write."""
   import perf_table  # pylint: disable=g-import-not-at-top
