@@ -42,6 +42,19 @@ METRICS = {'detection': 'AP', 'segmentation': 'mIoU', 'classification': 'top1_ac
 # segmentation cell's budget is its own curve's (seg_<policy>); a task not here trains the
 # budget convergence.py chose for its policy on the detection teacher (<policy>).
 BUDGET_KEY_PREFIX = {'segmentation': 'seg_'}
+# The labeled fraction the curves are measured at by default (the paper's 20% COCO setting).
+# A cell with another fraction trains the budget of its own curve, <policy>_f<pct> (the
+# paper: "we allow each model to train until it converges" for every data size): more labels
+# may need more steps, and a 100% cell trained at the 20% budget would compare unfinished
+# models (pre-training helps an unfinished model more than a converged one).
+DEFAULT_FRACTION = 0.2
+
+
+def budget_key(task: str, policy: str, fraction: float = DEFAULT_FRACTION) -> str:
+  """The key of a (task, policy, labeled fraction)'s step budget in convergence.json's
+  `chosen`: 's4', 'seg_s4', 's4_f100' (benchmarks/convergence.py writes it)."""
+  suffix = '' if fraction == DEFAULT_FRACTION else f'_f{_pct(fraction)}'
+  return BUDGET_KEY_PREFIX.get(task, '') + policy + suffix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Cell:
   full_teacher: Optional[str] = None            # at full scale, if not `teacher`
   policy: Optional[str] = None                  # 's1'..'s4'
   task: str = 'detection'                       # a key of METRICS
+  fraction: float = DEFAULT_FRACTION            # of the labeled scenes (digit scale)
 
   @property
   def metric(self) -> str:
@@ -73,11 +87,12 @@ class Cell:
 
   @property
   def budget_key(self) -> Optional[str]:
-    """The key of the cell's step budget in convergence.json's `chosen`: the policy
-    (detection, 's4') or 'seg_<policy>' (segmentation, its own curve); None: no budget."""
+    """The key of the cell's step budget in convergence.json's `chosen` (budget_key): the
+    policy (detection at 20% labels, 's4'), 'seg_<policy>' (segmentation, its own curve) or
+    '<policy>_f<pct>' (another labeled fraction, 's4_f100'); None: no budget."""
     if self.policy is None:
       return None
-    return BUDGET_KEY_PREFIX.get(self.task, '') + self.policy
+    return budget_key(self.task, self.policy, self.fraction)
 
   def teacher_for(self, scale: str) -> Optional[str]:
     return self.full_teacher if scale == 'full' and self.full_teacher else self.teacher
@@ -165,7 +180,7 @@ def _cells() -> Dict[str, Cell]:
         full = lambda what, p=pct: (f'gin_configs/coco/table3/{p}pct_{what}.gin',)
       else:
         full = lambda what: None
-      kw = dict(policy=aug)
+      kw = dict(policy=aug, fraction=fraction)
       add(Cell(f'{base}_rand_init', 'train', digits, params, full=full('rand_init'), **kw))
       add(Cell(f'{base}_pretrained', 'train', digits + (_PRETRAINED,), params,
                full=full('imagenet_init'), pretrained=True, **kw))

@@ -2,6 +2,7 @@
 
     python benchmarks/convergence.py --policies=s1,s4 --budgets=500,1000,2000,3000
     python benchmarks/convergence.py --task=segmentation --policies=s1,s4 --budgets=500,1000,2000
+    python benchmarks/convergence.py --policies=s4 --labeled_fraction=1.0 --budgets=9600,19200
     python benchmarks/convergence.py --report_only        # JSON / Markdown / PNG from finished runs
 
 Every (policy, budget) is its own run of the digit-scale cell teacher
@@ -22,6 +23,11 @@ Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s 
 commit per run). Records already in that JSON that no run under --out_dir redoes are kept, so
 a curve grows across machines whose run folders are gone.
 
+--labeled_fraction=1.0 measures a policy's curve on all the labeled scenes: its runs go to
+<out_dir>/<policy>_f100/..., its key is <policy>_f100 (chosen.s4_f100.steps), and the suite's
+cells of that fraction (Table 3's 100% column) train it. More labels can need more steps, and
+the paper trains every data size until it converges.
+
 --task=segmentation does the same for the digit-scale segmentation teacher
 (gin_configs/digits/experiments/seg_cell.gin, Table 6's cells) with mIoU x 100 (and pixel
 accuracy) in place of AP (and AP50): its runs go to <out_dir>/seg_<policy>/..., its records
@@ -40,6 +46,8 @@ from typing import Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 
+from cells import DEFAULT_FRACTION
+from cells import budget_key
 from timed_run import run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +82,10 @@ def define_flags() -> None:
   flags.DEFINE_list('policies', ['s1', 's4'], 'Augmentation policies (s1..s4).')
   flags.DEFINE_list('budgets', ['500', '1000', '2000', '3000'], 'Step budgets, one run each.')
   flags.DEFINE_integer('seed', 0, 'CELL_SEED of every run.')
+  flags.DEFINE_float('labeled_fraction', DEFAULT_FRACTION,
+                     'Of the labeled scenes (the cell files: 0.2). Another fraction is its '
+                     'own curve, key <policy>_f<pct> (s4_f100), which the suite\'s cells of '
+                     'that fraction train.')
   flags.DEFINE_float('tolerance', 1.0, 'A budget is converged within this many AP (x100; '
                      'segmentation: mIoU x100) of the plateau.')
   flags.DEFINE_string('out_dir', 'runs/convergence', 'Where the runs go.')
@@ -87,10 +99,15 @@ class ConvergenceError(ValueError):
   """A bad flag (one line)."""
 
 
-def key(task: str, policy: str) -> str:
-  """A (task, policy)'s key: its folder under out_dir, its records' and chosen's `policy`
-  ('s4'; segmentation 'seg_s4', as benchmarks/suite.py looks it up)."""
-  return TASKS[task]['prefix'] + policy
+def key(task: str, policy: str, fraction: float = DEFAULT_FRACTION) -> str:
+  """A (task, policy, labeled fraction)'s key: its folder under out_dir, its records' and
+  chosen's `policy` ('s4'; segmentation 'seg_s4'; 100% labels 's4_f100'), as
+  benchmarks/suite.py looks it up (cells.budget_key)."""
+  return budget_key(task, policy, fraction)
+
+
+# A key's folder name under out_dir (collect): [seg_]<policy>[_f<pct>].
+KEY_PATTERN = re.compile(r'(seg_)?s[1-4](_f\d+)?')
 
 
 def task_of(policy_key: str) -> str:
@@ -110,12 +127,18 @@ def run_dir(out_dir: str, policy: str, budget: int, seed: int) -> str:
 
 
 def command(policy: str, budget: int, seed: int, out_dir: str,
-            gin_params: Sequence[str] = (), task: str = 'detection') -> List[str]:
-  params = [f'CELL_STEPS={budget}', f'CELL_SEED={seed}', *gin_params]
+            gin_params: Sequence[str] = (), task: str = 'detection',
+            fraction: float = DEFAULT_FRACTION) -> List[str]:
+  """The teacher run of one budget; a fraction other than the cell files' 20% is bound with
+  LABELED_FRACTION (as the suite's cells of that fraction bind it)."""
+  params = [f'CELL_STEPS={budget}', f'CELL_SEED={seed}']
+  if fraction != DEFAULT_FRACTION:
+    params.append(f'LABELED_FRACTION={fraction}')
+  params += list(gin_params)
   return ([sys.executable, 'bin/train_teacher.py', f'--gin_file={TASKS[task]["cell"]}',
            f'--gin_file={AUGMENT.format(policy)}']
           + [f'--gin_param={p}' for p in params]
-          + [f'--model_dir={run_dir(out_dir, key(task, policy), budget, seed)}'])
+          + [f'--model_dir={run_dir(out_dir, key(task, policy, fraction), budget, seed)}'])
 
 
 def finished(directory: str, budget: int) -> Optional[dict]:
@@ -139,16 +162,17 @@ def images_per_second(log_path: str) -> Optional[float]:
 
 
 def run_one(policy: str, budget: int, seed: int, out_dir: str,
-            gin_params: Sequence[str], task: str = 'detection') -> None:
+            gin_params: Sequence[str], task: str = 'detection',
+            fraction: float = DEFAULT_FRACTION) -> None:
   """Trains one budget (resuming a killed run). Its wall seconds add up over starts:
   convergence_seconds.json is rewritten every minute while it trains."""
-  name = key(task, policy)
+  name = key(task, policy, fraction)
   directory = run_dir(out_dir, name, budget, seed)
   log = os.path.join(directory, 'convergence_log.txt')
   timing = os.path.join(directory, 'convergence_seconds.json')
   if finished(directory, budget) is None:
     os.makedirs(directory, exist_ok=True)
-    cmd = command(policy, budget, seed, out_dir, gin_params, task)
+    cmd = command(policy, budget, seed, out_dir, gin_params, task, fraction)
     print(f'[convergence] {name} {budget} steps: running ({log})', flush=True)
     code = run_timed(cmd, log, timing, REPO, extra={'commit': git_commit()})
     if code != 0 or finished(directory, budget) is None:
@@ -196,9 +220,12 @@ def keep_earlier(runs: List[dict], prefix: str, seed: int) -> List[dict]:
 
 def collect(out_dir: str, seed: int) -> List[dict]:
   """Every finished run under out_dir for `seed`, whatever invocation ran it: detection's,
-  then segmentation's (seg_<policy>)."""
+  then segmentation's (seg_<policy>); each in key order (s4 before s4_f100)."""
   runs = []
-  for policy in POLICIES + tuple(SEG + p for p in POLICIES):
+  names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+  keys = sorted((n for n in names if KEY_PATTERN.fullmatch(n)),
+                key=lambda n: (n.startswith(SEG), n))
+  for policy in keys:
     folder = os.path.join(out_dir, policy)
     names = os.listdir(folder) if os.path.isdir(folder) else []
     for budget in sorted(int(n[len('steps_'):]) for n in names
@@ -286,7 +313,10 @@ def markdown(results: dict) -> str:
            f'Each row is its own run (warm-up + cosine over its budget), seed '
            f'{results["seed"]}, code at {results["commit"]}. COCO AP x 100 on the 500 '
            f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
-           f'of the best (the plateau).', '',
+           f'of the best (the plateau).'
+           + (' A policy named <policy>_F<pct> is trained on <pct>% of the labeled scenes '
+              '(--labeled_fraction), the others on 20%.'
+              if any('_f' in r['policy'] for r in det_runs) else ''), '',
            '| policy | steps | AP | AP50 | wall (min, all starts) | img/s |',
            '| --- | --- | --- | --- | --- | --- |']
   lines += _rows(det_runs, det_chosen, 'AP', 'AP50')
@@ -348,10 +378,17 @@ def write(runs: List[dict], prefix: str, seed: int, tolerance: float) -> dict:
   return results
 
 
-def parse(policies: Sequence[str], budgets: Sequence[str]):
+def parse(policies: Sequence[str], budgets: Sequence[str],
+          fraction: float = DEFAULT_FRACTION, gin_params: Sequence[str] = ()):
   bad = [p for p in policies if p not in POLICIES]
   if bad:
     raise ConvergenceError(f'--policies: {",".join(bad)} not among {",".join(POLICIES)}')
+  if not 0 < fraction <= 1:
+    raise ConvergenceError(f'--labeled_fraction={fraction:g}: expected a fraction in (0, 1]')
+  bound = [p for p in gin_params if p.replace(' ', '').startswith('LABELED_FRACTION=')]
+  if bound:   # it would train another fraction under the 20% key
+    raise ConvergenceError(f'--gin_param={bound[0]}: set the fraction with '
+                           f'--labeled_fraction, which also names its budget\'s key')
   try:
     steps = sorted({int(b) for b in budgets})
   except ValueError:
@@ -363,7 +400,8 @@ def parse(policies: Sequence[str], budgets: Sequence[str]):
 
 def main(_):
   try:
-    policies, budgets = parse(FLAGS.policies, FLAGS.budgets)
+    policies, budgets = parse(FLAGS.policies, FLAGS.budgets, FLAGS.labeled_fraction,
+                              FLAGS.gin_param)
   except ConvergenceError as e:
     sys.exit(f'error: {e}')
   out_dir = os.path.join(REPO, FLAGS.out_dir) if not os.path.isabs(FLAGS.out_dir) else FLAGS.out_dir
@@ -371,7 +409,8 @@ def main(_):
   if not FLAGS.report_only:
     for policy in policies:        # one policy's whole curve first
       for budget in budgets:
-        run_one(policy, budget, FLAGS.seed, out_dir, FLAGS.gin_param, FLAGS.task)
+        run_one(policy, budget, FLAGS.seed, out_dir, FLAGS.gin_param, FLAGS.task,
+                FLAGS.labeled_fraction)
         write(keep_earlier(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed), prefix,
               FLAGS.seed, FLAGS.tolerance)
   runs = keep_earlier(collect(out_dir, FLAGS.seed), prefix, FLAGS.seed)

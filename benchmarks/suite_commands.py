@@ -58,15 +58,19 @@ def _shown_path(path: str) -> str:
 
 def convergence_command(keys: Sequence[str]) -> str:
   """The benchmarks/convergence.py command(s) that make the budgets `keys` ('s4': detection,
-  'seg_s4': segmentation), joined by ' and ' (one line)."""
-  detection = [k for k in keys if not k.startswith('seg_')]
-  segmentation = [k[len('seg_'):] for k in keys if k.startswith('seg_')]
+  'seg_s4': segmentation, 's4_f100': 100% of the labeled scenes), one per (task, fraction),
+  joined by ' and ' (one line)."""
+  groups = {}     # (segmentation?, pct or None) -> policies
+  for k in keys:
+    seg = k.startswith('seg_')
+    policy, _, pct = k[len('seg_') if seg else 0:].partition('_f')
+    groups.setdefault((seg, pct or None), []).append(policy)
   commands = []
-  if detection:
-    commands.append(f'python benchmarks/convergence.py --policies={",".join(detection)}')
-  if segmentation:
-    commands.append('python benchmarks/convergence.py --task=segmentation '
-                    f'--policies={",".join(segmentation)}')
+  for (seg, pct), policies in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or '')):
+    commands.append('python benchmarks/convergence.py'
+                    + (' --task=segmentation' if seg else '')
+                    + f' --policies={",".join(policies)}'
+                    + (f' --labeled_fraction={int(pct) / 100:g}' if pct else ''))
   return ' and '.join(commands)
 
 

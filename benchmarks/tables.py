@@ -88,7 +88,8 @@ _CONTROL_NOTES = (
     'schedule), so self-training minus it is what the pseudo labels add; the same-compute '
     'control trains the teacher as many more steps on human labels only, at the student\'s '
     'batch. Teachers and students train the steps benchmarks/results/convergence.json chose '
-    'for the column\'s augmentation policy.')
+    'for the column\'s augmentation policy and labeled fraction (100% labels: its own curve, '
+    'key s4_f100).')
 
 
 def _table2() -> Table:

@@ -17,6 +17,8 @@ import suite  # noqa: E402  pylint: disable=g-import-not-at-top
 import tables  # noqa: E402  pylint: disable=g-import-not-at-top
 
 BUDGETS = {'s1': 1500, 's2': 1800, 's3': 2100, 's4': 2400,   # TEST DATA: steps per policy
+           's1_f100': 1600, 's2_f100': 1900, 's3_f100': 2200, 's4_f100': 2700,  # 100% labels
+           's1_f50': 1550, 's2_f50': 1850, 's3_f50': 2150, 's4_f50': 2500,      # 50%
            'seg_s1': 900, 'seg_s2': 1000, 'seg_s3': 1100, 'seg_s4': 1200}  # segmentation's
 
 
@@ -24,7 +26,7 @@ def _flag(cmd, name):
   return [a.split('=', 1)[1] for a in cmd if a.startswith(f'--{name}=')]
 
 
-def _convergence(tmp_path, policies=('s1', 's4')):
+def _convergence(tmp_path, policies=('s1', 's4', 's4_f100')):
   """A convergence.json in benchmarks/convergence.py's schema (TEST DATA)."""
   path = tmp_path / 'convergence.json'
   path.write_text(json.dumps({
@@ -76,10 +78,11 @@ def test_digit_cells_parse_as_gin(tmp_path):
     if name == 'pretrain':
       continue
     assert macro('CELL_SEED') == 1
-    policy = name[:2]
+    policy = tables.CELLS[name].budget_key        # 100% labels: its own curve's budget
     assert macro('CELL_STEPS') == BUDGETS[policy]
     if name == 's4_f100_rand_init_continued':
-      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == tables.student_steps(BUDGETS['s4'])
+      assert policy == 's4_f100' and macro('LABELED_FRACTION') == 1.0
+      assert gin.query_parameter('rethink_st.training.run.run_train.train_steps') == tables.student_steps(BUDGETS['s4_f100'])
     if tables.CELLS[name].binary == 'self_train':
       assert macro('STUDENT_STEPS') == tables.student_steps(BUDGETS[policy])
     if name == 's1_f20_matched_control':
@@ -127,7 +130,7 @@ def test_budgets_from_convergence_json_reach_every_command(tmp_path):
     if name == 'pretrain':
       assert not any('STEPS' in p for p in params)
       continue
-    steps = BUDGETS[name[:2]]
+    steps = BUDGETS[name[:2] + ('_f100' if '_f100_' in name else '')]
     assert f'CELL_STEPS={steps}' in params, name
     student = cmd[1] == 'bin/self_train.py'
     assert (f'STUDENT_STEPS={tables.student_steps(steps)}' in params) == student, name
@@ -137,6 +140,7 @@ def test_budgets_from_convergence_json_reach_every_command(tmp_path):
       assert cmd.index(f'--gin_param=rethink_st.training.run.run_train.train_steps={tables.student_steps(steps)}') > (
           cmd.index('--gin_file=gin_configs/digits/experiments/continue_supervised.gin'))
   assert 'CELL_STEPS=1500' in _flag(by_cell['s1_f20_self_training'], 'gin_param')
+  assert 'CELL_STEPS=2700' in _flag(by_cell['s4_f100_self_training'], 'gin_param')
   assert 'STUDENT_STEPS=600' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
 
 
@@ -149,11 +153,18 @@ def test_a_missing_policy_stops_the_suite_with_one_line_before_anything_runs(tmp
   assert '\n' not in message and conv in message
   assert 'policy s4' in message and 'python benchmarks/convergence.py --policies=s4' in message
   assert not runner.calls and not os.path.exists(out)
-  # table3 needs s4 only; an s1-only file is not enough, an s4 one is
+  # table3 needs s4 at 20% and s4 at 100% labels (its own curve): an s1-only file is not
+  # enough, nor an s4 one; the error gives the command that measures the 100% curve
   with pytest.raises(suite.SuiteError, match='policy s4'):
     suite.run_cells(['table3'], 'digits', [0], out, convergence=conv, dry_run=True)
+  with pytest.raises(suite.SuiteError) as e:
+    suite.run_cells(['table3'], 'digits', [0], out, dry_run=True,
+                    convergence=_convergence(tmp_path, policies=('s4',)))
+  assert str(e.value).endswith('for policy s4_f100; make it with: '
+                               'python benchmarks/convergence.py --policies=s4 '
+                               '--labeled_fraction=1')
   suite.run_cells(['table3'], 'digits', [0], out, dry_run=True, echo=lambda s: None,
-                  convergence=_convergence(tmp_path, policies=('s4',)))
+                  convergence=_convergence(tmp_path, policies=('s4', 's4_f100')))
   # the full scale needs no convergence.json (its gin files hold the paper's steps)
   suite.run_cells(['table2'], 'full', [0], out, dry_run=True, echo=lambda s: None,
                   convergence=str(tmp_path / 'nothing.json'))
@@ -339,7 +350,7 @@ def test_a_new_step_budget_moves_old_runs_aside_and_replaces_their_records(tmp_p
   new_conv = longer / 'convergence.json'
   new_conv.write_text(json.dumps(data))
   budgets = suite.known_budgets(str(new_conv))
-  assert budgets == {'s1': 3000, 's4': BUDGETS['s4']}
+  assert budgets == {'s1': 3000, 's4': BUDGETS['s4'], 's4_f100': BUDGETS['s4_f100']}
   # the tables under the new budget: the old runs are left out
   res = suite.collect_results('table2', 'digits', [0], out, records, budgets)
   assert res['cells']['s1_f20_self_training']['seeds'] == {}
@@ -492,7 +503,8 @@ def test_runs_of_other_bindings_are_moved_aside_and_rerun(tmp_path):
 def test_dry_run_lists_teachers_before_their_students(tmp_path):
   lines, out = [], str(tmp_path / 'runs')
   suite.run_cells(['table2', 'table3', 'appendix_b'], 'digits', [0, 1, 2], out, dry_run=True,
-                  optional=True, convergence=_convergence(tmp_path, tables.POLICIES),
+                  optional=True, convergence=_convergence(tmp_path, [
+                      k for k in BUDGETS if not k.startswith('seg_')]),
                   echo=lines.append)
   commands = [shlex.split(l) for l in lines]
   position = {_flag(c, 'model_dir')[0]: i for i, c in enumerate(commands)}

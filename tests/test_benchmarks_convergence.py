@@ -94,3 +94,43 @@ def test_earlier_records_stay_in_the_curve(tmp_path, monkeypatch):
   assert results['commit'] == 'new5678, old1234'
   assert results['chosen']['s1']['steps'] == 200 and results['chosen']['s4']['steps'] == 300
   assert convergence.keep_earlier(runs, prefix, seed=1) == runs    # another seed's file
+
+
+def test_a_labeled_fraction_is_its_own_curve(tmp_path):
+  """--labeled_fraction=1.0: the runs bind LABELED_FRACTION, go to <policy>_f100 and are
+  chosen under that key (the suite's 100% cells train it); the 20% curve is untouched."""
+  out = str(tmp_path)
+  cmd = convergence.command('s4', 9600, 0, out, ['X=1'], fraction=1.0)
+  params = [a.split('=', 1)[1] for a in cmd if a.startswith('--gin_param=')]
+  assert params == ['CELL_STEPS=9600', 'CELL_SEED=0', 'LABELED_FRACTION=1.0', 'X=1']
+  assert cmd[-1] == f'--model_dir={os.path.join(out, "s4_f100", "steps_9600", "seed_0")}'
+  default = convergence.command('s4', 9600, 0, out)          # 20%: the cell files' own
+  assert not any('LABELED_FRACTION' in a for a in default)
+  assert default[-1].endswith(os.path.join('s4', 'steps_9600', 'seed_0'))
+  _finished_run(out, 's4', 9600, {'AP': 0.54, 'AP50': 0.8})
+  _finished_run(out, 's4_f100', 9600, {'AP': 0.60, 'AP50': 0.85})
+  _finished_run(out, 's4_f100', 19200, {'AP': 0.63, 'AP50': 0.87})
+  os.makedirs(os.path.join(out, 'notes'))                     # not a key: left alone
+  runs = convergence.collect(out, 0)
+  assert [(r['policy'], r['steps']) for r in runs] == [
+      ('s4', 9600), ('s4_f100', 9600), ('s4_f100', 19200)]
+  chosen = convergence.choose(runs, tolerance=1.0)
+  assert chosen['s4']['steps'] == 9600
+  assert chosen['s4_f100']['steps'] == 19200 and chosen['s4_f100']['still_rising']
+  assert convergence.task_of('s4_f100') == 'detection'
+  assert 'S4_F100' in convergence.markdown({'seed': 0, 'commit': 'c', 'tolerance': 1.0,
+                                            'runs': runs, 'chosen': chosen})
+
+
+def test_bad_fraction_flags_are_one_line_errors():
+  for args, says in (((['s4'], ['100'], 0.0), '--labeled_fraction=0: expected'),
+                     ((['s4'], ['100'], 1.5), '--labeled_fraction=1.5: expected'),
+                     ((['s4'], ['100'], 1.0, ['LABELED_FRACTION=1.0']),
+                      '--gin_param=LABELED_FRACTION=1.0: set the fraction with '
+                      '--labeled_fraction')):
+    try:
+      convergence.parse(*args)
+    except convergence.ConvergenceError as e:
+      assert str(e).startswith(says) and '\n' not in str(e)
+    else:
+      raise AssertionError(f'{args}: no error')
