@@ -11,7 +11,8 @@ Two scales:
           a reduced grid (tables.Table.digit_columns) that still tests the paper's claims.
           Every cell of augmentation policy sX trains its teacher, and its student, for the
           steps benchmarks/results/convergence.json chose for sX (the suite binds them; a
-          segmentation cell's are chosen.seg_sX, its own curve).
+          segmentation cell's are chosen.seg_sX, its own curve; a cell with another labeled
+          fraction than 20%, chosen.sX_f<pct>, also its own curve: budget_key).
   full    gin_configs/coco/<table>/<cell>.gin (Table 6: gin_configs/pascal/table6/): the
           paper's settings, for Cloud TPU / GPU clusters (add gin_configs/base/tpu.gin or
           gpus.gin with --gin_file). Their steps are the paper's, in the gin files.
@@ -53,7 +54,7 @@ DEFAULT_FRACTION = 0.2
 def budget_key(task: str, policy: str, fraction: float = DEFAULT_FRACTION) -> str:
   """The key of a (task, policy, labeled fraction)'s step budget in convergence.json's
   `chosen`: 's4', 'seg_s4', 's4_f100' (benchmarks/convergence.py writes it)."""
-  suffix = '' if fraction == DEFAULT_FRACTION else f'_f{_pct(fraction)}'
+  suffix = '' if _pct(fraction) == _pct(DEFAULT_FRACTION) else f'_f{_pct(fraction)}'
   return BUDGET_KEY_PREFIX.get(task, '') + policy + suffix
 
 

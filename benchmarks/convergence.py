@@ -17,7 +17,7 @@ The chosen budget of a policy is the smallest budget whose AP is within `--toler
 of the plateau, the best AP over the budgets run. A plateau that is the largest budget and
 more than the tolerance above the one before it is marked `still_rising`: the curve has not
 flattened and longer budgets should be added. benchmarks/suite.py trains every cell of a
-policy for its chosen budget.
+policy (and labeled fraction, below) for its chosen budget.
 
 Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s and the code's
 commit per run). Records already in that JSON that no run under --out_dir redoes are kept, so
@@ -108,6 +108,12 @@ def key(task: str, policy: str, fraction: float = DEFAULT_FRACTION) -> str:
 
 # A key's folder name under out_dir (collect): [seg_]<policy>[_f<pct>].
 KEY_PATTERN = re.compile(r'(seg_)?s[1-4](_f\d+)?')
+
+
+def key_order(policy_key: str):
+  """Runs and folders in this order: detection's keys, then segmentation's; by name within
+  a task (s1, s4, s4_f100)."""
+  return (task_of(policy_key) != 'detection', policy_key)
 
 
 def task_of(policy_key: str) -> str:
@@ -214,8 +220,7 @@ def keep_earlier(runs: List[dict], prefix: str, seed: int) -> List[dict]:
   redone = {(r['policy'], r['steps']) for r in runs}
   kept = [dict(r, commit=r.get('commit') or earlier.get('commit')) for r in earlier['runs']
           if (r['policy'], r['steps']) not in redone]
-  order = list(POLICIES) + [key('segmentation', p) for p in POLICIES]
-  return sorted(kept + runs, key=lambda r: (order.index(r['policy']), r['steps']))
+  return sorted(kept + runs, key=lambda r: (key_order(r['policy']), r['steps']))
 
 
 def collect(out_dir: str, seed: int) -> List[dict]:
@@ -223,8 +228,7 @@ def collect(out_dir: str, seed: int) -> List[dict]:
   then segmentation's (seg_<policy>); each in key order (s4 before s4_f100)."""
   runs = []
   names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
-  keys = sorted((n for n in names if KEY_PATTERN.fullmatch(n)),
-                key=lambda n: (n.startswith(SEG), n))
+  keys = sorted((n for n in names if KEY_PATTERN.fullmatch(n)), key=key_order)
   for policy in keys:
     folder = os.path.join(out_dir, policy)
     names = os.listdir(folder) if os.path.isdir(folder) else []
@@ -277,10 +281,18 @@ def _segmentation_markdown(results: dict, title: str) -> List[str]:
            f'{results["seed"]}, code at {results["commit"]}. mIoU x 100 on the 500 validation '
            f'scenes. Chosen: the smallest budget within {results["tolerance"]} mIoU of the '
            f'best (the plateau); benchmarks/suite.py trains Table 6\'s cells of policy sX '
-           f'for chosen.seg_sX.', '',
+           f'for chosen.seg_sX.' + _fraction_note(runs), '',
            '| policy | steps | mIoU | pixel accuracy | wall (min, all starts) | img/s |',
            '| --- | --- | --- | --- | --- | --- |']
   return lines + _rows(runs, chosen, 'mIoU', 'pixel_accuracy')
+
+
+def _fraction_note(runs) -> str:
+  """The sentence that says which labeled fraction the rows trained on."""
+  if not any('_f' in r['policy'] for r in runs):
+    return ' Every run trains on 20% of the labeled scenes.'
+  return (' A policy named <policy>_F<pct> trains on <pct>% of the labeled scenes '
+          '(--labeled_fraction), the others on 20%.')
 
 
 def _rows(runs, chosen, metric: str, second: str) -> List[str]:
@@ -307,23 +319,19 @@ def markdown(results: dict) -> str:
   seg_runs, _ = _split(results, 'segmentation')
   if seg_runs and not det_runs:
     return '\n'.join(_segmentation_markdown(
-        results, '# mIoU against the step budget (digit-scale segmentation teacher, 20% '
-                 'labels)')) + '\n'
-  lines = ['# AP against the step budget (digit-scale teacher, 20% labels)', '',
+        results, '# mIoU against the step budget (digit-scale segmentation teacher)')) + '\n'
+  lines = ['# AP against the step budget (digit-scale teacher)', '',
            f'Each row is its own run (warm-up + cosine over its budget), seed '
            f'{results["seed"]}, code at {results["commit"]}. COCO AP x 100 on the 500 '
            f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
-           f'of the best (the plateau).'
-           + (' A policy named <policy>_F<pct> is trained on <pct>% of the labeled scenes '
-              '(--labeled_fraction), the others on 20%.'
-              if any('_f' in r['policy'] for r in det_runs) else ''), '',
+           f'of the best (the plateau).' + _fraction_note(det_runs), '',
            '| policy | steps | AP | AP50 | wall (min, all starts) | img/s |',
            '| --- | --- | --- | --- | --- | --- |']
   lines += _rows(det_runs, det_chosen, 'AP', 'AP50')
   if seg_runs:
     lines += [''] + _segmentation_markdown(
         results, '## Segmentation: mIoU against the step budget (digit-scale segmentation '
-                 'teacher, 20% labels)')
+                 'teacher)')
   return '\n'.join(lines) + '\n'
 
 

@@ -20,7 +20,8 @@ tables).
 
 At digit scale every cell of augmentation policy sX trains the steps --convergence (default
 benchmarks/results/convergence.json, made by benchmarks/convergence.py) chose for sX
-(segmentation cells: for seg_sX, made with --task=segmentation): its teacher CELL_STEPS, its
+(segmentation cells: for seg_sX, made with --task=segmentation; cells with 100% of the labeled
+scenes: for sX_f100, made with --labeled_fraction=1.0): its teacher CELL_STEPS, its
 student cells.student_steps of that (STUDENT_STEPS: a quarter, at twice the batch). Without a
 budget a requested cell needs, the suite stops before running anything. A run or record of
 another budget (convergence.json chose anew since) is not finished: its folder is moved

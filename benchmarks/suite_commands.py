@@ -56,27 +56,33 @@ def _shown_path(path: str) -> str:
   return path if rel.startswith('..') else rel
 
 
-def convergence_command(keys: Sequence[str]) -> str:
+def convergence_command(keys: Sequence[str], chosen: Optional[Mapping[str, dict]] = None) -> str:
   """The benchmarks/convergence.py command(s) that make the budgets `keys` ('s4': detection,
   'seg_s4': segmentation, 's4_f100': 100% of the labeled scenes), one per (task, fraction),
-  joined by ' and ' (one line)."""
-  groups = {}     # (segmentation?, pct or None) -> policies
+  joined by ' and ' (one line). A fraction's curve whose 20% budget is in `chosen` (the
+  file's) starts at that budget and twice it: more labels do not converge sooner."""
+  groups = {}     # (segmentation?, pct or None, budgets or None) -> policies
   for k in keys:
     seg = k.startswith('seg_')
     policy, _, pct = k[len('seg_') if seg else 0:].partition('_f')
-    groups.setdefault((seg, pct or None), []).append(policy)
+    base = ((chosen or {}).get(('seg_' if seg else '') + policy) or {}).get('steps')
+    budgets = f'{base},{2 * base}' if pct and isinstance(base, int) and base > 0 else None
+    groups.setdefault((seg, pct or None, budgets), []).append(policy)
   commands = []
-  for (seg, pct), policies in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or '')):
+  for (seg, pct, budgets), policies in sorted(
+      groups.items(), key=lambda g: (g[0][0], g[0][1] or '', g[0][2] or '')):
     commands.append('python benchmarks/convergence.py'
                     + (' --task=segmentation' if seg else '')
                     + f' --policies={",".join(policies)}'
-                    + (f' --labeled_fraction={int(pct) / 100:g}' if pct else ''))
+                    + (f' --labeled_fraction={int(pct) / 100:g}' if pct else '')
+                    + (f' --budgets={budgets}' if budgets else ''))
   return ' and '.join(commands)
 
 
 def read_budgets(path: str, policies: Sequence[str]) -> Tuple[Dict[str, int], str]:
-  """The digit-scale step budget of each key in `policies` (a policy, 's4', or a
-  segmentation policy, 'seg_s4': tables.Cell.budget_key), from convergence.json's
+  """The digit-scale step budget of each key in `policies` (a policy, 's4'; a
+  segmentation policy, 'seg_s4'; a policy at 100% labels, 's4_f100': tables.Cell.budget_key),
+  from convergence.json's
   chosen[<key>].steps, and a line saying where they came from. One-line SuiteError naming
   the file, the missing keys and the command that makes them when the file does not give
   them all."""
@@ -94,7 +100,7 @@ def read_budgets(path: str, policies: Sequence[str]) -> Tuple[Dict[str, int], st
   if missing:
     raise SuiteError(
         f'{shown} has no step budget (chosen.<policy>.steps) for policy '
-        f'{", ".join(missing)}; make it with: {convergence_command(missing)}')
+        f'{", ".join(missing)}; make it with: {convergence_command(missing, chosen)}')
   budgets = {}
   for p in policies:
     steps = chosen[p].get('steps') if isinstance(chosen[p], dict) else None
@@ -127,7 +133,8 @@ def read_json(path: str) -> Optional[dict]:
 def budgets_for(cells: Sequence[str], scale: str,
                 convergence: str) -> Tuple[Dict[str, int], Optional[str]]:
   """Step budgets for the policies of `cells` (digit scale; the full scale's gin files
-  hold the paper's steps), keyed by tables.Cell.budget_key ('s4'; segmentation 'seg_s4')."""
+  hold the paper's steps), keyed by tables.Cell.budget_key ('s4'; segmentation 'seg_s4';
+  100% labels 's4_f100')."""
   policies = sorted({tables_lib.CELLS[n].budget_key for n in cells
                      if tables_lib.CELLS[n].budget_key}) if scale == 'digits' else []
   return read_budgets(convergence, policies) if policies else ({}, None)

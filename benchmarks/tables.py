@@ -12,7 +12,7 @@ from typing import Dict, FrozenSet, Optional, Tuple
 # The cells (CELLS, POLICIES, ...), importable from here as before.
 from cells import (  # noqa: F401  (re-exported)
     APPENDIX_B_ALPHAS, BINARIES, CELLS, METRICS, POLICIES, PRETRAIN_CELL, SCALES,
-    STUDENT_FRACTION, Cell, appendix_b_cell, ordered_cells, student_steps)
+    STUDENT_FRACTION, Cell, appendix_b_cell, budget_key, ordered_cells, student_steps)
 
 
 @dataclasses.dataclass(frozen=True)

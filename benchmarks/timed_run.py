@@ -18,11 +18,13 @@ from typing import Mapping, Optional, Sequence
 
 
 def seconds_so_far(timing: str) -> float:
-  """Wall seconds the earlier starts recorded in `timing` (0 when there is none)."""
-  if not os.path.exists(timing):
+  """Wall seconds the earlier starts recorded in `timing` (0 when there is none, or when
+  it cannot be read: then the run's time is undercounted, never the run stopped)."""
+  try:
+    with open(timing) as f:
+      return float(json.load(f).get('seconds') or 0.0)
+  except (OSError, ValueError, AttributeError, TypeError):
     return 0.0
-  with open(timing) as f:
-    return float(json.load(f).get('seconds') or 0.0)
 
 
 def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
@@ -32,9 +34,10 @@ def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
   end."""
   before, start = seconds_so_far(timing), time.time()
 
-  def save():
-    with open(timing, 'w') as f:
+  def save():    # a kill mid-write leaves the last whole file (os.replace is atomic)
+    with open(timing + '.tmp', 'w') as f:
       json.dump({'seconds': before + time.time() - start, **(extra or {})}, f)
+    os.replace(timing + '.tmp', timing)
 
   with open(log_path, 'a') as log:
     log.write(f'$ {shlex.join(cmd)}\n')

@@ -78,7 +78,8 @@ def test_digit_cells_parse_as_gin(tmp_path):
     if name == 'pretrain':
       continue
     assert macro('CELL_SEED') == 1
-    policy = tables.CELLS[name].budget_key        # 100% labels: its own curve's budget
+    policy = name[:2] + ('_f100' if '_f100_' in name else '')   # 100% labels: own curve
+    assert tables.CELLS[name].budget_key == policy
     assert macro('CELL_STEPS') == BUDGETS[policy]
     if name == 's4_f100_rand_init_continued':
       assert policy == 's4_f100' and macro('LABELED_FRACTION') == 1.0
@@ -116,6 +117,23 @@ def test_commands_bind_seed_dependencies_and_extras(tmp_path):
     suite.cell_command('s4_f20_rand_init_continued', 'full', 0, out)
   with pytest.raises(suite.SuiteError, match='no step budget for policy s4'):
     suite.cell_command('s4_f20_rand_init', 'digits', 0, out, budgets={'s1': 100})
+
+
+def test_budget_keys_and_the_commands_that_make_them():
+  """Each cell's budget key names its task, policy and labeled fraction (20%: none), and the
+  suite's one-line hint gives the convergence.py command per (task, fraction), a fraction's
+  curve starting at its 20% budget when the file has it."""
+  assert [tables.CELLS[n].budget_key for n in (
+      's4_f20_self_training', 's4_f20_standard_a3', 's1_f50_rand_init', 's4_f100_pretrained',
+      'seg_s4_f20_matched_control', 'pretrain')] == ['s4', 's4', 's1_f50', 's4_f100',
+                                                     'seg_s4', None]
+  assert tables.budget_key('detection', 's4', 0.2000001) == 's4'     # 20% by its percent
+  make = suite.convergence_command
+  assert make(['s1', 's4']) == 'python benchmarks/convergence.py --policies=s1,s4'
+  assert make(['s1_f50']) == 'python benchmarks/convergence.py --policies=s1 --labeled_fraction=0.5'
+  assert make(['seg_s4_f100', 's4'], {'seg_s4': {'steps': 4800}}) == (
+      'python benchmarks/convergence.py --policies=s4 and python benchmarks/convergence.py '
+      '--task=segmentation --policies=s4 --labeled_fraction=1 --budgets=4800,9600')
 
 
 def test_budgets_from_convergence_json_reach_every_command(tmp_path):
@@ -162,7 +180,7 @@ def test_a_missing_policy_stops_the_suite_with_one_line_before_anything_runs(tmp
                     convergence=_convergence(tmp_path, policies=('s4',)))
   assert str(e.value).endswith('for policy s4_f100; make it with: '
                                'python benchmarks/convergence.py --policies=s4 '
-                               '--labeled_fraction=1')
+                               '--labeled_fraction=1 --budgets=2400,4800')   # s4: 2400
   suite.run_cells(['table3'], 'digits', [0], out, dry_run=True, echo=lambda s: None,
                   convergence=_convergence(tmp_path, policies=('s4', 's4_f100')))
   # the full scale needs no convergence.json (its gin files hold the paper's steps)
@@ -1009,6 +1027,20 @@ def test_a_resumed_suite_cell_records_the_wall_time_of_every_start(tmp_path):
                   convergence=_convergence(tmp_path))
   with open(os.path.join(directory, 'suite_done.json')) as f:
     assert 600.2 <= json.load(f)['seconds'] < 660
+
+
+def test_a_timing_file_cut_short_by_a_kill_does_not_stop_the_rerun(tmp_path):
+  """An empty or broken suite_seconds.json (a kill while it was written, before writes were
+  atomic) counts as 0 s: the run goes on, and the file it leaves is whole."""
+  import timed_run  # pylint: disable=g-import-not-at-top
+  timing, log = str(tmp_path / 'suite_seconds.json'), str(tmp_path / 'log.txt')
+  for broken in ('', '{"seconds": ', '[]'):
+    with open(timing, 'w') as f:
+      f.write(broken)
+    assert timed_run.seconds_so_far(timing) == 0.0
+    assert timed_run.run_timed([sys.executable, '-c', 'pass'], log, timing, str(tmp_path)) == 0
+    assert 0 < json.load(open(timing))['seconds'] < 60
+  assert not os.path.exists(timing + '.tmp')
 
 
 def test_perf_table_pairs_ours_with_model_garden(tmp_path):

@@ -134,3 +134,22 @@ def test_bad_fraction_flags_are_one_line_errors():
       assert str(e).startswith(says) and '\n' not in str(e)
     else:
       raise AssertionError(f'{args}: no error')
+
+
+def test_an_f100_curve_joins_the_committed_json_and_reports_again(tmp_path):
+  """A results JSON of 20% and segmentation runs (made on another machine) plus a new
+  s4_f100 run: the write keeps them all, in task then key order, and --report_only's
+  re-read of that file works too."""
+  out, prefix = str(tmp_path / 'runs'), str(tmp_path / 'results' / 'convergence')
+  _finished_run(out, 's4', 9600, {'AP': 0.54, 'AP50': 0.8})
+  _finished_run(out, 'seg_s4', 4800, {'mIoU': 0.6, 'pixel_accuracy': 0.9})
+  convergence.write(convergence.collect(out, 0), prefix, 0, 1.0)
+  other = str(tmp_path / 'runs2')                       # the first machine's folders are gone
+  _finished_run(other, 's4_f100', 9600, {'AP': 0.60, 'AP50': 0.85})
+  runs = convergence.keep_earlier(convergence.collect(other, 0), prefix, 0)
+  assert [r['policy'] for r in runs] == ['s4', 's4_f100', 'seg_s4']
+  convergence.write(runs, prefix, 0, 1.0)
+  again = convergence.keep_earlier([], prefix, 0)
+  assert [r['policy'] for r in again] == ['s4', 's4_f100', 'seg_s4']
+  with open(prefix + '.md') as f:
+    assert 'A policy named <policy>_F<pct> trains on <pct>% of the labeled scenes' in f.read()
