@@ -111,9 +111,9 @@ KEY_PATTERN = re.compile(r'(seg_)?s[1-4](_f\d+)?')
 
 
 def key_order(policy_key: str):
-  """Runs and folders in this order: detection's keys, then segmentation's; by name within
-  a task (s1, s4, s4_f100)."""
-  return (task_of(policy_key) != 'detection', policy_key)
+  """Runs and folders in TASKS' order (detection's keys, then segmentation's); by name
+  within a task (s1, s4, s4_f100)."""
+  return (list(TASKS).index(task_of(policy_key)), policy_key)
 
 
 def task_of(policy_key: str) -> str:
