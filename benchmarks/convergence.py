@@ -46,7 +46,9 @@ from typing import Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 
+from cells import BUDGET_KEY_PREFIX
 from cells import DEFAULT_FRACTION
+from cells import POLICIES
 from cells import budget_key
 from timed_run import run_timed
 
@@ -54,8 +56,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELL = 'gin_configs/digits/experiments/cell.gin'
 SEG_CELL = 'gin_configs/digits/experiments/seg_cell.gin'
 AUGMENT = 'gin_configs/digits/augment_{}.gin'
-POLICIES = ('s1', 's2', 's3', 's4')
-SEG = 'seg_'          # prefix of a segmentation policy's key (folder, record, chosen)
+SEG = BUDGET_KEY_PREFIX['segmentation']   # of a segmentation policy's key (folder, record, chosen)
 # Per task: the cell file, the key prefix, the eval_metrics.json keys recorded (x 100: the
 # metric the budget is chosen on, then a second one shown beside it), whether a record names
 # its task (detection's records, older, do not), what convergence.json's `rule` adds when
