@@ -139,7 +139,7 @@ def command(policy: str, budget: int, seed: int, out_dir: str,
   """The teacher run of one budget; a fraction other than the cell files' 20% is bound with
   LABELED_FRACTION (as the suite's cells of that fraction bind it)."""
   params = [f'CELL_STEPS={budget}', f'CELL_SEED={seed}']
-  if fraction != DEFAULT_FRACTION:
+  if key(task, policy, fraction) != key(task, policy):
     params.append(f'LABELED_FRACTION={fraction}')
   params += list(gin_params)
   return ([sys.executable, 'bin/train_teacher.py', f'--gin_file={TASKS[task]["cell"]}',
@@ -394,6 +394,9 @@ def parse(policies: Sequence[str], budgets: Sequence[str],
     raise ConvergenceError(f'--policies: {",".join(bad)} not among {",".join(POLICIES)}')
   if not 0 < fraction <= 1:
     raise ConvergenceError(f'--labeled_fraction={fraction:g}: expected a fraction in (0, 1]')
+  if abs(fraction * 100 - round(fraction * 100)) > 1e-9:   # keys name whole percents
+    raise ConvergenceError(f'--labeled_fraction={fraction:g}: expected a whole percent '
+                           f'(0.2, 0.5, 1.0), which names its budget\'s key')
   bound = [p for p in gin_params if p.replace(' ', '').startswith('LABELED_FRACTION=')]
   if bound:   # it would train another fraction under the 20% key
     raise ConvergenceError(f'--gin_param={bound[0]}: set the fraction with '

@@ -106,6 +106,8 @@ def test_a_labeled_fraction_is_its_own_curve(tmp_path):
   assert cmd[-1] == f'--model_dir={os.path.join(out, "s4_f100", "steps_9600", "seed_0")}'
   default = convergence.command('s4', 9600, 0, out)          # 20%: the cell files' own
   assert not any('LABELED_FRACTION' in a for a in default)
+  fifth = convergence.command('s4', 9600, 0, out, fraction=0.7 - 0.5)   # 0.1999..: 20%
+  assert not any('LABELED_FRACTION' in a for a in fifth)
   assert default[-1].endswith(os.path.join('s4', 'steps_9600', 'seed_0'))
   _finished_run(out, 's4', 9600, {'AP': 0.54, 'AP50': 0.8})
   _finished_run(out, 's4_f100', 9600, {'AP': 0.60, 'AP50': 0.85})
@@ -125,6 +127,7 @@ def test_a_labeled_fraction_is_its_own_curve(tmp_path):
 def test_bad_fraction_flags_are_one_line_errors():
   for args, says in (((['s4'], ['100'], 0.0), '--labeled_fraction=0: expected'),
                      ((['s4'], ['100'], 1.5), '--labeled_fraction=1.5: expected'),
+                     ((['s4'], ['100'], 0.201), '--labeled_fraction=0.201: expected a whole'),
                      ((['s4'], ['100'], 1.0, ['LABELED_FRACTION=1.0']),
                       '--gin_param=LABELED_FRACTION=1.0: set the fraction with '
                       '--labeled_fraction')):
