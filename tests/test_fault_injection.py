@@ -5,6 +5,9 @@ kill -9 while training, between checkpoints
     the rerun takes over the lock the dead run left, resumes from the last checkpoint and ends
     with the uninterrupted run's losses and weights, bit for bit (a seeded run)
     -> test_training_killed_between_checkpoints_resumes_exactly (here)
+a classifier with dropout (the pre-training), interrupted between checkpoints
+    the resumed run draws the uninterrupted run's dropout masks: same losses and weights
+    -> test_a_resumed_classifier_draws_the_uninterrupted_dropout_masks (here)
 kill during a checkpoint save
     the ckpt-N_temp folder it leaves is removed at the next start
     -> test_run_folder_safety.py::test_student_start_reports_an_empty_pseudo_set_and_removes_an_interrupted_save
@@ -165,6 +168,80 @@ def test_training_killed_between_checkpoints_resumes_exactly(digit_scenes_dir, t
   different = [n for n in want if not np.array_equal(got[n], want[n])]
   assert not different, f'{len(different)} variables differ, e.g. {different[:3]}'
   assert not os.path.exists(os.path.join(killed, 'writer.lock'))
+
+
+PRETRAIN_GIN = os.path.join(os.path.dirname(test_training.TEACHER_GIN), 'experiments',
+                            'pretrain.gin')
+
+
+class _Interrupted(Exception):
+  pass
+
+
+class _ClassifierRecorder(trainer_lib.Trainer):
+  """_Recorder's losses; raises _Interrupted after step `stop_after` (before its save)."""
+  losses = None
+  stop_after = None
+
+  def train_loop_end(self):
+    logs = super().train_loop_end()
+    step = int(self.global_step.numpy())
+    _ClassifierRecorder.losses[step] = float(np.float32(logs['total_loss'])).hex()
+    if step == _ClassifierRecorder.stop_after:
+      raise _Interrupted(step)
+    return logs
+
+
+def pretrain(data_dir: str, model_dir: str, stop_after=None):
+  """The digit pre-training (experiments/pretrain.gin: ResNet classifier, dropout 0.2 raised
+  to 0.5 here) shrunk to ResNet-10 on 32 x 32 iconic digits, seeded, STEPS steps of 4
+  images, a checkpoint every CHECKPOINT_EVERY steps. Returns {step: loss as float.hex}."""
+  gin.clear_config()
+  cli.register_configurables()
+  config_io.parse_gin([PRETRAIN_GIN], [
+      f"train/rethink_st.data.sources.digit_scenes_source.data_dir = '{data_dir}'",
+      "rethink_st.modeling.classification.build_classifier.backbone = 'resnet-10'",
+      'rethink_st.modeling.classification.build_classifier.dropout_rate = 0.5',
+      'rethink_st.training.tasks.ClassificationTask.image_size = (32, 32)',
+      'rethink_st.training.tasks.ClassificationTask.eval_source = None',
+      f'PRETRAIN_STEPS = {STEPS}',
+      'rethink_st.training.run.run_train.global_batch_size = 4',
+      'rethink_st.training.run.run_train.steps_per_loop = 1',
+      f'rethink_st.training.run.run_train.checkpoint_every = {CHECKPOINT_EVERY}',
+      'rethink_st.training.optimization.build_optimizer.warmup_steps = 1',
+  ])
+  _ClassifierRecorder.losses, _ClassifierRecorder.stop_after = {}, stop_after
+  try:
+    run.run_train(model_dir, trainer_cls=_ClassifierRecorder, seed=SEED)
+  except _Interrupted:
+    pass
+  finally:
+    gin.clear_config()
+  return dict(_ClassifierRecorder.losses)
+
+
+def test_a_resumed_classifier_draws_the_uninterrupted_dropout_masks(digit_scenes_dir, tmp_path):
+  """Model Garden's classifier head has a Dropout whose legacy stateful op keeps its place
+  in the random stream outside the checkpoint: resumed at step 3, it drew the masks of steps
+  1-3 again and the losses parted from step 4 on (the digit pre-training's top-1 moved by a
+  point). classification.checkpointed_dropout_masks keeps that place in a checkpointed
+  variable, so the resumed run is the uninterrupted one, bit for bit."""
+  whole = pretrain(digit_scenes_dir, str(tmp_path / 'whole'))
+  cut = str(tmp_path / 'cut')
+  first = pretrain(digit_scenes_dir, cut, stop_after=KILLED_AFTER)
+  assert sorted(whole) == list(range(1, STEPS + 1))
+  assert first == {s: whole[s] for s in range(1, KILLED_AFTER + 1)}
+  assert tf.train.latest_checkpoint(cut).endswith(f'ckpt-{RESUMED_FROM}')
+  masks = [n for n in _variables(tf.train.latest_checkpoint(cut)) if 'dropout_masks' in n]
+  assert masks, 'no dropout generator state in the checkpoint'
+  resumed = pretrain(digit_scenes_dir, cut)
+  assert sorted(resumed) == list(range(RESUMED_FROM + 1, STEPS + 1))
+  assert resumed == {s: whole[s] for s in resumed}, (resumed, whole)
+  want = _variables(os.path.join(tmp_path, 'whole', f'ckpt-{STEPS}'))
+  got = _variables(os.path.join(cut, f'ckpt-{STEPS}'))
+  assert sorted(got) == sorted(want)
+  different = [n for n in want if not np.array_equal(got[n], want[n])]
+  assert not different, f'{len(different)} variables differ, e.g. {different[:3]}'
 
 
 if __name__ == '__main__':
