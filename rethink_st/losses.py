@@ -53,13 +53,21 @@ def detection_losses(outputs: Mapping[str, Mapping[str, tf.Tensor]],
 
 @gin.configurable
 def segmentation_losses_fn(outputs: Mapping[str, tf.Tensor], labels: Mapping[str, tf.Tensor],
-                           label_smoothing: float = 0.0) -> Dict[str, tf.Tensor]:
+                           label_smoothing: float = 0.0,
+                           top_k_percent_pixels: float = 1.0) -> Dict[str, tf.Tensor]:
   """Pixel cross-entropy over non-ignored pixels (ignore label 255), logits upsampled to the
   label size; `num_positives` counts the labelled pixels and `has_labels` is whether there
-  is one (over zero labelled pixels the loss is 0, not a training signal)."""
+  is one (over zero labelled pixels the loss is 0, not a training signal).
+
+  top_k_percent_pixels: Model Garden's (DeepLab's) hard-pixel mining, the mean over this
+  fraction of the pixels with the highest loss; 1.0 (the default) is the plain mean.
+  """
+  if not 0.0 < float(top_k_percent_pixels) <= 1.0:
+    raise UserError(f'segmentation_losses_fn.top_k_percent_pixels must be in (0, 1], got '
+                    f'{top_k_percent_pixels}')
   loss_fn = segmentation_losses.SegmentationLoss(
       label_smoothing=label_smoothing, class_weights=[], ignore_label=IGNORE_LABEL,
-      use_groundtruth_dimension=True)
+      use_groundtruth_dimension=True, top_k_percent_pixels=float(top_k_percent_pixels))
   masks = labels['masks']
   loss = loss_fn(outputs['logits'], masks)
   valid = tf.reduce_sum(tf.cast(tf.not_equal(tf.cast(masks, tf.int32), IGNORE_LABEL),

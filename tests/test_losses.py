@@ -137,6 +137,26 @@ def test_segmentation_has_labels_iff_a_pixel_is_labelled():
   assert bool(out['has_labels']) and np.isclose(out['total_loss'], np.log(3.0), rtol=1e-4)
 
 
+def test_segmentation_top_k_percent_pixels_averages_the_hardest_pixels():
+  """Four pixels of class 0, two predicted right and two wrong: top_k 0.5 is the mean loss of
+  the two wrong ones, 1.0 the mean of all four; outside (0, 1] is a one-line error."""
+  logits = np.zeros([1, 2, 2, 3], np.float32)
+  logits[0, 0, :, 0] = 4.0      # right: class 0 high
+  logits[0, 1, :, 1] = 4.0      # wrong: class 1 high
+  masks = tf.zeros([1, 2, 2, 1])
+  per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.zeros([4], tf.int32), logits=tf.reshape(logits, [4, 3])).numpy()
+  plain = losses.segmentation_losses_fn({'logits': tf.constant(logits)}, {'masks': masks})
+  hard = losses.segmentation_losses_fn({'logits': tf.constant(logits)}, {'masks': masks},
+                                       top_k_percent_pixels=0.5)
+  assert np.isclose(plain['total_loss'], per_pixel.mean(), rtol=1e-4)
+  assert np.isclose(hard['total_loss'], np.sort(per_pixel)[2:].mean(), rtol=1e-4)
+  for bad in (0.0, 1.5):
+    with pytest.raises(UserError, match='segmentation_losses_fn.top_k_percent_pixels'):
+      losses.segmentation_losses_fn({'logits': tf.constant(logits)}, {'masks': masks},
+                                    top_k_percent_pixels=bad)
+
+
 def test_gradient_does_not_flow_through_averages():
   norm = losses.LossNormalizer(alpha=1.0, decay=0.0)
   p = tf.Variable(3.0)
