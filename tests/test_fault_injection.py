@@ -77,11 +77,17 @@ def tiny_retinanet(input_size, num_classes):
   return tf_keras.Model(images, {'cls_outputs': cls_outputs, 'box_outputs': box_outputs})
 
 
+class _Interrupted(Exception):
+  pass
+
+
 class _Recorder(trainer_lib.Trainer):
   """Keeps each loop's total_loss (one step per loop) as its exact float32 value; with
-  `wait_after`, prints `waiting` after that step and sleeps (to be killed there)."""
+  `wait_after`, prints `waiting` after that step and sleeps (to be killed there); with
+  `stop_after`, raises _Interrupted after that step (before its checkpoint is saved)."""
   losses = None
   wait_after = None
+  stop_after = None
 
   def train_loop_end(self):
     logs = super().train_loop_end()
@@ -91,6 +97,8 @@ class _Recorder(trainer_lib.Trainer):
     if step == _Recorder.wait_after:
       print('waiting', flush=True)
       time.sleep(600)
+    if step == _Recorder.stop_after:
+      raise _Interrupted(step)
     return logs
 
 
@@ -110,7 +118,7 @@ def train(data_dir: str, model_dir: str, wait_after=None):
       model_fn=tiny_retinanet, num_classes=11, image_size=(128, 128),
       train_source=sources.digit_scenes_source(split='train', data_dir=data_dir),
       eval_source=None)
-  _Recorder.losses, _Recorder.wait_after = {}, wait_after
+  _Recorder.losses, _Recorder.wait_after, _Recorder.stop_after = {}, wait_after, None
   try:
     run.run_train(model_dir, task=task, trainer_cls=_Recorder, seed=SEED)
   finally:
@@ -174,24 +182,6 @@ PRETRAIN_GIN = os.path.join(os.path.dirname(test_training.TEACHER_GIN), 'experim
                             'pretrain.gin')
 
 
-class _Interrupted(Exception):
-  pass
-
-
-class _ClassifierRecorder(trainer_lib.Trainer):
-  """_Recorder's losses; raises _Interrupted after step `stop_after` (before its save)."""
-  losses = None
-  stop_after = None
-
-  def train_loop_end(self):
-    logs = super().train_loop_end()
-    step = int(self.global_step.numpy())
-    _ClassifierRecorder.losses[step] = float(np.float32(logs['total_loss'])).hex()
-    if step == _ClassifierRecorder.stop_after:
-      raise _Interrupted(step)
-    return logs
-
-
 def pretrain(data_dir: str, model_dir: str, stop_after=None):
   """The digit pre-training (experiments/pretrain.gin: ResNet classifier, dropout 0.2 raised
   to 0.5 here) shrunk to ResNet-10 on 32 x 32 iconic digits, seeded, STEPS steps of 4
@@ -210,14 +200,14 @@ def pretrain(data_dir: str, model_dir: str, stop_after=None):
       f'rethink_st.training.run.run_train.checkpoint_every = {CHECKPOINT_EVERY}',
       'rethink_st.training.optimization.build_optimizer.warmup_steps = 1',
   ])
-  _ClassifierRecorder.losses, _ClassifierRecorder.stop_after = {}, stop_after
+  _Recorder.losses, _Recorder.wait_after, _Recorder.stop_after = {}, None, stop_after
   try:
-    run.run_train(model_dir, trainer_cls=_ClassifierRecorder, seed=SEED)
+    run.run_train(model_dir, trainer_cls=_Recorder, seed=SEED)
   except _Interrupted:
     pass
   finally:
     gin.clear_config()
-  return dict(_ClassifierRecorder.losses)
+  return dict(_Recorder.losses)
 
 
 def test_a_resumed_classifier_draws_the_uninterrupted_dropout_masks(digit_scenes_dir, tmp_path):
