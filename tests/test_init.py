@@ -1,10 +1,13 @@
 """initialize_model: restoring backbone / decoder / head / all from TF2 checkpoints."""
+from unittest import mock
+
 import numpy as np
 import pytest
 
 import rethink_st  # pylint: disable=unused-import
 import tensorflow as tf, tf_keras
 
+from rethink_st import checkpoint
 from rethink_st.errors import UserError
 from rethink_st.modeling import classification
 from rethink_st.modeling import detection
@@ -157,3 +160,19 @@ def test_user_errors(teacher_ckpt, tmp_path):
   report = init.initialize_model(other_classes, prefix, modules=['backbone', 'decoder'])
   assert report.num_restored == (len(other_classes.backbone.weights) +
                                  len(other_classes.decoder.weights))
+
+
+def test_a_classifier_checkpoint_without_dropout_mask_state_restores(tmp_path):
+  """The state of a classifier's dropout masks is run state, saved by the trainer beside the
+  optimizer, not a weight of the model: a classifier checkpoint without it (from before
+  classification.checkpointed_dropout_masks, or Model Garden's) restores in full."""
+  with mock.patch.object(classification, 'checkpointed_dropout_masks', lambda layer: None):
+    old = classification.build_classifier(input_size=(32, 32), num_classes=10,
+                                          backbone='resnet-10', dropout_rate=0.2)
+  prefix = tf.train.Checkpoint(model=old).save(str(tmp_path / 'ckpt'))
+  new = classification.build_classifier(input_size=(32, 32), num_classes=10,
+                                        backbone='resnet-10', dropout_rate=0.2)
+  assert classification.dropout_mask_state(new) is not None
+  report = checkpoint.restore_model(new, prefix, '--checkpoint')
+  assert report.num_restored == len(new.variables)
+  assert _same(old.variables, new.variables)

@@ -53,8 +53,8 @@ def _classifier_on(backbone: tf_keras.Model, num_classes: int, specs, dropout_ra
 
 
 class _CheckpointedMasks(tf.Module):
-  """Dropout masks from a tf.random.Generator: its state is a variable, saved and restored
-  with the layer that holds it (checkpointed_dropout_masks)."""
+  """Dropout masks from a tf.random.Generator, whose state is a variable
+  (checkpointed_dropout_masks)."""
 
   def __init__(self, seed: int):
     super().__init__(name='dropout_masks')
@@ -66,20 +66,37 @@ class _CheckpointedMasks(tf.Module):
 
 
 def checkpointed_dropout_masks(layer: tf_keras.layers.Dropout) -> None:
-  """Makes `layer` draw its masks from a generator whose state is saved with the model.
+  """Makes `layer` draw its masks from a generator whose state a training run checkpoints.
 
   Model Garden's classifier builds a plain Dropout, which draws from a legacy stateful op:
   where it is in its random stream lives in the op, not in any checkpoint. A seeded run
   resumed at step k then draws the masks of steps 1, 2, ... again, not those of k+1, ..., and
   ends elsewhere (300 steps of the digit pre-training, resumed at step 100: loss 2.2876
   against 2.2929 at step 200, top-1 36.0 against 34.4). A tf.random.Generator's state is a
-  variable of the layer, checkpointed and restored with the model's weights, so the resumed
-  run draws what the uninterrupted one draws. Its seed is drawn from Python's `random`,
-  which a seeded run seeds (tf_keras.utils.set_random_seed, called by run_train's seed).
+  variable; the trainer saves it beside the optimizer (`dropout_mask_state`), so the resumed
+  run draws what the uninterrupted one draws. It is run state, not a weight: the model's own
+  checkpoint does not hold it, so classifier checkpoints from before this (or Model Garden's)
+  restore as they did. Its seed is drawn from Python's `random`, which a seeded run seeds
+  (tf_keras.utils.set_random_seed, called by run_train's seed).
   """
-  masks = _CheckpointedMasks(random.randint(1, 2**31 - 1))
-  layer.dropout_masks = masks                # tracked: its state is in the checkpoint
-  layer._random_generator = masks            # pylint: disable=protected-access  (Dropout.call)
+  # object.__setattr__: not tracked by the layer, so not part of the model's checkpoint.
+  object.__setattr__(layer, '_random_generator', _CheckpointedMasks(random.randint(1, 2**31 - 1)))
+
+
+def dropout_mask_state(*models) -> Optional[tf.Module]:
+  """The dropout-mask generators of `models`' layers (checkpointed_dropout_masks), as one
+  module for a training checkpoint; None if they have none."""
+  # pylint: disable=protected-access
+  masks = {id(layer._random_generator): layer._random_generator
+           for model in models for layer in model.submodules
+           if isinstance(layer, tf_keras.layers.Dropout)
+           and isinstance(layer._random_generator, _CheckpointedMasks)}
+  # pylint: enable=protected-access
+  if not masks:
+    return None
+  state = tf.Module(name='dropout_mask_state')
+  state.generators = [m.generator for m in masks.values()]
+  return state
 
 
 @gin.configurable

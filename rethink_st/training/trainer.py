@@ -35,6 +35,7 @@ import tensorflow as tf, tf_keras
 from absl import logging
 
 from rethink_st.errors import TrainingDiverged, UserError
+from rethink_st.modeling import classification
 from rethink_st.training import optimization
 from rethink_st.training import tasks as tasks_lib
 
@@ -87,8 +88,11 @@ class Trainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   @property
   def checkpoint_items(self) -> Dict[str, Any]:
-    """Extra trackables to checkpoint beside model and optimizer (e.g. loss averages)."""
-    return {'classification_head': self.joint.head} if self.joint is not None else {}
+    """Extra trackables to checkpoint beside model and optimizer (e.g. loss averages, the
+    state of a classifier's dropout masks: classification.dropout_mask_state)."""
+    items = {'classification_head': self.joint.head} if self.joint is not None else {}
+    masks = classification.dropout_mask_state(self.model, *items.values())
+    return {**items, 'dropout_masks': masks} if masks is not None else items
 
   def main_dataset_fn(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     return self.task.build_dataset('train', self.global_batch_size, input_context,
