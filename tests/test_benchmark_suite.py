@@ -297,6 +297,20 @@ def test_run_cells_order_resume_failures_and_limits(tmp_path):
   assert [n for n, _ in runner3.calls] == ['s4_f20_rand_init_continued']
 
 
+def test_the_cpu_kind_names_the_cpu_generation(tmp_path):
+  """Records name the CPU's family and model: two EPYC generations with the same flags run
+  other kernels (this repository's demo student: 0.28 against 0.21 AP x 100)."""
+  def kind(family):
+    path = tmp_path / f'cpuinfo_{family}'
+    path.write_text(f'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n'
+                    f'model\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f '
+                    'avx512_bf16\n\nprocessor\t: 1\ncpu family\t: 99\n')
+    return suite.cpu_kind(str(path))
+  assert kind(26) == f'AMD EPYC (family 26 model 2, AVX-512 + bf16), {os.cpu_count()} CPUs'
+  assert kind(25) != kind(26)
+  assert suite.cpu_kind(str(tmp_path / 'missing')).endswith(f'(no AVX2), {os.cpu_count()} CPUs')
+
+
 def test_records_outlive_run_folders(tmp_path):
   """--record_dir: finished cells are copied there (pseudo-label quality folded in, paths
   as <out_dir>); on a machine without the run folders a recorded cell is skipped unless a
@@ -334,6 +348,17 @@ def test_records_outlive_run_folders(tmp_path):
   assert any('s1_f20_rand_init seed 0: running again for s1_f20_matched_control' in line
              for line in log)
   assert any('against the record' in line and 'the same' in line for line in log)
+  # a rerun that differs from a record made on another CPU says so, and names both CPUs
+  teacher_rec = os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0', suite.DONE)
+  edited = json.load(open(teacher_rec))
+  edited['metrics']['AP'], edited['cpu'] = 0.999, 'another CPU'
+  with open(teacher_rec, 'w') as f:
+    json.dump(edited, f)
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'd'),
+                  only=['s1_f20_rand_init_continued'], runner=FakeRunner(), convergence=conv,
+                  record_dir=records, echo=log.append)
+  assert any('DIFFERENT; the record is kept (the record ran on another CPU, this run on '
+             f'{suite.cpu_kind()})' in line for line in log)
   # the tables and claims read records when the run folders are gone
   res = suite.collect_results('table2', 'digits', [0], str(tmp_path / 'c'), records)
   assert res['cells']['s1_f20_self_training']['seeds']['0']['AP'] == rec['metrics']['AP']
