@@ -609,7 +609,7 @@ def test_results_markdown_claims_and_plot(tmp_path):
   # Table 2 at digit scale tests the claims whose two cells it holds
   assert [c['id'] for c in res['claims']] == [
       'st_vs_matched_control/S1/20', 'st_vs_matched_control/S4/20', 'st_vs_rand_init/S4/20',
-      'pretrain_gain/S1/20', 'pretrain_plus_st_vs_pretrain/S4/20',
+      'pretrain_gain/S1/20', 'pretrain_gain/S4/20', 'pretrain_plus_st_vs_pretrain/S4/20',
       'pretrain_plus_st_vs_matched_control/S4/20']
   # a constant per-seed difference: std 0, the bound is the mean
   st_mc = res['claims'][1]
