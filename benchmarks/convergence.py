@@ -15,8 +15,8 @@ killed.
 
 The chosen budget of a policy is the smallest budget whose AP is within `--tolerance` (1 AP)
 of the plateau, the best AP over the budgets run. A plateau that is the largest budget and
-more than the tolerance above the one before it is marked `still_rising`: the curve has not
-flattened and longer budgets should be added. benchmarks/suite.py trains every cell of a
+more than the tolerance above the one before it, or a curve of one budget, is marked
+`still_rising`: the curve has not been seen to flatten and longer budgets should be added. benchmarks/suite.py trains every cell of a
 policy (and labeled fraction, below) for its chosen budget.
 
 Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s and the code's
@@ -244,15 +244,16 @@ def collect(out_dir: str, seed: int) -> List[dict]:
 def choose(runs: Sequence[dict], tolerance: float) -> Dict[str, dict]:
   """Per policy (key): the plateau (best AP over budgets; segmentation keys: mIoU) and the
   smallest budget within `tolerance` of it; `still_rising` when the best is the largest
-  budget and more than `tolerance` above the next largest."""
+  budget and more than `tolerance` above the next largest, or the only budget (one point
+  shows no plateau)."""
   chosen = {}
   for policy in sorted({r['policy'] for r in runs}):
     m = metric_of(policy)
     curve = sorted((r for r in runs if r['policy'] == policy), key=lambda r: r['steps'])
     plateau = max(r[m] for r in curve)
     pick = next(r for r in curve if r[m] >= plateau - tolerance)
-    rising = (len(curve) > 1 and curve[-1][m] == plateau
-              and plateau - curve[-2][m] > tolerance)
+    rising = curve[-1][m] == plateau and (len(curve) == 1
+                                          or plateau - curve[-2][m] > tolerance)
     chosen[policy] = {'steps': pick['steps'], m: pick[m],
                       f'plateau_{m}': plateau, 'still_rising': rising,
                       'seconds': pick['seconds'], 'budgets': [r['steps'] for r in curve]}

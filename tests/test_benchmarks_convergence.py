@@ -44,6 +44,19 @@ def test_records_keys_and_chosen_budgets_per_task(tmp_path):
   assert chosen['seg_s1']['steps'] == 200 and chosen['seg_s1']['still_rising']
 
 
+def test_a_curve_of_one_budget_is_still_rising(tmp_path):
+  """One budget shows no plateau: the suite would otherwise train a key's cells for a budget
+  no longer one was compared with (the first s4_f100 run: 52.74 AP at 9,600 steps, below
+  s4's 54.12 on a fifth of the labels)."""
+  out = str(tmp_path)
+  _finished_run(out, 's4_f100', 9600, {'AP': 0.5274, 'AP50': 0.74})
+  _finished_run(out, 's4', 9600, {'AP': 0.5412, 'AP50': 0.76})
+  _finished_run(out, 's4', 12000, {'AP': 0.5441, 'AP50': 0.76})
+  chosen = convergence.choose(convergence.collect(out, 0), tolerance=1.0)
+  assert chosen['s4_f100']['steps'] == 9600 and chosen['s4_f100']['still_rising']
+  assert chosen['s4']['steps'] == 9600 and not chosen['s4']['still_rising']
+
+
 def test_the_rule_and_tables_name_each_task_with_runs(tmp_path, monkeypatch):
   monkeypatch.setattr(convergence, 'git_commit', lambda: 'abc1234')
   out = str(tmp_path / 'runs')
