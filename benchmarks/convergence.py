@@ -16,8 +16,9 @@ killed.
 The chosen budget of a policy is the smallest budget whose AP is within `--tolerance` (1 AP)
 of the plateau, the best AP over the budgets run. A plateau that is the largest budget and
 more than the tolerance above the one before it, or a curve of one budget, is marked
-`still_rising`: the curve has not been seen to flatten and longer budgets should be added. benchmarks/suite.py trains every cell of a
-policy (and labeled fraction, below) for its chosen budget.
+`still_rising`: the curve has not been seen to flatten and longer budgets should be added.
+benchmarks/suite.py trains every cell of a policy (and labeled fraction, below) for its
+chosen budget.
 
 Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s and the code's
 commit per run). Records already in that JSON that no run under --out_dir redoes are kept, so

@@ -108,8 +108,9 @@ def repo_commit() -> Optional[str]:
 def cpu_kind(cpuinfo: str = '/proc/cpuinfo') -> str:
   """The CPU a cell ran on, as far as it changes results: op determinism repeats a seeded run
   on the same kind of CPU, but TensorFlow's kernels differ between AVX2 and AVX-512 machines,
-  and between CPU generations of one name (family and model: an AMD EPYC of family 25 and one
-  of family 26 train the same seeded demo student to 0.28 and 0.21 AP x 100)."""
+  and between CPUs of one name and flags (two "AMD EPYC" VMs with AVX-512 and bf16, one of
+  family 26, train the same seeded demo student to 0.28 and 0.21 AP x 100), so the family
+  and model are named too."""
   model, flags, generation = platform.machine(), set(), {}
   try:
     with open(cpuinfo) as f:

@@ -298,8 +298,8 @@ def test_run_cells_order_resume_failures_and_limits(tmp_path):
 
 
 def test_the_cpu_kind_names_the_cpu_generation(tmp_path):
-  """Records name the CPU's family and model: two EPYC generations with the same flags run
-  other kernels (this repository's demo student: 0.28 against 0.21 AP x 100)."""
+  """Records name the CPU's family and model: two "AMD EPYC" VMs with the same flags ran
+  the seeded demo student to 0.28 and 0.21 AP x 100."""
   def kind(family):
     path = tmp_path / f'cpuinfo_{family}'
     path.write_text(f'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n'
@@ -350,7 +350,8 @@ def test_records_outlive_run_folders(tmp_path):
   assert any('against the record' in line and 'the same' in line for line in log)
   # a rerun that differs from a record made on another CPU says so, and names both CPUs
   teacher_rec = os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0', suite.DONE)
-  edited = json.load(open(teacher_rec))
+  with open(teacher_rec) as f:
+    edited = json.load(f)
   edited['metrics']['AP'], edited['cpu'] = 0.999, 'another CPU'
   with open(teacher_rec, 'w') as f:
     json.dump(edited, f)
