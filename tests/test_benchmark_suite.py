@@ -806,7 +806,7 @@ def test_segmentation_cells_parse_as_gin(tmp_path):
       assert macro('STUDENT_STEPS') == tables.student_steps(BUDGETS['seg_' + policy])
       assert gin.query_parameter('rethink_st.self_training.run_self_training.metric') == 'mIoU'
       assert macro('PSEUDO_MASK_THRESHOLD') == 0.5
-      assert gin.query_parameter(f'{pseudo}.scales') == (1.0,)   # the model is built at 128 px
+      assert gin.query_parameter(f'{pseudo}.scales') == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # paper
       assert gin.query_parameter(
           'student/rethink_st.training.run.run_train.global_batch_size') == 32
       assert gin.query_parameter('rethink_st.training.student.StudentTrainer.'

@@ -210,13 +210,53 @@ def test_restore_original_size_drops_the_padding_and_undoes_the_scale():
   assert not big[0, 6:].any() and not big[0, :, 12:].any()
 
 
-def test_fixed_size_model_at_another_scale_is_a_one_line_user_error():
+def test_fixed_size_model_runs_every_scale_as_tiles_of_its_size():
+  """A model built for 8 x 8 inputs gives, at the paper's six scales and with flips, what the
+  same per-pixel weights give on whole images of any size: tiles stitch back exactly."""
+  conv = tf_keras.layers.Conv2D(3, 1)
+  fixed_in, any_in = tf_keras.Input([8, 8, 3]), tf_keras.Input([None, None, 3])
+  fixed = tf_keras.Model(fixed_in, {'logits': conv(fixed_in)})
+  anysize = tf_keras.Model(any_in, {'logits': conv(any_in)})
+  assert seg.fixed_input_size(fixed) == (8, 8) and seg.fixed_input_size(anysize) is None
+  images = tf.random.stateless_normal([2, 8, 8, 3], seed=[3, 4])
+  scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  want = seg.predict_probabilities(anysize, images, scales=scales, flip=True).numpy()
+  got = tf.function(lambda x: seg.predict_probabilities(fixed, x, scales=scales, flip=True))(
+      images).numpy()
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_overlapping_tiles_average_their_logits():
+  # Channel 0 of each tile's logits is the column index inside the tile.
+  inputs = tf_keras.Input([8, 8, 3])
+  ramp = tf_keras.layers.Lambda(lambda x: tf.concat(
+      [tf.ones_like(x[..., :1]) * tf.range(8, dtype=tf.float32)[None, None, :, None],
+       tf.zeros_like(x[..., :1])], axis=-1))(inputs)
+  model = tf_keras.Model(inputs, {'logits': ramp})
+  logits = seg._tiled_logits(model, tf.zeros([1, 6, 13, 3]), (8, 8), 1.75).numpy()  # pylint: disable=protected-access
+  assert logits.shape == (1, 6, 13, 2)
+  # Tiles start at columns 0 and 5: columns 5-7 are in both (local 5-7 and 0-2).
+  want = np.array([0, 1, 2, 3, 4, 2.5, 3.5, 4.5, 3, 4, 5, 6, 7], np.float32)
+  np.testing.assert_allclose(logits[0, :, :, 0], np.broadcast_to(want, [6, 13]))
+
+
+def test_tiles_cover_the_image_and_overlap_by_a_third():
+  assert seg.tile_starts(5, 8) == [0] and seg.tile_starts(8, 8) == [0]
+  assert seg.tile_starts(13, 8) == [0, 5] and seg.tile_starts(14, 8) == [0, 3, 6]
+  assert seg.tile_starts(224, 128) == [0, 48, 96]   # the digit model at scale 1.75
+  for length in range(9, 60):
+    starts = seg.tile_starts(length, 8)
+    assert starts[0] == 0 and starts[-1] + 8 == length
+    assert all(8 - (b - a) >= 8 / 3 for a, b in zip(starts, starts[1:]))
+
+
+def test_fixed_size_model_on_images_of_unknown_size_is_a_one_line_user_error():
   inputs = tf_keras.Input([8, 8, 3])
   model = tf_keras.Model(inputs, {'logits': tf_keras.layers.Conv2D(2, 1)(inputs)})
-  images = tf.zeros([1, 8, 8, 3])
-  assert seg.predict_probabilities(model, images).shape == (1, 8, 8, 2)
-  with pytest.raises(UserError, match='any input size') as e:
-    seg.predict_probabilities(model, images, scales=(0.5, 1.0))
+  fn = tf.function(lambda x: seg.predict_probabilities(model, x, scales=(0.5, 1.0)),
+                   input_signature=[tf.TensorSpec([None, None, None, 3])], autograph=False)
+  with pytest.raises(UserError, match='static size') as e:
+    fn(tf.zeros([1, 8, 8, 3]))
   assert '\n' not in str(e.value)
 
 

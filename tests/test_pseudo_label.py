@@ -748,7 +748,7 @@ def test_segmentation_masks_are_original_size_and_thresholded(tmp_path):
     for k, (h, w) in enumerate(shapes):
       (folder / f'{k}.png').write_bytes(_png(rng.integers(0, 255, (h, w, 3), np.uint8)))
     source = sources.image_folder_source(str(folder))
-    scales, flip = (0.5, 1.0), True
+    scales, flip = (0.5, 1.0, 1.5), True   # 1.5: tiles of the 128 px model
 
     def hand_probs(image):
       inputs, info = pipeline.preprocess_for_inference(tf.constant(image), SIZE)

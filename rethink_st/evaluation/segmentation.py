@@ -9,7 +9,7 @@ the valid pixels has no IoU; it is reported as NaN in 'per_class_IoU' and left o
 mean ('mIoU' is the mean over the other classes; this is also what tf_keras.metrics.MeanIoU
 computes).
 """
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -49,6 +49,52 @@ def _call_model(model, x: tf.Tensor, scale: float):
         f'(e.g. its backbone built with input size (None, None))') from e
 
 
+def fixed_input_size(model) -> Optional[Tuple[int, int]]:
+  """(H, W) of a Keras model (or its `backbone`, as Model Garden's SegmentationModel) built
+  for one input size; None for a model (or function) that takes any size."""
+  for m in (model, getattr(model, 'backbone', None)):
+    try:
+      shape = m.input_shape
+    except (AttributeError, RuntimeError):
+      continue
+    if isinstance(shape, tuple) and len(shape) == 4:
+      if shape[1] is None or shape[2] is None:
+        return None
+      return int(shape[1]), int(shape[2])
+  return None
+
+
+def tile_starts(length: int, tile: int) -> List[int]:
+  """Offsets of the tiles of size `tile` that cover `length` pixels (one tile at 0 when it
+  fits), evenly spaced with neighbours overlapping by at least a third of a tile."""
+  if length <= tile:
+    return [0]
+  stride = max(2 * tile // 3, 1)   # floor(2/3 tile): overlap at least a third
+  n = -(-(length - tile) // stride) + 1
+  return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _tiled_logits(model, x: tf.Tensor, tile: Tuple[int, int], scale: float) -> tf.Tensor:
+  """Logits [B, h, w, C] of x [B, h, w, 3] (static h, w) from a model built for `tile`
+  (H, W) inputs: x is zero-padded at the bottom/right to at least H x W, cut into H x W
+  tiles (`tile_starts`), and the tiles' logits (resized bilinearly to H x W) are averaged
+  where tiles overlap, as sliding-window inference does (DeepLab, mmsegmentation)."""
+  th, tw = tile
+  h, w = int(x.shape[1]), int(x.shape[2])
+  ch, cw = max(h, th), max(w, tw)
+  if (ch, cw) != (h, w):
+    x = tf.image.pad_to_bounding_box(x, 0, 0, ch, cw)
+  total, count = None, np.zeros([1, ch, cw, 1], np.float32)
+  for y0 in tile_starts(ch, th):
+    for x0 in tile_starts(cw, tw):
+      logits = _resize(_logits_of(_call_model(model, x[:, y0:y0 + th, x0:x0 + tw], scale)),
+                       [th, tw])
+      placed = tf.pad(logits, [[0, 0], [y0, ch - y0 - th], [x0, cw - x0 - tw], [0, 0]])
+      total = placed if total is None else total + placed
+      count[:, y0:y0 + th, x0:x0 + tw] += 1.0
+  return (total / tf.constant(count))[:, :h, :w, :]
+
+
 def predict_probabilities(model: tf_keras.Model,
                           images: tf.Tensor,
                           *,
@@ -59,14 +105,20 @@ def predict_probabilities(model: tf_keras.Model,
   """Softmax probabilities [B, out_h, out_w, C], averaged over scales and horizontal flips.
 
   For each scale s the images [B, H, W, 3] are resized bilinearly to round(s*H) x round(s*W)
-  (and, with flip, mirrored left-right); padded with zeros at the bottom/right to a multiple of
-  `size_divisor` (for backbones that need it, e.g. 2**max_level; 1 = no padding); the model's
-  `{'logits': [B, h, w, C]}` is resized bilinearly to the padded size, cropped to the scaled
-  image, un-mirrored, turned into probabilities with a softmax, and resized bilinearly to
-  `output_size` (default (H, W)). The result is the mean over all scales x flips.
-  The paper's pseudo-labels use scales (0.5, 0.75, 1, 1.25, 1.5, 1.75).
+  (and, with flip, mirrored left-right), and the model's `{'logits': [B, h, w, C]}` for them
+  is resized bilinearly to the scaled size, un-mirrored, turned into probabilities with a
+  softmax, and resized bilinearly to `output_size` (default (H, W)). The result is the mean
+  over all scales x flips. The paper's pseudo-labels use scales (0.5, 0.75, 1, 1.25, 1.5,
+  1.75).
 
-  Works eagerly and inside tf.function (the model must accept any input size).
+  A model built for one input size (`fixed_input_size`, e.g. the NAS-FPN segmenters, whose
+  decoder needs a static size) sees the scaled images as tiles of that size: smaller ones
+  zero-padded at the bottom/right, larger ones cut into overlapping tiles whose logits are
+  averaged (`_tiled_logits`); this needs images of static size. A model for any size sees
+  each scaled image whole, padded with zeros at the bottom/right to a multiple of
+  `size_divisor` (for backbones that need it, e.g. 2**max_level; 1 = no padding).
+
+  Works eagerly and inside tf.function.
   """
   if not scales or any(s <= 0 for s in scales):
     raise UserError(f'predict_probabilities: scales={tuple(scales)!r} must be non-empty and '
@@ -76,7 +128,16 @@ def predict_probabilities(model: tf_keras.Model,
   images = tf.convert_to_tensor(images)
   if not images.dtype.is_floating:
     images = tf.cast(images, tf.float32)
-  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  tile = fixed_input_size(model)
+  static = images.shape[1] is not None and images.shape[2] is not None
+  if tile is not None and not static and tuple(scales) != (1.0,):
+    raise UserError(f'predict_probabilities: the model is built for {tile[0]} x {tile[1]} '
+                    f'inputs, so scales {tuple(scales)} are run as tiles of that size, which '
+                    f'needs images of a static size (got {tuple(images.shape)})')
+  if static:
+    height, width = int(images.shape[1]), int(images.shape[2])
+  else:
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
   if output_size is None:
     output_size = tf.stack([height, width])
   total = None
@@ -86,17 +147,24 @@ def predict_probabilities(model: tf_keras.Model,
       scaled = images
       sh, sw = height, width
     else:
-      sh = tf.cast(tf.math.round(tf.cast(height, tf.float32) * scale), tf.int32)
-      sw = tf.cast(tf.math.round(tf.cast(width, tf.float32) * scale), tf.int32)
-      sh, sw = tf.maximum(sh, 1), tf.maximum(sw, 1)
+      if static:
+        sh = max(int(np.round(np.float32(height) * np.float32(scale))), 1)
+        sw = max(int(np.round(np.float32(width) * np.float32(scale))), 1)
+      else:
+        sh = tf.cast(tf.math.round(tf.cast(height, tf.float32) * scale), tf.int32)
+        sw = tf.cast(tf.math.round(tf.cast(width, tf.float32) * scale), tf.int32)
+        sh, sw = tf.maximum(sh, 1), tf.maximum(sw, 1)
       scaled = tf.cast(_resize(images, tf.stack([sh, sw])), images.dtype)
     ph, pw = _round_up(sh, size_divisor), _round_up(sw, size_divisor)
     for flipped in ((False, True) if flip else (False,)):
       x = tf.reverse(scaled, axis=[2]) if flipped else scaled
-      if size_divisor > 1:
-        x = tf.image.pad_to_bounding_box(x, 0, 0, ph, pw)
-      logits = _resize(_logits_of(_call_model(model, x, scale)), tf.stack([ph, pw]))
-      logits = logits[:, :sh, :sw, :]
+      if tile is not None and static:
+        logits = _tiled_logits(model, x, tile, scale)
+      else:
+        if size_divisor > 1:
+          x = tf.image.pad_to_bounding_box(x, 0, 0, ph, pw)
+        logits = _resize(_logits_of(_call_model(model, x, scale)), tf.stack([ph, pw]))
+        logits = logits[:, :sh, :sw, :]
       if flipped:
         logits = tf.reverse(logits, axis=[2])
       probs = _resize(tf.nn.softmax(logits, axis=-1), output_size)
