@@ -226,6 +226,38 @@ def test_fixed_size_model_runs_every_scale_as_tiles_of_its_size():
   np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_images_larger_than_a_non_square_model_are_tiled_at_scale_one():
+  conv = tf_keras.layers.Conv2D(3, 1)
+  fixed_in, any_in = tf_keras.Input([8, 6, 3]), tf_keras.Input([None, None, 3])
+  fixed = tf_keras.Model(fixed_in, {'logits': conv(fixed_in)})
+  anysize = tf_keras.Model(any_in, {'logits': conv(any_in)})
+  images = tf.random.stateless_normal([1, 10, 13, 3], seed=[5, 6])
+  for scales in [(1.0,), (0.5, 1.5)]:
+    np.testing.assert_allclose(seg.predict_probabilities(fixed, images, scales=scales).numpy(),
+                               seg.predict_probabilities(anysize, images, scales=scales).numpy(),
+                               atol=1e-6)
+
+
+class _FixedSizeRecorder:
+  """A model 'built for' 8 x 8 inputs (as Keras reports it) that records its input shapes."""
+  input_shape = (None, 8, 8, 3)
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, x, training=None):
+    self.calls.append(tuple(x.shape))
+    return {'logits': x[..., :2]}
+
+
+def test_each_scale_is_one_model_call_with_its_tiles_on_the_batch_axis():
+  model = _FixedSizeRecorder()
+  seg.predict_probabilities(model, tf.zeros([2, 8, 8, 3]), scales=(0.5, 1.0, 1.25, 1.75),
+                            flip=True)
+  # 1.25 -> 10 x 10: 2 x 2 tiles; 1.75 -> 14 x 14: 3 x 3 tiles; each flip is its own call.
+  assert model.calls == [(2, 8, 8, 3)] * 4 + [(8, 8, 8, 3)] * 2 + [(18, 8, 8, 3)] * 2
+
+
 def test_overlapping_tiles_average_their_logits():
   # Channel 0 of each tile's logits is the column index inside the tile.
   inputs = tf_keras.Input([8, 8, 3])

@@ -46,7 +46,8 @@ def _call_model(model, x: tf.Tensor, scale: float):
     raise UserError(
         f'predict_probabilities: the model does not accept a {tuple(x.shape)} input (scale '
         f'{scale}); multi-scale inference needs a model built for any input size '
-        f'(e.g. its backbone built with input size (None, None))') from e
+        f'(e.g. its backbone built with input size (None, None)), or one built for a fixed '
+        f'size and images of a static size (run as tiles)') from e
 
 
 def fixed_input_size(model) -> Optional[Tuple[int, int]]:
@@ -76,22 +77,23 @@ def tile_starts(length: int, tile: int) -> List[int]:
 
 def _tiled_logits(model, x: tf.Tensor, tile: Tuple[int, int], scale: float) -> tf.Tensor:
   """Logits [B, h, w, C] of x [B, h, w, 3] (static h, w) from a model built for `tile`
-  (H, W) inputs: x is zero-padded at the bottom/right to at least H x W, cut into H x W
-  tiles (`tile_starts`), and the tiles' logits (resized bilinearly to H x W) are averaged
-  where tiles overlap, as sliding-window inference does (DeepLab, mmsegmentation)."""
+  (H, W) inputs: x is zero-padded at the bottom/right to at least H x W and cut into H x W
+  tiles (`tile_starts`), which go through the model in one call (stacked on the batch axis);
+  the tiles' logits (resized bilinearly to H x W) are averaged where tiles overlap, as
+  sliding-window inference does (DeepLab, mmsegmentation)."""
   th, tw = tile
   h, w = int(x.shape[1]), int(x.shape[2])
   ch, cw = max(h, th), max(w, tw)
   if (ch, cw) != (h, w):
     x = tf.image.pad_to_bounding_box(x, 0, 0, ch, cw)
+  corners = [(y0, x0) for y0 in tile_starts(ch, th) for x0 in tile_starts(cw, tw)]
+  tiles = [x[:, y0:y0 + th, x0:x0 + tw] for y0, x0 in corners]
+  logits = _resize(_logits_of(_call_model(model, tf.concat(tiles, axis=0), scale)), [th, tw])
   total, count = None, np.zeros([1, ch, cw, 1], np.float32)
-  for y0 in tile_starts(ch, th):
-    for x0 in tile_starts(cw, tw):
-      logits = _resize(_logits_of(_call_model(model, x[:, y0:y0 + th, x0:x0 + tw], scale)),
-                       [th, tw])
-      placed = tf.pad(logits, [[0, 0], [y0, ch - y0 - th], [x0, cw - x0 - tw], [0, 0]])
-      total = placed if total is None else total + placed
-      count[:, y0:y0 + th, x0:x0 + tw] += 1.0
+  for part, (y0, x0) in zip(tf.split(logits, len(corners), axis=0), corners):
+    placed = tf.pad(part, [[0, 0], [y0, ch - y0 - th], [x0, cw - x0 - tw], [0, 0]])
+    total = placed if total is None else total + placed
+    count[:, y0:y0 + th, x0:x0 + tw] += 1.0
   return (total / tf.constant(count))[:, :h, :w, :]
 
 
@@ -113,8 +115,9 @@ def predict_probabilities(model: tf_keras.Model,
 
   A model built for one input size (`fixed_input_size`, e.g. the NAS-FPN segmenters, whose
   decoder needs a static size) sees the scaled images as tiles of that size: smaller ones
-  zero-padded at the bottom/right, larger ones cut into overlapping tiles whose logits are
-  averaged (`_tiled_logits`); this needs images of static size. A model for any size sees
+  zero-padded at the bottom/right, larger ones cut into tiles overlapping by at least a third
+  (50-75% at the paper's scales on a 128 px model) whose logits are averaged
+  (`_tiled_logits`; one model call per scale and flip); this needs images of static size. A model for any size sees
   each scaled image whole, padded with zeros at the bottom/right to a multiple of
   `size_divisor` (for backbones that need it, e.g. 2**max_level; 1 = no padding).
 

@@ -234,8 +234,10 @@ class SegmentationTask(Task):
                train_source=None, eval_source=None, eval_scales=(1.0,), eval_flip=False,
                size_divisor: int = 128):
     """eval_scales/eval_flip: multi-scale (+ flip) inference at evaluation (and for
-    pseudo-labeling); size_divisor: each scaled input is padded to a multiple of it
-    (2**max_level of the model)."""
+    pseudo-labeling); size_divisor: for a model built for any input size, each scaled input
+    is padded to a multiple of it (2**max_level of the model); a model built for one size
+    (every model here) runs scaled inputs as tiles of that size instead
+    (`segmentation.predict_probabilities`)."""
     super().__init__(model_fn, num_classes, image_size, train_source, eval_source)
     self.eval_scales = tuple(eval_scales)
     self.eval_flip = eval_flip
