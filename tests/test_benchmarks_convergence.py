@@ -57,6 +57,24 @@ def test_a_curve_of_one_budget_is_still_rising(tmp_path):
   assert chosen['s4']['steps'] == 9600 and not chosen['s4']['still_rising']
 
 
+def test_the_plot_names_a_still_rising_curve_so(tmp_path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path)
+  _finished_run(out, 's4_f100', 9600, {'AP': 0.5274, 'AP50': 0.74})
+  _finished_run(out, 's4_f100', 19200, {'AP': 0.6253, 'AP50': 0.84})
+  _finished_run(out, 's4', 9600, {'AP': 0.5412, 'AP50': 0.76})
+  _finished_run(out, 's4', 12000, {'AP': 0.5441, 'AP50': 0.76})
+  runs = convergence.collect(out, 0)
+  results = {'runs': runs, 'chosen': convergence.choose(runs, tolerance=1.0), 'tolerance': 1.0}
+  fig, ax = plt.subplots()
+  convergence._plot_task(ax, results, 'detection')  # pylint: disable=protected-access
+  plt.close(fig)
+  assert ax.get_legend_handles_labels()[1] == ['S4 (chosen 9600)',
+                                               'S4_F100 (still rising at 19200)']
+
+
 def test_the_rule_and_tables_name_each_task_with_runs(tmp_path, monkeypatch):
   monkeypatch.setattr(convergence, 'git_commit', lambda: 'abc1234')
   out = str(tmp_path / 'runs')
