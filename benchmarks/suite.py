@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     if '://' in report_dir and fl.report_only:
       raise SuiteError('--report_dir: tables are written locally; pass a local --report_dir')
     if fl.estimate:
-      rows = estimate(names, fl.scale, fl.images_per_sec, fl.convergence, fl.optional)
+      rows = estimate(names, fl.scale, fl.images_per_sec, fl.convergence, fl.optional,
+                      fl.only)
       print('| cell | steps | batch | images | hours |\n| --- | ---: | ---: | ---: | ---: |')
       for r in rows:
         hours = f'{r["hours"]:.1f}' if 'hours' in r else '-'

@@ -290,16 +290,17 @@ def config_digest(name: str, scale: str, seed: int, *,
 
 # ------------------------------------------------------------------------------- estimate
 def estimate(table_names: Sequence[str], scale: str, images_per_sec: Optional[float] = None,
-             convergence: str = DEFAULT_CONVERGENCE, optional: bool = False) -> List[dict]:
-  """Training steps and images of every cell, read from its gin files and the suite's
-  bindings (what the binary would run), and hours at `images_per_sec` (a training
-  throughput you measured, e.g. with benchmarks/train_step.py on the target).
-  Self-training cells count the student only (the suite gives them the finished teacher)
-  and exclude pseudo-labeling."""
+             convergence: str = DEFAULT_CONVERGENCE, optional: bool = False,
+             only: Sequence[str] = ()) -> List[dict]:
+  """Training steps and images of every cell (or of `only` and the cells they depend on, as
+  --only runs them from scratch), read from its gin files and the suite's bindings (what
+  the binary would run), and hours at `images_per_sec` (a training throughput you
+  measured, e.g. with benchmarks/train_step.py on the target). Self-training cells count
+  the student only (the suite gives them the finished teacher) and exclude pseudo-labeling."""
   import gin  # pylint: disable=g-import-not-at-top
   from rethink_st import cli, config_io  # pylint: disable=g-import-not-at-top
   cli.register_configurables()
-  order = planned_cells(table_names, scale, optional=optional)
+  order = planned_cells(table_names, scale, only, optional)
   budgets, _ = budgets_for(order, scale, convergence)
   out = []
   for name in order:

@@ -162,6 +162,22 @@ def test_budgets_from_convergence_json_reach_every_command(tmp_path):
   assert 'STUDENT_STEPS=600' in _flag(by_cell['s4_f20_standard_a3'], 'gin_param')
 
 
+def test_estimate_counts_the_cells_only_asks_for_and_their_teacher(tmp_path):
+  """--estimate --only: a Table 6 S4 plan needs only seg_s4's budget (not seg_s1's), and
+  counts the teacher the students depend on, each at the steps and batch its binary runs."""
+  conv = _convergence(tmp_path, policies=('seg_s4',))
+  with pytest.raises(suite.SuiteError, match='policy seg_s1'):
+    suite.estimate(['table6'], 'digits', 100.0, conv)
+  rows = suite.estimate(['table6'], 'digits', 100.0, conv,
+                        only=['seg_s4_f20_self_training', 'seg_s4_f20_matched_control'])
+  student = tables.student_steps(BUDGETS['seg_s4'])
+  assert [(r['cell'], r['steps'], r['batch']) for r in rows] == [
+      ('seg_s4_f20_rand_init', BUDGETS['seg_s4'], 16),
+      ('seg_s4_f20_self_training', student, 32), ('seg_s4_f20_matched_control', student, 32)]
+  assert rows[0]['images'] == 16 * BUDGETS['seg_s4']
+  assert rows[0]['hours'] == pytest.approx(16 * BUDGETS['seg_s4'] / 100.0 / 3600)
+
+
 def test_a_missing_policy_stops_the_suite_with_one_line_before_anything_runs(tmp_path):
   runner, out = FakeRunner(), str(tmp_path / 'runs')
   conv = _convergence(tmp_path, policies=('s1',))
