@@ -117,9 +117,10 @@ def predict_probabilities(model: tf_keras.Model,
   decoder needs a static size) sees the scaled images as tiles of that size: smaller ones
   zero-padded at the bottom/right, larger ones cut into tiles overlapping by at least a third
   (50-75% at the paper's scales on a 128 px model) whose logits are averaged
-  (`_tiled_logits`; one model call per scale and flip); this needs images of static size. A model for any size sees
-  each scaled image whole, padded with zeros at the bottom/right to a multiple of
-  `size_divisor` (for backbones that need it, e.g. 2**max_level; 1 = no padding).
+  (`_tiled_logits`; one model call per scale and flip); this needs images of static size.
+  A model for any size sees each scaled image whole, padded with zeros at the bottom/right
+  to a multiple of `size_divisor` (for backbones that need it, e.g. 2**max_level; 1 = no
+  padding).
 
   Works eagerly and inside tf.function.
   """
@@ -158,12 +159,12 @@ def predict_probabilities(model: tf_keras.Model,
         sw = tf.cast(tf.math.round(tf.cast(width, tf.float32) * scale), tf.int32)
         sh, sw = tf.maximum(sh, 1), tf.maximum(sw, 1)
       scaled = tf.cast(_resize(images, tf.stack([sh, sw])), images.dtype)
-    ph, pw = _round_up(sh, size_divisor), _round_up(sw, size_divisor)
     for flipped in ((False, True) if flip else (False,)):
       x = tf.reverse(scaled, axis=[2]) if flipped else scaled
       if tile is not None and static:
         logits = _tiled_logits(model, x, tile, scale)
       else:
+        ph, pw = _round_up(sh, size_divisor), _round_up(sw, size_divisor)
         if size_divisor > 1:
           x = tf.image.pad_to_bounding_box(x, 0, 0, ph, pw)
         logits = _resize(_logits_of(_call_model(model, x, scale)), tf.stack([ph, pw]))
