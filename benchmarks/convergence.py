@@ -343,10 +343,9 @@ def _plot_task(ax, results: dict, task: str) -> None:
   m = TASKS[task]['metrics'][0] + '_x100'
   for policy, c in chosen.items():
     curve = sorted((r for r in runs if r['policy'] == policy), key=lambda r: r['steps'])
+    state = 'still rising at' if c.get('still_rising') else 'chosen'
     line, = ax.plot([r['steps'] for r in curve], [r[m] for r in curve], 'o-',
-                    label=f'{policy.upper()} (' + (f'still rising at {c["steps"]}'
-                                                   if c.get('still_rising')
-                                                   else f'chosen {c["steps"]}') + ')')
+                    label=f'{policy.upper()} ({state} {c["steps"]})')
     ax.plot([c['steps']], [c[m]], '*', ms=14, color=line.get_color())
     ax.axhline(c[f'plateau_{m}'] - results['tolerance'], color=line.get_color(), lw=0.6,
                ls=':')
