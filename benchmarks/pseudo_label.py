@@ -56,6 +56,9 @@ from rethink_st.training import strategy as strategy_lib
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import shown  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUN = 'rethink_st.pseudo_label.run.run_pseudo_label'
 
@@ -296,13 +299,6 @@ def run_memory(num, work_dir):
 
 
 # --- report ----------------------------------------------------------------------------------
-
-def shown(path: str) -> str:
-  """A path as the results name it: relative to the repository, or a placeholder for one
-  outside it (results name no path of the machine they ran on)."""
-  rel = os.path.relpath(os.path.abspath(path), REPO)
-  return '<outside the repository>' if rel.startswith('..') else rel
-
 
 def markdown(results) -> str:
   t, m = results.get('timing'), results.get('memory', {})

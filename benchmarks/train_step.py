@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from train_step_config import (check_schedule, count_params, model_garden_config,  # noqa: E402
                                our_bindings, parse_our_config, shared_settings)
+from repo_paths import shown  # noqa: E402
 from turn_taking import TurnTaking, window_rate  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -228,9 +229,10 @@ def benchmark(data_dir: str, *, steps: int, batch_size: int, repeats: int,
     gin.clear_config()
     if own_tmp:
       shutil.rmtree(work_dir, ignore_errors=True)
-  return summarize(runs, settings=settings, params=params, data_dir=data_dir, steps=steps,
-                   batch_size=batch_size, repeats=repeats, steps_per_loop=steps_per_loop,
-                   warmup_steps=warmup_steps, gin_files=list(gin_files),
+  return summarize(runs, settings=settings, params=params, data_dir=shown(data_dir),
+                   steps=steps, batch_size=batch_size, repeats=repeats,
+                   steps_per_loop=steps_per_loop, warmup_steps=warmup_steps,
+                   gin_files=[shown(f) for f in gin_files],
                    gin_params=list(gin_params), input_only=inputs)
 
 
@@ -271,7 +273,7 @@ def markdown(result: Dict[str, Any]) -> str:
       f"flip + scale jitter {s['scale_min']}-{s['scale_max']}, SGD momentum {s['momentum']} "
       f"{s['schedule']} + linear warmup, weight decay {s['weight_decay']}; digit-scenes train "
       f"TFRecords. Ours: `rethink_st.training.run.run_train` (gin: "
-      f"{', '.join(os.path.relpath(f, REPO) for f in st['gin_files'])}). Model Garden: "
+      f"{', '.join(st['gin_files'])}). Model Garden: "
       "`official.core.train_lib.run_experiment(mode='train')` with `RetinaNetTask`. "
       f"Both sides train {st['steps']} steps in one process, taking turns every "
       f"{st['steps_per_loop']}-step loop (same machine load for both); timed from step "

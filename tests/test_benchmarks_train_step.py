@@ -40,6 +40,9 @@ def test_both_sides_train_and_results_are_written(bench, digit_scenes_dir, tmp_p
   assert s['settings']['backbone'] == 'resnet-10'
   assert s['settings']['head_num_convs'] == 1 and s['settings']['anchor_size'] == 2.0
   assert s['params']['ours'] == s['params']['model_garden'] > 0
+  # Results name no path of the machine: the tmp data folder is outside the repository.
+  assert s['data_dir'] == '<outside the repository>'
+  assert s['gin_files'] == [os.path.join('gin_configs', 'digits', 'teacher.gin')]
   assert [r['side'] for r in result['runs']] == ['ours', 'model_garden']
   for run in result['runs']:
     assert run['timed_steps'] == 2
