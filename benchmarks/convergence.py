@@ -51,6 +51,7 @@ from cells import BUDGET_KEY_PREFIX
 from cells import DEFAULT_FRACTION
 from cells import POLICIES
 from cells import budget_key
+from timed_run import cpus_so_far
 from timed_run import run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,18 +195,20 @@ def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
   metrics = finished(directory, budget)
   if metrics is None:
     return None
-  seconds, commit = None, None
+  seconds, commit, cpus = None, None, []
   if os.path.exists(os.path.join(directory, 'convergence_seconds.json')):
     with open(os.path.join(directory, 'convergence_seconds.json')) as f:
       timing = json.load(f)
     seconds, commit = timing['seconds'], timing.get('commit')
+    cpus = cpus_so_far(os.path.join(directory, 'convergence_seconds.json'))
   ips = images_per_second(os.path.join(directory, 'convergence_log.txt'))
   task = task_of(policy)
   spec = TASKS[task]
   return {'policy': policy, **({'task': task} if spec['record_names_task'] else {}),
           'steps': budget, 'seed': seed,
           **{f'{m}_x100': round(100 * metrics[m], 2) for m in spec['metrics']},
-          'seconds': seconds, 'images_per_sec': ips, **({'commit': commit} if commit else {})}
+          'seconds': seconds, 'images_per_sec': ips, **({'commit': commit} if commit else {}),
+          **({'cpu': ' + '.join(cpus)} if cpus else {})}
 
 
 def keep_earlier(runs: List[dict], prefix: str, seed: int) -> List[dict]:
@@ -285,8 +288,8 @@ def _segmentation_markdown(results: dict, title: str) -> List[str]:
            f'scenes. Chosen: the smallest budget within {results["tolerance"]} mIoU of the '
            f'best (the plateau); benchmarks/suite.py trains Table 6\'s cells of policy sX '
            f'for chosen.seg_sX.' + _fraction_note(runs), '',
-           '| policy | steps | mIoU | pixel accuracy | wall (min, all starts) | img/s |',
-           '| --- | --- | --- | --- | --- | --- |']
+           '| policy | steps | mIoU | pixel accuracy | wall (min, all starts) | img/s | CPU |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
   return lines + _rows(runs, chosen, 'mIoU', 'pixel_accuracy')
 
 
@@ -299,14 +302,16 @@ def _fraction_note(runs) -> str:
 
 
 def _rows(runs, chosen, metric: str, second: str) -> List[str]:
-  """Table rows of every run (metric, second metric, wall time, img/s), then the chosen
-  budgets table; the runs table's header comes before."""
+  """Table rows of every run (metric, second metric, wall time, img/s, the CPU of its
+  starts: seeded runs repeat only on the same kind of CPU), then the chosen budgets table;
+  the runs table's header comes before."""
   lines = []
   for r in runs:
     wall = f'{r["seconds"] / 60:.1f}' if r['seconds'] else ''
     ips = f'{r["images_per_sec"]:.1f}' if r['images_per_sec'] else ''
     lines.append(f'| {r["policy"].upper()} | {r["steps"]} | {r[metric + "_x100"]:.2f} | '
-                 f'{r[second + "_x100"]:.2f} | {wall} | {ips} |')
+                 f'{r[second + "_x100"]:.2f} | {wall} | {ips} | '
+                 f'{r.get("cpu", "not recorded")} |')
   lines += ['', f'| policy | chosen steps | {metric} there | plateau {metric} | still rising |',
             '| --- | --- | --- | --- | --- |']
   for policy, c in chosen.items():
@@ -328,8 +333,8 @@ def markdown(results: dict) -> str:
            f'{results["seed"]}, code at {results["commit"]}. COCO AP x 100 on the 500 '
            f'validation scenes. Chosen: the smallest budget within {results["tolerance"]} AP '
            f'of the best (the plateau).' + _fraction_note(det_runs), '',
-           '| policy | steps | AP | AP50 | wall (min, all starts) | img/s |',
-           '| --- | --- | --- | --- | --- | --- |']
+           '| policy | steps | AP | AP50 | wall (min, all starts) | img/s | CPU |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
   lines += _rows(det_runs, det_chosen, 'AP', 'AP50')
   if seg_runs:
     lines += [''] + _segmentation_markdown(

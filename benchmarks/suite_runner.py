@@ -28,7 +28,6 @@ they show the records as they are, each with its commit.
 """
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from suite_commands import cell_dir
 from suite_commands import config_digest
 from suite_commands import planned_cells
 from suite_commands import read_json
+from timed_run import cpu_kind
+from timed_run import cpus_so_far
 from timed_run import run_timed
 from timed_run import seconds_so_far
 
@@ -103,34 +104,6 @@ def repo_commit() -> Optional[str]:
   except (OSError, subprocess.CalledProcessError):
     return None
   return head + ('+dirty' if dirty else '')
-
-
-def cpu_kind(cpuinfo: str = '/proc/cpuinfo') -> str:
-  """The CPU a cell ran on, as far as it changes results: op determinism repeats a seeded run
-  on the same kind of CPU, but TensorFlow's kernels differ between AVX2 and AVX-512 machines,
-  and between CPUs of one name and flags (two "AMD EPYC" VMs with AVX-512 and bf16, one of
-  family 26, train the same seeded demo student to 0.28 and 0.21 AP x 100), so the family
-  and model are named too."""
-  model, flags, generation = platform.machine(), set(), {}
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        name, _, value = line.partition(':')
-        name = name.strip()
-        if name == 'model name' and model == platform.machine():
-          model = value.strip()
-        elif name in ('cpu family', 'model') and name not in generation:
-          generation[name] = value.strip()
-        elif name == 'flags':
-          flags = set(value.split())
-          break
-  except OSError:
-    pass
-  simd = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'
-  bf16 = ' + bf16' if flags & {'avx512_bf16', 'amx_bf16'} else ''
-  family = (f'family {generation["cpu family"]} model {generation["model"]}, '
-            if len(generation) == 2 else '')
-  return f'{model} ({family}{simd}{bf16}), {os.cpu_count()} CPUs'
 
 
 def record_path(record_dir: Optional[str], scale: str, name: str, seed: int) -> Optional[str]:
@@ -368,6 +341,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       code = runner(cmd, os.path.join(directory, LOG))
       # every start of a resumed cell (subprocess_runner's SECONDS), else this start's
       seconds = seconds_so_far(os.path.join(directory, SECONDS)) or time.time() - start
+      # the CPU of every start: a cell resumed on another machine names both
+      cpu = ' + '.join(cpus_so_far(os.path.join(directory, SECONDS))) or cpu_kind()
       metrics = read_metrics(name, directory) if code == 0 else None
       if metrics is not None:
         metrics.update(read_last_losses(directory))
@@ -375,7 +350,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       # cells.student_steps of it); None: the cell's own gin files set them (pretrain; every
       # cell at full scale).
       info = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
-              'config': digests[name], 'cpu': cpu_kind(),
+              'config': digests[name], 'cpu': cpu,
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
               'steps_from': budget_source if cell.policy else None}
       if metrics is None:

@@ -4,39 +4,89 @@ A digit-scale run killed part-way (a session ends, a machine is shared) resumes 
 checkpoint when started again. The wall time it reports must be that of every start, not the
 last one, or a resumed cell looks cheaper than it is and the budgets planned from it are
 wrong. run_timed keeps the running total in a small JSON file beside the run, rewritten every
-minute while the subprocess trains, so a kill loses at most a minute of it.
+minute while the subprocess trains, so a kill loses at most a minute of it. The same file
+names the CPU of every start (`cpus`): op determinism repeats a seeded run only on the same
+kind of CPU, and a run resumed on another machine is a mix of the two.
 benchmarks/convergence.py (convergence_seconds.json) and benchmarks/suite_runner.py
 (suite_seconds.json) both use it.
 """
 
 import json
 import os
+import platform
 import shlex
 import subprocess
 import time
-from typing import Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
+
+
+def cpu_kind(cpuinfo: str = '/proc/cpuinfo') -> str:
+  """The CPU a cell ran on, as far as it changes results: op determinism repeats a seeded run
+  on the same kind of CPU, but TensorFlow's kernels differ between AVX2 and AVX-512 machines,
+  and between CPUs of one name and flags (two "AMD EPYC" VMs with AVX-512 and bf16, one of
+  family 26, train the same seeded demo student to 0.28 and 0.21 AP x 100), so the family
+  and model are named too."""
+  model, flags, generation = platform.machine(), set(), {}
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        name, _, value = line.partition(':')
+        name = name.strip()
+        if name == 'model name' and model == platform.machine():
+          model = value.strip()
+        elif name in ('cpu family', 'model') and name not in generation:
+          generation[name] = value.strip()
+        elif name == 'flags':
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  simd = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'
+  bf16 = ' + bf16' if flags & {'avx512_bf16', 'amx_bf16'} else ''
+  family = (f'family {generation["cpu family"]} model {generation["model"]}, '
+            if len(generation) == 2 else '')
+  return f'{model} ({family}{simd}{bf16}), {os.cpu_count()} CPUs'
+
+
+def _earlier(timing: str) -> dict:
+  """What the earlier starts wrote to `timing`; {} when there is none or it cannot be read
+  (a kill mid-write before writes were atomic)."""
+  try:
+    with open(timing) as f:
+      earlier = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return earlier if isinstance(earlier, dict) else {}
 
 
 def seconds_so_far(timing: str) -> float:
   """Wall seconds the earlier starts recorded in `timing` (0 when there is none, or when
   it cannot be read: then the run's time is undercounted, never the run stopped)."""
   try:
-    with open(timing) as f:
-      return float(json.load(f).get('seconds') or 0.0)
-  except (OSError, ValueError, AttributeError, TypeError):
+    return float(_earlier(timing).get('seconds') or 0.0)
+  except (ValueError, TypeError):
     return 0.0
+
+
+def cpus_so_far(timing: str) -> List[str]:
+  """The CPU kinds (cpu_kind) of the starts recorded in `timing`, first start first; [] for
+  a file from before starts named their CPU."""
+  cpus = _earlier(timing).get('cpus')
+  return [c for c in cpus if isinstance(c, str)] if isinstance(cpus, list) else []
 
 
 def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
               extra: Optional[Mapping[str, object]] = None, every: float = 60.0) -> int:
   """Runs cmd from cwd, output appended to log_path; returns its exit code. timing gets
-  {'seconds': earlier starts + this one, **extra}, rewritten every `every` seconds and at the
-  end."""
+  {'seconds': earlier starts + this one, 'cpus': the CPU kinds of the starts, **extra},
+  rewritten every `every` seconds and at the end."""
   before, start = seconds_so_far(timing), time.time()
+  cpus = cpus_so_far(timing)
+  cpus += [] if cpu_kind() in cpus else [cpu_kind()]
 
   def save():    # a kill mid-write leaves the last whole file (os.replace is atomic)
     with open(timing + '.tmp', 'w') as f:
-      json.dump({'seconds': before + time.time() - start, **(extra or {})}, f)
+      json.dump({'seconds': before + time.time() - start, 'cpus': cpus, **(extra or {})}, f)
     os.replace(timing + '.tmp', timing)
 
   with open(log_path, 'a') as log:

@@ -1086,6 +1086,42 @@ def test_a_timing_file_cut_short_by_a_kill_does_not_stop_the_rerun(tmp_path):
   assert not os.path.exists(timing + '.tmp')
 
 
+def test_a_timing_file_names_the_cpu_of_every_start(tmp_path, monkeypatch):
+  """A run resumed on another kind of CPU (a session ends, the next one is on another VM)
+  names both, first start first; a rerun on the same CPU adds none; a file from before
+  starts named their CPU counts as none."""
+  import timed_run  # pylint: disable=g-import-not-at-top
+  timing, log = str(tmp_path / 'suite_seconds.json'), str(tmp_path / 'log.txt')
+  with open(timing, 'w') as f:
+    json.dump({'seconds': 5.0, 'commit': 'abc'}, f)
+  assert timed_run.cpus_so_far(timing) == []
+  for cpu in ('AMD EPYC (AVX-512 + bf16), 2 CPUs', 'AMD EPYC (AVX2), 2 CPUs',
+              'AMD EPYC (AVX2), 2 CPUs'):
+    monkeypatch.setattr(timed_run, 'cpu_kind', lambda cpu=cpu: cpu)
+    assert timed_run.run_timed([sys.executable, '-c', 'pass'], log, timing, str(tmp_path),
+                               extra={'commit': 'def'}) == 0
+  saved = json.load(open(timing))
+  assert saved['cpus'] == ['AMD EPYC (AVX-512 + bf16), 2 CPUs', 'AMD EPYC (AVX2), 2 CPUs']
+  assert saved['commit'] == 'def' and saved['seconds'] >= 5.0
+
+
+def test_a_cell_resumed_on_another_cpu_names_both_in_its_record(tmp_path):
+  """The record's `cpu` is every start's (suite_seconds.json), not only the last one's."""
+  conv, records = _convergence(tmp_path), str(tmp_path / 'records')
+
+  class TwoMachines(FakeRunner):
+    def __call__(self, cmd, log_path):
+      with open(os.path.join(os.path.dirname(log_path), 'suite_seconds.json'), 'w') as f:
+        json.dump({'seconds': 60.0, 'cpus': ['CPU one', 'CPU two']}, f)
+      return super().__call__(cmd, log_path)
+
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'a'), only=['s1_f20_rand_init'],
+                  runner=TwoMachines(), convergence=conv, record_dir=records, echo=print)
+  rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0',
+                                    suite.DONE)))
+  assert rec['cpu'] == 'CPU one + CPU two' and rec['seconds'] == 60.0
+
+
 def test_perf_table_pairs_ours_with_model_garden(tmp_path):
   """TEST DATA ONLY: fabricated benchmark JSON in the formats the benchmarks write."""
   import perf_table  # pylint: disable=g-import-not-at-top

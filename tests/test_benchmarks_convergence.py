@@ -127,6 +127,32 @@ def test_earlier_records_stay_in_the_curve(tmp_path, monkeypatch):
   assert convergence.keep_earlier(runs, prefix, seed=1) == runs    # another seed's file
 
 
+def test_a_run_names_the_cpu_of_its_starts(tmp_path, monkeypatch):
+  """Seeded runs repeat only on the same kind of CPU, and a curve can span machines: each
+  record names its starts' CPUs (convergence_seconds.json), the table shows them, and a
+  record from before runs named their CPU says so."""
+  monkeypatch.setattr(convergence, 'git_commit', lambda: 'abc1234')
+  out = str(tmp_path / 'runs')
+  _finished_run(out, 'seg_s1', 4800, {'mIoU': 0.5197, 'pixel_accuracy': 0.97})
+  _finished_run(out, 'seg_s1', 9600, {'mIoU': 0.6, 'pixel_accuracy': 0.98}, seconds=60)
+  with open(os.path.join(convergence.run_dir(out, 'seg_s1', 9600, 0),
+                         'convergence_seconds.json'), 'w') as f:
+    json.dump({'seconds': 60, 'cpus': ['AMD EPYC (AVX-512 + bf16), 2 CPUs',
+                                       'AMD EPYC (AVX2), 2 CPUs']}, f)
+  runs = convergence.collect(out, 0)
+  assert 'cpu' not in runs[0]
+  assert runs[1]['cpu'] == 'AMD EPYC (AVX-512 + bf16), 2 CPUs + AMD EPYC (AVX2), 2 CPUs'
+  prefix = str(tmp_path / 'results' / 'convergence')
+  convergence.write(runs, prefix, 0, 1.0)
+  with open(prefix + '.md') as f:
+    md = f.read()
+  assert '| SEG_S1 | 4800 | 51.97 | 97.00 |  |  | not recorded |' in md
+  assert ('| SEG_S1 | 9600 | 60.00 | 98.00 | 1.0 | 6.0 | AMD EPYC (AVX-512 + bf16), 2 CPUs + '
+          'AMD EPYC (AVX2), 2 CPUs |') in md
+  kept = convergence.keep_earlier([], prefix, 0)     # the run folders gone: the JSON keeps it
+  assert kept[1]['cpu'] == runs[1]['cpu']
+
+
 def test_a_labeled_fraction_is_its_own_curve(tmp_path):
   """--labeled_fraction=1.0: the runs bind LABELED_FRACTION, go to <policy>_f100 and are
   chosen under that key (the suite's 100% cells train it); the 20% curve is untouched."""
