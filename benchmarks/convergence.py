@@ -20,8 +20,8 @@ more than the tolerance above the one before it, or a curve of one budget, is ma
 benchmarks/suite.py trains every cell of a policy (and labeled fraction, below) for its
 chosen budget.
 
-Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s and the code's
-commit per run). Records already in that JSON that no run under --out_dir redoes are kept, so
+Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s, the code's
+commit and the CPU kinds of its starts per run). Records already in that JSON that no run under --out_dir redoes are kept, so
 a curve grows across machines whose run folders are gone.
 
 --labeled_fraction=1.0 measures a policy's curve on all the labeled scenes: its runs go to
@@ -51,7 +51,8 @@ from cells import BUDGET_KEY_PREFIX
 from cells import DEFAULT_FRACTION
 from cells import POLICIES
 from cells import budget_key
-from timed_run import cpus_so_far
+from timed_run import cpus_of
+from timed_run import read_timing
 from timed_run import run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,12 +196,8 @@ def record(policy: str, budget: int, seed: int, out_dir: str) -> Optional[dict]:
   metrics = finished(directory, budget)
   if metrics is None:
     return None
-  seconds, commit, cpus = None, None, []
-  if os.path.exists(os.path.join(directory, 'convergence_seconds.json')):
-    with open(os.path.join(directory, 'convergence_seconds.json')) as f:
-      timing = json.load(f)
-    seconds, commit = timing['seconds'], timing.get('commit')
-    cpus = cpus_so_far(os.path.join(directory, 'convergence_seconds.json'))
+  timing = read_timing(os.path.join(directory, 'convergence_seconds.json'))  # {}: none
+  seconds, commit, cpus = timing.get('seconds'), timing.get('commit'), cpus_of(timing)
   ips = images_per_second(os.path.join(directory, 'convergence_log.txt'))
   task = task_of(policy)
   spec = TASKS[task]

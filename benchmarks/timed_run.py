@@ -5,8 +5,9 @@ checkpoint when started again. The wall time it reports must be that of every st
 last one, or a resumed cell looks cheaper than it is and the budgets planned from it are
 wrong. run_timed keeps the running total in a small JSON file beside the run, rewritten every
 minute while the subprocess trains, so a kill loses at most a minute of it. The same file
-names the CPU of every start (`cpus`): op determinism repeats a seeded run only on the same
-kind of CPU, and a run resumed on another machine is a mix of the two.
+names the CPU kinds of its starts (`cpus`, each once, first start first): op determinism
+repeats a seeded run only on the same kind of CPU, and a run resumed on another machine is a
+mix of the two.
 benchmarks/convergence.py (convergence_seconds.json) and benchmarks/suite_runner.py
 (suite_seconds.json) both use it.
 """
@@ -48,7 +49,7 @@ def cpu_kind(cpuinfo: str = '/proc/cpuinfo') -> str:
   return f'{model} ({family}{simd}{bf16}), {os.cpu_count()} CPUs'
 
 
-def _earlier(timing: str) -> dict:
+def read_timing(timing: str) -> dict:
   """What the earlier starts wrote to `timing`; {} when there is none or it cannot be read
   (a kill mid-write before writes were atomic)."""
   try:
@@ -63,16 +64,21 @@ def seconds_so_far(timing: str) -> float:
   """Wall seconds the earlier starts recorded in `timing` (0 when there is none, or when
   it cannot be read: then the run's time is undercounted, never the run stopped)."""
   try:
-    return float(_earlier(timing).get('seconds') or 0.0)
+    return float(read_timing(timing).get('seconds') or 0.0)
   except (ValueError, TypeError):
     return 0.0
 
 
-def cpus_so_far(timing: str) -> List[str]:
-  """The CPU kinds (cpu_kind) of the starts recorded in `timing`, first start first; [] for
-  a file from before starts named their CPU."""
-  cpus = _earlier(timing).get('cpus')
+def cpus_of(recorded: Mapping[str, object]) -> List[str]:
+  """The CPU kinds (cpu_kind) a timing file's contents name, first start first; [] for a
+  file from before starts named their CPU."""
+  cpus = recorded.get('cpus')
   return [c for c in cpus if isinstance(c, str)] if isinstance(cpus, list) else []
+
+
+def cpus_so_far(timing: str) -> List[str]:
+  """cpus_of the file `timing` ([] when there is none or it cannot be read)."""
+  return cpus_of(read_timing(timing))
 
 
 def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
@@ -81,7 +87,9 @@ def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
   {'seconds': earlier starts + this one, 'cpus': the CPU kinds of the starts, **extra},
   rewritten every `every` seconds and at the end."""
   before, start = seconds_so_far(timing), time.time()
-  cpus = cpus_so_far(timing)
+  # each CPU kind once, first start first; starts of older code, which did not name theirs,
+  # as 'not recorded' (their seconds are in the total)
+  cpus = cpus_so_far(timing) or (['not recorded'] if before > 0 else [])
   cpus += [] if cpu_kind() in cpus else [cpu_kind()]
 
   def save():    # a kill mid-write leaves the last whole file (os.replace is atomic)

@@ -1088,20 +1088,28 @@ def test_a_timing_file_cut_short_by_a_kill_does_not_stop_the_rerun(tmp_path):
 
 def test_a_timing_file_names_the_cpu_of_every_start(tmp_path, monkeypatch):
   """A run resumed on another kind of CPU (a session ends, the next one is on another VM)
-  names both, first start first; a rerun on the same CPU adds none; a file from before
-  starts named their CPU counts as none."""
+  names both, first start first; a rerun on a CPU already named adds none; the starts of a
+  file from before starts named their CPU are 'not recorded', and a first start names only
+  its own."""
   import timed_run  # pylint: disable=g-import-not-at-top
   timing, log = str(tmp_path / 'suite_seconds.json'), str(tmp_path / 'log.txt')
+
+  def start(cpu, path=timing):
+    monkeypatch.setattr(timed_run, 'cpu_kind', lambda: cpu)
+    assert timed_run.run_timed([sys.executable, '-c', 'pass'], log, path, str(tmp_path),
+                               extra={'commit': 'def'}) == 0
+    return json.load(open(path))
+
+  assert start('CPU A', str(tmp_path / 'first.json'))['cpus'] == ['CPU A']
   with open(timing, 'w') as f:
-    json.dump({'seconds': 5.0, 'commit': 'abc'}, f)
+    json.dump({'seconds': 5.0, 'commit': 'abc'}, f)       # older code's file
   assert timed_run.cpus_so_far(timing) == []
   for cpu in ('AMD EPYC (AVX-512 + bf16), 2 CPUs', 'AMD EPYC (AVX2), 2 CPUs',
-              'AMD EPYC (AVX2), 2 CPUs'):
-    monkeypatch.setattr(timed_run, 'cpu_kind', lambda cpu=cpu: cpu)
-    assert timed_run.run_timed([sys.executable, '-c', 'pass'], log, timing, str(tmp_path),
-                               extra={'commit': 'def'}) == 0
-  saved = json.load(open(timing))
-  assert saved['cpus'] == ['AMD EPYC (AVX-512 + bf16), 2 CPUs', 'AMD EPYC (AVX2), 2 CPUs']
+              'AMD EPYC (AVX-512 + bf16), 2 CPUs'):
+    saved = start(cpu)
+  assert saved['cpus'] == ['not recorded', 'AMD EPYC (AVX-512 + bf16), 2 CPUs',
+                           'AMD EPYC (AVX2), 2 CPUs']
+  assert timed_run.cpus_so_far(timing) == saved['cpus']
   assert saved['commit'] == 'def' and saved['seconds'] >= 5.0
 
 

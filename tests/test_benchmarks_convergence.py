@@ -130,10 +130,10 @@ def test_earlier_records_stay_in_the_curve(tmp_path, monkeypatch):
 def test_a_run_names_the_cpu_of_its_starts(tmp_path, monkeypatch):
   """Seeded runs repeat only on the same kind of CPU, and a curve can span machines: each
   record names its starts' CPUs (convergence_seconds.json), the table shows them, and a
-  record from before runs named their CPU says so."""
+  record from before runs named their CPU (a timing file of seconds only) says so."""
   monkeypatch.setattr(convergence, 'git_commit', lambda: 'abc1234')
   out = str(tmp_path / 'runs')
-  _finished_run(out, 'seg_s1', 4800, {'mIoU': 0.5197, 'pixel_accuracy': 0.97})
+  _finished_run(out, 'seg_s1', 4800, {'mIoU': 0.5197, 'pixel_accuracy': 0.97}, seconds=120)
   _finished_run(out, 'seg_s1', 9600, {'mIoU': 0.6, 'pixel_accuracy': 0.98}, seconds=60)
   with open(os.path.join(convergence.run_dir(out, 'seg_s1', 9600, 0),
                          'convergence_seconds.json'), 'w') as f:
@@ -146,7 +146,8 @@ def test_a_run_names_the_cpu_of_its_starts(tmp_path, monkeypatch):
   convergence.write(runs, prefix, 0, 1.0)
   with open(prefix + '.md') as f:
     md = f.read()
-  assert '| SEG_S1 | 4800 | 51.97 | 97.00 |  |  | not recorded |' in md
+  assert runs[0]['seconds'] == 120
+  assert '| SEG_S1 | 4800 | 51.97 | 97.00 | 2.0 | 6.0 | not recorded |' in md
   assert ('| SEG_S1 | 9600 | 60.00 | 98.00 | 1.0 | 6.0 | AMD EPYC (AVX-512 + bf16), 2 CPUs + '
           'AMD EPYC (AVX2), 2 CPUs |') in md
   kept = convergence.keep_earlier([], prefix, 0)     # the run folders gone: the JSON keeps it
