@@ -21,8 +21,8 @@ benchmarks/suite.py trains every cell of a policy (and labeled fraction, below) 
 chosen budget.
 
 Writes benchmarks/results/convergence.{json,md,png} (AP x 100, wall time, img/s, the code's
-commit and the CPU kinds of its starts per run). Records already in that JSON that no run under --out_dir redoes are kept, so
-a curve grows across machines whose run folders are gone.
+commit and the CPU kinds of its starts per run). Records already in that JSON that no run
+under --out_dir redoes are kept, so a curve grows across machines whose run folders are gone.
 
 --labeled_fraction=1.0 measures a policy's curve on all the labeled scenes: its runs go to
 <out_dir>/<policy>_f100/..., its key is <policy>_f100 (chosen.s4_f100.steps), and the suite's
