@@ -90,7 +90,8 @@ def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
   # each CPU kind once, first start first; starts of older code, which did not name theirs,
   # as 'not recorded' (their seconds are in the total)
   cpus = cpus_so_far(timing) or (['not recorded'] if before > 0 else [])
-  cpus += [] if cpu_kind() in cpus else [cpu_kind()]
+  here = cpu_kind()
+  cpus += [] if here in cpus else [here]
 
   def save():    # a kill mid-write leaves the last whole file (os.replace is atomic)
     with open(timing + '.tmp', 'w') as f:
