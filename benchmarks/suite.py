@@ -27,6 +27,12 @@ budget a requested cell needs, the suite stops before running anything. A run or
 another budget (convergence.json chose anew since) is not finished: its folder is moved
 aside, its record replaced, and the tables leave it out (suite_runner.py).
 
+A Rand Init cell trains the same command as benchmarks/convergence.py's run of its policy's
+chosen budget and seed. With that run in --adopt_from (convergence.py's --out_dir, default
+runs/convergence), finished, and made by the training code the suite runs now, the suite
+copies it into the cell's folder instead of training it again; the record says so
+(adopted_from) and keeps the run's commit, seconds and CPU (suite_adopt.py).
+
 The tables (benchmarks/tables.py) are then made from the finished cells:
 <out_dir>/<scale>/<table>.json, .md and .png, and the paper's claims, each tested on
 differences paired by seed: <out_dir>/<scale>/claims.json.
@@ -56,6 +62,9 @@ from suite_runner import (  # noqa: E402,F401  (re-exported)
     read_pseudo_quality, read_runs, repo_commit, run_cells, subprocess_runner)
 # pylint: enable=g-import-not-at-top,unused-import,g-multiple-import
 
+# benchmarks/convergence.py's default --out_dir, run from the repository root
+ADOPT_FROM = os.path.join(REPO, 'runs', 'convergence')
+
 
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
@@ -67,6 +76,11 @@ def main(argv=None) -> int:
   flags.DEFINE_string('convergence', DEFAULT_CONVERGENCE, 'digit scale: the step budget of '
                       'each augmentation policy (chosen.<policy>.steps; segmentation '
                       'cells: chosen.seg_<policy>.steps), made by benchmarks/convergence.py')
+  flags.DEFINE_string('adopt_from', ADOPT_FROM,
+                      "digit scale: benchmarks/convergence.py's --out_dir; its finished run of "
+                      "a policy's chosen budget and a seed is copied as that seed's Rand Init "
+                      "cell when it ran the same command and training code "
+                      "(suite_adopt.py); '' trains every cell")
   flags.DEFINE_bool('dry_run', False, 'print the commands, run nothing')
   flags.DEFINE_multi_string('only', [], 'run only this cell (repeatable)')
   flags.DEFINE_bool('optional', False, "also run the tables' optional rows and columns "
@@ -95,6 +109,9 @@ def main(argv=None) -> int:
       raise SuiteError(f'--out_dir={fl.out_dir}: the runner needs a local --out_dir; for GCS '
                        'use --dry_run (commands for your cluster) and --report_only '
                        '(benchmarks/README.md)')
+    if fl.adopt_from and fl.adopt_from != ADOPT_FROM and not os.path.isdir(fl.adopt_from):
+      raise SuiteError(f'--adopt_from={fl.adopt_from}: no such folder (benchmarks/'
+                       "convergence.py's --out_dir; '' adopts nothing)")
     report_dir = fl.report_dir or fl.out_dir
     if '://' in report_dir and fl.report_only:
       raise SuiteError('--report_dir: tables are written locally; pass a local --report_dir')
@@ -116,7 +133,8 @@ def main(argv=None) -> int:
       counts = run_cells(names, fl.scale, seeds, fl.out_dir, only=fl.only,
                          optional=fl.optional, convergence=fl.convergence,
                          max_cells=fl.max_cells, dry_run=fl.dry_run, gin_files=fl.gin_file,
-                         gin_params=fl.gin_param, record_dir=fl.record_dir)
+                         gin_params=fl.gin_param, record_dir=fl.record_dir,
+                         adopt_from=fl.adopt_from)
       print(f'[suite] {counts}')
     if fl.dry_run:
       return 0

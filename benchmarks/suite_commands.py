@@ -264,6 +264,16 @@ def config_digest(name: str, scale: str, seed: int, *,
   this cell's (suite_runner)."""
   cmd = cell_command(name, scale, seed, '<out_dir>', budgets=budgets, gin_files=gin_files,
                      gin_params=gin_params, python='python')
+  deps = [config_digest(d, scale, seed, budgets=budgets, gin_files=gin_files,
+                        gin_params=gin_params, root=root)
+          for d in tables_lib.CELLS[name].depends(scale)]
+  return command_digest(cmd, deps, root)
+
+
+def command_bindings(cmd: Sequence[str], root: str = REPO) -> Dict[str, str]:
+  """{key: value} (gin_bindings) of what a binary's command line `cmd` binds: its --gin_file
+  files (with their includes) and --gin_param bindings in order, the last binding of a key
+  winning; a macro nothing refers to binds nothing. Other flags (--model_dir) do not count."""
   bound = {}
   for arg in cmd:
     flag, _, value = arg.partition('=')
@@ -279,12 +289,16 @@ def config_digest(name: str, scale: str, seed: int, *,
   # A macro nothing refers to binds nothing: e.g. a variant's --gin_param=STUDENT_STEPS=...,
   # given to every cell, leaves the teacher's digest (and its shared folder) alone.
   refs = ' '.join(bound.values())
-  bound = {k: v for k, v in bound.items()
-           if '.' in k.rsplit('/', 1)[-1] or repr('%' + k) in refs}
-  deps = [config_digest(d, scale, seed, budgets=budgets, gin_files=gin_files,
-                        gin_params=gin_params, root=root)
-          for d in tables_lib.CELLS[name].depends(scale)]
-  blob = json.dumps([cmd[1], sorted(bound.items()), deps])
+  return {k: v for k, v in bound.items()
+          if '.' in k.rsplit('/', 1)[-1] or repr('%' + k) in refs}
+
+
+def command_digest(cmd: Sequence[str], deps: Sequence[str] = (), root: str = REPO) -> str:
+  """config_digest of a command line (python, binary, flags): its binary (cmd[1], relative
+  to the repository), command_bindings and the digests `deps` of the cells it starts from.
+  Any command of that binary and bindings has it, e.g. benchmarks/convergence.py's run of a
+  policy's budget and the suite's Rand Init cell of that budget (suite_adopt)."""
+  blob = json.dumps([cmd[1], sorted(command_bindings(cmd, root).items()), list(deps)])
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -25,6 +25,10 @@ pre-training's, which changes every pre-trained cell's digest too) is likewise n
 its folder is moved aside to <folder>.config_<digest>, and the cell runs again. Runs recorded
 before digests were kept have none and count as they are. The tables do not check digests:
 they show the records as they are, each with its commit.
+
+Adoption (adopt_from): a Rand Init cell whose command benchmarks/convergence.py already ran
+to the cell's budget, with the training code of the checkout, is copied from that run rather
+than trained (suite_adopt); its record says adopted_from.
 """
 import json
 import os
@@ -34,6 +38,7 @@ import sys
 import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
+import suite_adopt
 import tables as tables_lib
 from suite_commands import DEFAULT_CONVERGENCE
 from suite_commands import REPO
@@ -250,7 +255,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
               convergence: str = DEFAULT_CONVERGENCE, max_cells: Optional[int] = None,
               dry_run: bool = False, gin_files: Sequence[str] = (),
               record_dir: Optional[str] = None,
-              gin_params: Sequence[str] = (),
+              gin_params: Sequence[str] = (), adopt_from: Optional[str] = None,
               runner: Callable[[Sequence[str], str], int] = subprocess_runner,
               echo: Callable[[str], None] = print) -> Dict[str, int]:
   """Runs the unfinished cells of the tables (and what they depend on), seed by seed.
@@ -258,8 +263,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
   only: run just these cells (and their unfinished dependencies). optional: also the tables'
   optional rows and columns. convergence: the step budgets (digit scale), read before
   anything runs. max_cells: stop after starting this many runs. record_dir: where finished
-  cells are recorded (module docstring). Returns counts: ran, skipped (already done), failed,
-  blocked.
+  cells are recorded (module docstring). adopt_from: benchmarks/convergence.py's --out_dir,
+  whose finished runs stand for the Rand Init cells of the same command (suite_adopt).
+  Returns counts: ran, adopted, skipped (already done), failed, blocked.
   """
   order = planned_cells(table_names, scale, only, optional)
   budgets, budget_source = budgets_for(order, scale, convergence)
@@ -267,7 +273,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
   if budgets and not dry_run:
     echo(f'[suite] steps: {", ".join(f"{p} {n}" for p, n in budgets.items())} from '
          f'{budget_source}; code: {commit}')
-  counts = dict(ran=0, skipped=0, failed=0, blocked=0)
+  counts = dict(ran=0, adopted=0, skipped=0, failed=0, blocked=0)
   started = 0
   for seed in seeds:
     digests = {n: _digest(n, scale, seed, budgets, gin_files, gin_params, dry_run)
@@ -323,22 +329,39 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
         echo(f'[suite] {name} seed {seed}: blocked (unfinished: {", ".join(deps)})')
         counts['blocked'] += 1
         continue
-      if max_cells is not None and started >= max_cells:
-        echo(f'[suite] --max_cells={max_cells} reached')
-        return counts
-      started += 1
+      # a finished convergence run of this very command, copied instead of trained again
+      source, timing = None, None
+      if (adopt_from and scale == 'digits' and cell.binary == 'train' and cell.policy
+          and not os.path.exists(os.path.join(directory, STARTED))):
+        steps = budgets[cell.budget_key]
+        source, timing, why_not = suite_adopt.find(adopt_from, cell.budget_key, steps, seed,
+                                                   digests[name])
+        if source and timing is None:
+          echo(f'[suite] {name} seed {seed}: not adopting {source}: {why_not}; training it')
+          source = None
+      if source is None:
+        if max_cells is not None and started >= max_cells:
+          echo(f'[suite] --max_cells={max_cells} reached')
+          return counts
+        started += 1
       os.makedirs(directory, exist_ok=True)
       if os.path.exists(os.path.join(directory, FAILED)):
         os.remove(os.path.join(directory, FAILED))
       record = current(name)
       stale = None if record else read_record(record_dir, scale, name, seed)
       why = f' again for {", ".join(needed)} (recorded, run folder gone)' if record else ''
-      echo(f'[suite] {name} seed {seed}: running{why} ({os.path.join(directory, LOG)})')
-      _write_json(os.path.join(directory, STARTED), {
-          'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
-          'commit': commit, 'config': digests[name]})
       start = time.time()
-      code = runner(cmd, os.path.join(directory, LOG))
+      if source:
+        echo(f'[suite] {name} seed {seed}: adopting {source}{why}: the same command, and '
+             f'the same training code as its commit {timing.get("commit")}')
+        suite_adopt.copy_run(source, directory, LOG, SECONDS)
+        code = 0
+      else:
+        echo(f'[suite] {name} seed {seed}: running{why} ({os.path.join(directory, LOG)})')
+        _write_json(os.path.join(directory, STARTED), {
+            'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
+            'commit': commit, 'config': digests[name]})
+        code = runner(cmd, os.path.join(directory, LOG))
       # every start of a resumed cell (subprocess_runner's SECONDS), else this start's
       seconds = seconds_so_far(os.path.join(directory, SECONDS)) or time.time() - start
       # the CPU of every start: a cell resumed on another machine names both
@@ -353,15 +376,19 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
               'config': digests[name], 'cpu': cpu,
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
               'steps_from': budget_source if cell.policy else None}
+      if source:   # the run's own commit; where it came from
+        info.update(commit=suite_adopt.full_commit(timing.get('commit')),
+                    adopted_from=suite_adopt.describe(cell.budget_key, info['steps'], seed))
       if metrics is None:
         counts['failed'] += 1
         _write_json(os.path.join(directory, FAILED), {'exit_code': code, **info})
         echo(f'[suite] {name} seed {seed}: FAILED (exit {code}); see {LOG}')
         continue
-      counts['ran'] += 1
+      counts['adopted' if source else 'ran'] += 1
       _write_json(os.path.join(directory, DONE), {'metrics': metrics, **info})
       shown = metrics.get(cell.metric)
-      echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min, {cell.metric}='
+      echo(f'[suite] {name} seed {seed}: done in {seconds / 60:.1f} min'
+           + (' (the convergence run\'s)' if source else '') + f', {cell.metric}='
            + ('n/a' if shown is None else f'{shown:.4f}'))
       if record:
         was = record['metrics'].get(cell.metric)

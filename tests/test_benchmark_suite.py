@@ -14,6 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
 import suite  # noqa: E402  pylint: disable=g-import-not-at-top
+import suite_commands  # noqa: E402  pylint: disable=g-import-not-at-top
+import suite_runner  # noqa: E402  pylint: disable=g-import-not-at-top
 import tables  # noqa: E402  pylint: disable=g-import-not-at-top
 
 BUDGETS = {'s1': 1500, 's2': 1800, 's3': 2100, 's4': 2400,   # TEST DATA: steps per policy
@@ -912,6 +914,128 @@ def test_missing_segmentation_budget_is_one_line_naming_its_command(tmp_path):
                   convergence=detection_only)
   code, _, err = _run_suite('--table=table6', '--dry_run', f'--convergence={detection_only}')
   assert code == 1 and err.count('\n') == 1 and 'policy seg_s1, seg_s4' in err
+
+
+def _convergence_run(root, key, steps, seed, commit='c0ffee1', gin_params=(), reached=None,
+                     starts=1):
+  """A finished benchmarks/convergence.py run as run_one leaves it (TEST DATA): its log with
+  the command of each start, eval_metrics.json, convergence_seconds.json, a checkpoint."""
+  import convergence  # pylint: disable=g-import-not-at-top
+  task = 'segmentation' if key.startswith('seg_') else 'detection'
+  policy = key[len('seg_'):] if task == 'segmentation' else key
+  directory = convergence.run_dir(root, key, steps, seed)
+  os.makedirs(directory)
+  cmd = convergence.command(policy, steps, seed, root, gin_params, task)
+  with open(os.path.join(directory, 'convergence_log.txt'), 'w') as f:
+    for i in range(starts):
+      f.write(f'$ {shlex.join(cmd)}\n[train] step {i + 1}/{steps} total_loss=0.8\n')
+  with open(os.path.join(directory, 'eval_metrics.json'), 'w') as f:
+    json.dump({'step': reached or steps, {'segmentation': 'mIoU', 'detection': 'AP'}[task]: 0.55}, f)
+  with open(os.path.join(directory, 'convergence_seconds.json'), 'w') as f:
+    json.dump({'seconds': 600.0, 'cpus': ['TEST CPU'], 'commit': commit}, f)
+  with open(os.path.join(directory, 'ckpt-1.index'), 'w') as f:
+    f.write('TEST DATA')
+  return directory
+
+
+def test_a_finished_convergence_run_of_the_same_command_is_adopted(tmp_path, monkeypatch):
+  """The suite copies convergence.py's run of seg_s4's budget as seed 0's Rand Init cell, and
+  says why it trains the others: other bindings, unfinished, starts of other commands, code
+  changed (TEST DATA)."""
+  import suite_adopt  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(suite_adopt, 'same_code',
+                      lambda commit: None if commit == 'c0ffee1' else f'{commit}: TEST other code')
+  conv_out, out, records = str(tmp_path / 'conv'), str(tmp_path / 'runs'), str(tmp_path / 'rec')
+  steps = BUDGETS['seg_s4']
+  _convergence_run(conv_out, 'seg_s4', steps, 0)                         # the same command
+  _convergence_run(conv_out, 'seg_s4', steps, 1, gin_params=['CELL_BATCH_SIZE=8'])
+  _convergence_run(conv_out, 'seg_s4', steps, 2, reached=steps // 2)     # killed half-way
+  _convergence_run(conv_out, 'seg_s4', steps, 3, commit='0ld')           # other code
+  _convergence_run(conv_out, 'seg_s4', steps // 2, 4)                    # another budget
+  with open(os.path.join(conv_out, 'seg_s4', f'steps_{steps}', 'seed_1',
+                         'convergence_log.txt'), 'a') as f:
+    f.write('$ python bin/train_teacher.py --gin_file=x.gin\n')         # resumed otherwise
+  runner, log = FakeRunner(), []
+  counts = suite.run_cells(['table6'], 'digits', [0, 1, 2, 3, 4], out,
+                           only=['seg_s4_f20_rand_init'], runner=runner, echo=log.append,
+                           convergence=_convergence(tmp_path, _SEG_ALL), record_dir=records,
+                           adopt_from=conv_out)
+  assert counts['adopted'] == 1 and counts['ran'] == 4
+  assert [d.rsplit('_', 1)[1] for _, d in runner.calls] == ['1', '2', '3', '4']
+  cell = suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 0)
+  done = json.load(open(os.path.join(cell, suite.DONE)))
+  assert done['adopted_from'] == f'benchmarks/convergence.py run seg_s4/steps_{steps}/seed_0'
+  assert done['commit'] == 'c0ffee1' and done['seconds'] == 600.0 and done['cpu'] == 'TEST CPU'
+  assert done['metrics']['mIoU'] == 0.55 and done['metrics']['train_total_loss'] == 0.8
+  assert done['steps'] == steps and done['config'] == suite_commands.config_digest(
+      'seg_s4_f20_rand_init', 'digits', 0, budgets={'seg_s4': steps})
+  assert os.path.exists(os.path.join(cell, 'ckpt-1.index'))
+  assert os.path.exists(os.path.join(cell, suite.LOG))
+  assert not os.path.exists(os.path.join(cell, suite.STARTED))
+  record = json.load(open(suite_runner.record_path(records, 'digits',
+                                                   'seg_s4_f20_rand_init', 0)))
+  assert record['adopted_from'] == done['adopted_from'] and record['metrics']['mIoU'] == 0.55
+  why = {l.split(' seed ')[1][0]: l for l in log if 'not adopting' in l}
+  assert sorted(why) == ['1', '2', '3']                  # seed 4: no run of this budget
+  assert why['1'].endswith('its 2 starts ran different commands; training it')
+  assert f'it has not reached {steps} steps' in why['2']
+  assert why['3'].endswith('0ld: TEST other code; training it')
+  assert any('seed 0: adopting' in l and 'commit c0ffee1' in l for l in log)
+  # a self-training cell starts from the adopted teacher; nothing adopts a student
+  runner = FakeRunner()
+  suite.run_cells(['table6'], 'digits', [0], out, only=['seg_s4_f20_self_training'],
+                  runner=runner, echo=log.append, adopt_from=conv_out,
+                  convergence=_convergence(tmp_path, _SEG_ALL))
+  assert [n for n, _ in runner.calls] == ['seg_s4_f20_self_training']
+  # other bindings alone (one start): the digest says so
+  other = str(tmp_path / 'conv2')
+  _convergence_run(other, 'seg_s4', steps, 0, gin_params=['CELL_BATCH_SIZE=8'])
+  log, runner = [], FakeRunner()
+  suite.run_cells(['table6'], 'digits', [0], str(tmp_path / 'runs2'),
+                  only=['seg_s4_f20_rand_init'], runner=runner, echo=log.append,
+                  adopt_from=other, convergence=_convergence(tmp_path, _SEG_ALL))
+  assert len(runner.calls) == 1
+  assert any("its bindings differ from the cell's" in l for l in log), log
+  # without adopt_from (the library default) nothing is adopted
+  runner = FakeRunner()
+  suite.run_cells(['table6'], 'digits', [0], str(tmp_path / 'runs3'),
+                  only=['seg_s4_f20_rand_init'], runner=runner, echo=lambda s: None,
+                  convergence=_convergence(tmp_path, _SEG_ALL))
+  assert len(runner.calls) == 1
+
+
+def test_same_code_compares_the_training_code_at_two_commits(tmp_path):
+  """suite_adopt.same_code on a scratch git repository: unchanged, changed since, changed
+  locally, unknown commit, none."""
+  import suite_adopt  # pylint: disable=g-import-not-at-top
+  repo = str(tmp_path)
+  git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a],
+                                  cwd=repo, capture_output=True, text=True, check=True).stdout
+  git('init', '-q')
+  os.makedirs(os.path.join(repo, 'rethink_st'))
+  (tmp_path / 'rethink_st' / 'a.py').write_text('x = 1\n')
+  (tmp_path / 'notes.md').write_text('a\n')
+  git('add', '.')
+  git('commit', '-qm', 'one')
+  first = git('rev-parse', 'HEAD').strip()
+  (tmp_path / 'notes.md').write_text('b\n')                 # not training code
+  git('commit', '-qam', 'two')
+  assert suite_adopt.same_code(first[:7], repo=repo) is None
+  (tmp_path / 'rethink_st' / 'a.py').write_text('x = 2\n')   # uncommitted
+  assert 'rethink_st/a.py' in suite_adopt.same_code(first, repo=repo)
+  git('commit', '-qam', 'three')
+  assert suite_adopt.same_code(first, repo=repo).startswith(
+      f'the training code changed since its commit {first}')
+  assert 'not in this repository' in suite_adopt.same_code('0' * 40, repo=repo)
+  assert suite_adopt.same_code(None, repo=repo) == 'its commit is not recorded'
+
+
+def test_adopt_from_that_is_not_a_folder_is_one_line(tmp_path):
+  code, _, err = _run_suite('--table=table6', f'--adopt_from={tmp_path / "nope"}',
+                            f'--convergence={_convergence(tmp_path, _SEG_ALL)}',
+                            f'--out_dir={tmp_path / "runs"}')
+  assert code == 1 and err.count('\n') == 1 and '--adopt_from=' in err and 'no such folder' in err
+  assert not os.path.exists(tmp_path / 'runs')
 
 
 def test_table6_runs_reads_miou_and_reports_it(tmp_path):
