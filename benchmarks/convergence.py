@@ -51,6 +51,7 @@ from cells import BUDGET_KEY_PREFIX
 from cells import DEFAULT_FRACTION
 from cells import POLICIES
 from cells import budget_key
+from timed_run import code_commit
 from timed_run import cpus_of
 from timed_run import read_timing
 from timed_run import run_timed
@@ -184,7 +185,8 @@ def run_one(policy: str, budget: int, seed: int, out_dir: str,
     os.makedirs(directory, exist_ok=True)
     cmd = command(policy, budget, seed, out_dir, gin_params, task, fraction)
     print(f'[convergence] {name} {budget} steps: running ({log})', flush=True)
-    code = run_timed(cmd, log, timing, REPO, extra={'commit': git_commit()})
+    code = run_timed(cmd, log, timing, REPO, extra={'commit': git_commit()},
+                     commit=code_commit(REPO) or 'unknown')
     if code != 0 or finished(directory, budget) is None:
       raise RuntimeError(f'{name} {budget} steps failed (exit {code}); see {log}')
 

@@ -11,8 +11,13 @@ A run is adopted only when all of these hold, checked before anything is copied:
   command's bindings are the cell's (suite_commands.command_digest against the cell's
   config digest, which also covers the cells it starts from: a pre-trained or continued
   cell never matches);
-- the code that trains (TRAINING_CODE) is the same at the run's commit (convergence_seconds.json)
-  and in the checkout the suite runs from, which has no uncommitted change there.
+- every start's commit is recorded (convergence_seconds.json `commits`, timed_run: runs of
+  convergence.py before 2026-12-06 have none), none had uncommitted changes to the training
+  code (timed_run.TRAINING_CODE: rethink_st/, bin/, gin_configs/, setup.py), and that code is
+  the same at each of them and in the checkout the suite runs from, which has no uncommitted
+  change there either. The check is strict: any commit touching the training code since the
+  run, a docstring included, means the cell trains again;
+- no process holds the run (no writer.lock in it), and the cell's folder is new or empty.
 Otherwise the suite says why in one line and trains the cell. The cell's record names the run
 (adopted_from) and keeps the run's own commit, wall seconds and CPU.
 """
@@ -27,11 +32,9 @@ from convergence import run_dir
 from suite_commands import REPO
 from suite_commands import SuiteError
 from suite_commands import command_digest
-from suite_commands import read_json
+from timed_run import TRAINING_CODE
+from timed_run import read_timing
 
-# What a training run's result depends on in the repository: the package, the binaries, the
-# gin files and the pinned dependencies. benchmarks/ and tests/ do not train.
-TRAINING_CODE = ('rethink_st', 'bin', 'gin_configs', 'setup.py')
 LOG, TIMING = 'convergence_log.txt', 'convergence_seconds.json'   # convergence.run_one's
 
 
@@ -75,8 +78,13 @@ def same_code(commit: Optional[str], repo: str = REPO) -> Optional[str]:
 def check(source: str, steps: int, digest: Optional[str]) -> Tuple[Optional[dict], str]:
   """(the run's timing record, '') when the convergence run in `source` may stand for a cell
   of config digest `digest` and `steps` steps, else (None, why not)."""
-  if finished(source, steps) is None:
-    return None, f'it has not reached {steps} steps'
+  if os.path.exists(os.path.join(source, 'writer.lock')):
+    return None, 'a process may still be writing it (its writer.lock is there)'
+  try:
+    if finished(source, steps) is None:
+      return None, f'it has not reached {steps} steps'
+  except ValueError:
+    return None, 'its eval_metrics.json does not parse'
   log = os.path.join(source, LOG)
   commands = logged_commands(log) if os.path.exists(log) else []
   if not commands:
@@ -89,9 +97,18 @@ def check(source: str, steps: int, digest: Optional[str]) -> Tuple[Optional[dict
     return None, f'its command does not parse here ({e})'
   if not digest or theirs != digest:
     return None, f'its bindings differ from the cell\'s (config {theirs}, the cell {digest})'
-  timing = read_json(os.path.join(source, TIMING)) or {}
-  why = same_code(timing.get('commit'))
-  return (None, why) if why else (timing, '')
+  timing = read_timing(os.path.join(source, TIMING))
+  commits = timing.get('commits') or []
+  if len(commits) != len(commands):
+    return None, (f'{TIMING} records the commit of {len(commits)} of its {len(commands)} '
+                  'starts (convergence.py before 2026-12-06 kept none)')
+  for commit in dict.fromkeys(commits):
+    if commit.endswith('+dirty'):
+      return None, f'a start at {commit} had uncommitted changes to the training code'
+    why = same_code(commit)
+    if why:
+      return None, why
+  return timing, ''
 
 
 def copy_run(source: str, directory: str, log: str, seconds: str) -> None:
@@ -104,20 +121,21 @@ def copy_run(source: str, directory: str, log: str, seconds: str) -> None:
     shutil.copyfile(os.path.join(source, TIMING), os.path.join(directory, seconds))
 
 
-def full_commit(commit: Optional[str]) -> Optional[str]:
-  """The 40-digit hash of a (short) commit, else it as it is."""
-  out = _git('rev-parse', '--verify', '--quiet', f'{commit}^{{commit}}') if commit else None
-  return out.stdout.strip() if out is not None and out.returncode == 0 else commit
+def commits_of(timing: dict) -> str:
+  """The commits of a checked run's starts, each once, first start first."""
+  return ', '.join(dict.fromkeys(timing.get('commits') or ()))
 
 
-def find(adopt_from: str, budget_key: str, steps: int, seed: int,
-         digest: Optional[str]) -> Tuple[Optional[str], Optional[dict], str]:
+def find(adopt_from: str, budget_key: str, steps: int, seed: int, digest: Optional[str],
+         directory: str) -> Tuple[Optional[str], Optional[dict], str]:
   """(the run's folder, its timing record, '') when convergence.py --out_dir=adopt_from has
-  a run that may stand for the cell (check); (folder, None, why not) when it has one that may
-  not; (None, None, '') when it has none."""
+  a run that may stand for the cell whose folder is `directory` (check); (folder, None, why
+  not) when it has one that may not; (None, None, '') when it has none."""
   source = run_dir(adopt_from, budget_key, steps, seed)
   if not os.path.isdir(source):
     return None, None, ''
+  if os.path.isdir(directory) and os.listdir(directory):
+    return source, None, f'the cell\'s folder {directory} is not empty'
   timing, why = check(source, steps, digest)
   return source, timing, why
 

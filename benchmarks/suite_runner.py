@@ -322,23 +322,25 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       deps = [d for d in cell.depends(scale) if not run_here(d)]
       cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
                          gin_params=gin_params)
-      if dry_run:
-        echo(shlex.join(cmd))
+      # a finished convergence run of this very command, copied instead of trained again
+      source, timing = None, None
+      if (adopt_from and scale == 'digits' and cell.binary == 'train' and cell.policy
+          and not cell.depends(scale) and digests[name]):
+        source, timing, why_not = suite_adopt.find(
+            adopt_from, cell.budget_key, budgets[cell.budget_key], seed, digests[name],
+            directory)
+        if source and timing is None:
+          echo(('# ' if dry_run else '') + f'[suite] {name} seed {seed}: not adopting '
+               f'{source}: {why_not}; ' + ('it would train' if dry_run else 'training it'))
+          source = None
+      if dry_run:   # commands to paste; an adopted cell as a shell comment
+        echo(f'# [suite] {name} seed {seed}: would adopt {source} (suite_adopt.py)'
+             if source else shlex.join(cmd))
         continue
       if deps:
         echo(f'[suite] {name} seed {seed}: blocked (unfinished: {", ".join(deps)})')
         counts['blocked'] += 1
         continue
-      # a finished convergence run of this very command, copied instead of trained again
-      source, timing = None, None
-      if (adopt_from and scale == 'digits' and cell.binary == 'train' and cell.policy
-          and not os.path.exists(os.path.join(directory, STARTED))):
-        steps = budgets[cell.budget_key]
-        source, timing, why_not = suite_adopt.find(adopt_from, cell.budget_key, steps, seed,
-                                                   digests[name])
-        if source and timing is None:
-          echo(f'[suite] {name} seed {seed}: not adopting {source}: {why_not}; training it')
-          source = None
       if source is None:
         if max_cells is not None and started >= max_cells:
           echo(f'[suite] --max_cells={max_cells} reached')
@@ -353,7 +355,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       start = time.time()
       if source:
         echo(f'[suite] {name} seed {seed}: adopting {source}{why}: the same command, and '
-             f'the same training code as its commit {timing.get("commit")}')
+             f'the training code of its commit {suite_adopt.commits_of(timing)}')
         suite_adopt.copy_run(source, directory, LOG, SECONDS)
         code = 0
       else:
@@ -377,7 +379,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
               'steps_from': budget_source if cell.policy else None}
       if source:   # the run's own commit; where it came from
-        info.update(commit=suite_adopt.full_commit(timing.get('commit')),
+        info.update(commit=suite_adopt.commits_of(timing),
                     adopted_from=suite_adopt.describe(cell.budget_key, info['steps'], seed))
       if metrics is None:
         counts['failed'] += 1

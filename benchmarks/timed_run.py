@@ -7,7 +7,10 @@ wrong. run_timed keeps the running total in a small JSON file beside the run, re
 minute while the subprocess trains, so a kill loses at most a minute of it. The same file
 names the CPU kinds of its starts (`cpus`, each once, first start first): op determinism
 repeats a seeded run only on the same kind of CPU, and a run resumed on another machine is a
-mix of the two.
+mix of the two. With `commit` (code_commit), it also lists the commit of every start
+(`commits`, one per start, `+dirty` when the training code had uncommitted changes), so a run
+made by one code from start to end can be told from one resumed across commits
+(benchmarks/suite_adopt.py adopts only the first kind).
 benchmarks/convergence.py (convergence_seconds.json) and benchmarks/suite_runner.py
 (suite_seconds.json) both use it.
 """
@@ -19,6 +22,24 @@ import shlex
 import subprocess
 import time
 from typing import List, Mapping, Optional, Sequence
+
+# What a training run's result depends on in the repository: the package, the binaries, the
+# gin files and the pinned dependencies (benchmarks/ and tests/ do not train).
+TRAINING_CODE = ('rethink_st', 'bin', 'gin_configs', 'setup.py')
+
+
+def code_commit(repo: str) -> Optional[str]:
+  """The checkout's HEAD (40 hex digits), with `+dirty` when TRAINING_CODE has uncommitted
+  changes; None outside a git checkout."""
+  try:
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    local = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--',
+                            *TRAINING_CODE], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ('+dirty' if local else '')
 
 
 def cpu_kind(cpuinfo: str = '/proc/cpuinfo') -> str:
@@ -82,11 +103,18 @@ def cpus_so_far(timing: str) -> List[str]:
 
 
 def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
-              extra: Optional[Mapping[str, object]] = None, every: float = 60.0) -> int:
+              extra: Optional[Mapping[str, object]] = None, every: float = 60.0,
+              commit: Optional[str] = None) -> int:
   """Runs cmd from cwd, output appended to log_path; returns its exit code. timing gets
   {'seconds': earlier starts + this one, 'cpus': the CPU kinds of the starts, **extra},
-  rewritten every `every` seconds and at the end."""
+  and with `commit` 'commits': the earlier starts' and this one's; rewritten every `every`
+  seconds and at the end."""
   before, start = seconds_so_far(timing), time.time()
+  extra = dict(extra or {})
+  # one per start; a start without one (older code) is not listed, so the list is short
+  commits = list(read_timing(timing).get('commits') or []) + ([] if commit is None else [commit])
+  if commits:
+    extra['commits'] = commits
   # each CPU kind once, first start first; starts of older code, which did not name theirs,
   # as 'not recorded' (their seconds are in the total)
   cpus = cpus_so_far(timing) or (['not recorded'] if before > 0 else [])

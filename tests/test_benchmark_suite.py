@@ -917,7 +917,7 @@ def test_missing_segmentation_budget_is_one_line_naming_its_command(tmp_path):
 
 
 def _convergence_run(root, key, steps, seed, commit='c0ffee1', gin_params=(), reached=None,
-                     starts=1):
+                     starts=1, commits=None):
   """A finished benchmarks/convergence.py run as run_one leaves it (TEST DATA): its log with
   the command of each start, eval_metrics.json, convergence_seconds.json, a checkpoint."""
   import convergence  # pylint: disable=g-import-not-at-top
@@ -932,7 +932,8 @@ def _convergence_run(root, key, steps, seed, commit='c0ffee1', gin_params=(), re
   with open(os.path.join(directory, 'eval_metrics.json'), 'w') as f:
     json.dump({'step': reached or steps, {'segmentation': 'mIoU', 'detection': 'AP'}[task]: 0.55}, f)
   with open(os.path.join(directory, 'convergence_seconds.json'), 'w') as f:
-    json.dump({'seconds': 600.0, 'cpus': ['TEST CPU'], 'commit': commit}, f)
+    json.dump({'seconds': 600.0, 'cpus': ['TEST CPU'], 'commit': commit,
+               'commits': [commit] * (starts if commits is None else commits)}, f)
   with open(os.path.join(directory, 'ckpt-1.index'), 'w') as f:
     f.write('TEST DATA')
   return directory
@@ -952,16 +953,25 @@ def test_a_finished_convergence_run_of_the_same_command_is_adopted(tmp_path, mon
   _convergence_run(conv_out, 'seg_s4', steps, 2, reached=steps // 2)     # killed half-way
   _convergence_run(conv_out, 'seg_s4', steps, 3, commit='0ld')           # other code
   _convergence_run(conv_out, 'seg_s4', steps // 2, 4)                    # another budget
+  _convergence_run(conv_out, 'seg_s4', steps, 5, starts=2, commits=1)    # a start of old code
+  _convergence_run(conv_out, 'seg_s4', steps, 6, commit='c0ffee1+dirty')
+  with open(os.path.join(_convergence_run(conv_out, 'seg_s4', steps, 7), 'writer.lock'), 'w'):
+    pass                                                                 # still being written
+  _convergence_run(conv_out, 'seg_s4', steps, 8)
+  os.makedirs(suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 8))
+  with open(os.path.join(suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 8), 'x'), 'w'):
+    pass                                                                 # a run made by hand
+  _convergence_run(conv_out, 'seg_s4', steps, 9, starts=3)               # resumed, one code
   with open(os.path.join(conv_out, 'seg_s4', f'steps_{steps}', 'seed_1',
                          'convergence_log.txt'), 'a') as f:
     f.write('$ python bin/train_teacher.py --gin_file=x.gin\n')         # resumed otherwise
   runner, log = FakeRunner(), []
-  counts = suite.run_cells(['table6'], 'digits', [0, 1, 2, 3, 4], out,
+  counts = suite.run_cells(['table6'], 'digits', list(range(10)), out,
                            only=['seg_s4_f20_rand_init'], runner=runner, echo=log.append,
                            convergence=_convergence(tmp_path, _SEG_ALL), record_dir=records,
                            adopt_from=conv_out)
-  assert counts['adopted'] == 1 and counts['ran'] == 4
-  assert [d.rsplit('_', 1)[1] for _, d in runner.calls] == ['1', '2', '3', '4']
+  assert counts['adopted'] == 2 and counts['ran'] == 8
+  assert [d.rsplit('_', 1)[1] for _, d in runner.calls] == list('12345678')
   cell = suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 0)
   done = json.load(open(os.path.join(cell, suite.DONE)))
   assert done['adopted_from'] == f'benchmarks/convergence.py run seg_s4/steps_{steps}/seed_0'
@@ -976,11 +986,16 @@ def test_a_finished_convergence_run_of_the_same_command_is_adopted(tmp_path, mon
                                                    'seg_s4_f20_rand_init', 0)))
   assert record['adopted_from'] == done['adopted_from'] and record['metrics']['mIoU'] == 0.55
   why = {l.split(' seed ')[1][0]: l for l in log if 'not adopting' in l}
-  assert sorted(why) == ['1', '2', '3']                  # seed 4: no run of this budget
+  assert sorted(why) == list('1235678')                  # seed 4: no run of this budget
   assert why['1'].endswith('its 2 starts ran different commands; training it')
   assert f'it has not reached {steps} steps' in why['2']
   assert why['3'].endswith('0ld: TEST other code; training it')
+  assert 'records the commit of 1 of its 2 starts' in why['5']
+  assert 'a start at c0ffee1+dirty had uncommitted changes' in why['6']
+  assert 'writer.lock' in why['7'] and 'is not empty; training it' in why['8']
   assert any('seed 0: adopting' in l and 'commit c0ffee1' in l for l in log)
+  assert json.load(open(os.path.join(suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 9),
+                                     suite.DONE)))['commit'] == 'c0ffee1'   # 3 starts, once
   # a self-training cell starts from the adopted teacher; nothing adopts a student
   runner = FakeRunner()
   suite.run_cells(['table6'], 'digits', [0], out, only=['seg_s4_f20_self_training'],
@@ -996,12 +1011,51 @@ def test_a_finished_convergence_run_of_the_same_command_is_adopted(tmp_path, mon
                   adopt_from=other, convergence=_convergence(tmp_path, _SEG_ALL))
   assert len(runner.calls) == 1
   assert any("its bindings differ from the cell's" in l for l in log), log
+  # --dry_run says which cells it would adopt, as shell comments; adopting is not a start
+  lines = []
+  suite.run_cells(['table6'], 'digits', [0], str(tmp_path / 'runs4'), only=['seg_s4_f20_rand_init'],
+                  dry_run=True, echo=lines.append, adopt_from=conv_out,
+                  convergence=_convergence(tmp_path, _SEG_ALL))
+  assert lines == ['# [suite] seg_s4_f20_rand_init seed 0: would adopt '
+                   f'{os.path.join(conv_out, "seg_s4", f"steps_{steps}", "seed_0")} (suite_adopt.py)']
+  counts = suite.run_cells(['table6'], 'digits', [0], str(tmp_path / 'runs4'),
+                           only=['seg_s4_f20_rand_init'], max_cells=0, runner=FakeRunner(),
+                           echo=lambda s: None, adopt_from=conv_out,
+                           convergence=_convergence(tmp_path, _SEG_ALL))
+  assert counts['adopted'] == 1
   # without adopt_from (the library default) nothing is adopted
   runner = FakeRunner()
   suite.run_cells(['table6'], 'digits', [0], str(tmp_path / 'runs3'),
                   only=['seg_s4_f20_rand_init'], runner=runner, echo=lambda s: None,
                   convergence=_convergence(tmp_path, _SEG_ALL))
   assert len(runner.calls) == 1
+
+
+def test_a_detection_teacher_cell_is_convergence_pys_command(tmp_path, monkeypatch):
+  """The digest equality adoption rests on, for detection at 20% (the cell binds
+  LABELED_FRACTION=0.2, the curve leaves the file's) and 100% labels (both bind 1.0); a
+  pre-trained cell starts from another cell, so no convergence run is considered for it."""
+  import convergence  # pylint: disable=g-import-not-at-top
+  for policy, cell, fraction in (('s4', 's4_f20_rand_init', 0.2),
+                                 ('s4', 's4_f100_rand_init', 1.0),
+                                 ('s1', 's1_f20_rand_init', 0.2)):
+    key = tables.CELLS[cell].budget_key
+    cmd = convergence.command(policy, BUDGETS[key], 2, str(tmp_path), fraction=fraction)
+    assert suite_commands.command_digest(cmd) == suite_commands.config_digest(
+        cell, 'digits', 2, budgets=BUDGETS), cell
+    other = convergence.command(policy, BUDGETS[key], 1, str(tmp_path), fraction=fraction)
+    assert suite_commands.command_digest(other) != suite_commands.config_digest(
+        cell, 'digits', 2, budgets=BUDGETS), cell
+  import suite_adopt  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(suite_adopt, 'same_code', lambda commit: None)
+  conv_out, log = str(tmp_path / 'conv'), []
+  _convergence_run(conv_out, 's4', BUDGETS['s4'], 0)
+  runner = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'runs'),
+                  only=['s4_f20_pretrained', 's4_f20_rand_init'], runner=runner,
+                  echo=log.append, adopt_from=conv_out, convergence=_convergence(tmp_path))
+  assert not any('not adopting' in l for l in log), log
+  assert sorted(n for n, _ in runner.calls) == ['pretrain', 's4_f20_pretrained']
 
 
 def test_same_code_compares_the_training_code_at_two_commits(tmp_path):
@@ -1027,6 +1081,13 @@ def test_same_code_compares_the_training_code_at_two_commits(tmp_path):
   assert suite_adopt.same_code(first, repo=repo).startswith(
       f'the training code changed since its commit {first}')
   assert 'not in this repository' in suite_adopt.same_code('0' * 40, repo=repo)
+  for path in ('gin_configs/x.gin', 'bin/x.py', 'setup.py'):
+    git('tag', '-f', 'before')
+    os.makedirs(os.path.dirname(os.path.join(repo, path)) or repo, exist_ok=True)
+    (tmp_path / path).write_text('y\n')
+    git('add', path)
+    git('commit', '-qm', path)
+    assert path in suite_adopt.same_code('before', repo=repo)
   assert suite_adopt.same_code(None, repo=repo) == 'its commit is not recorded'
 
 
@@ -1235,6 +1296,38 @@ def test_a_timing_file_names_the_cpu_of_every_start(tmp_path, monkeypatch):
                            'AMD EPYC (AVX2), 2 CPUs']
   assert timed_run.cpus_so_far(timing) == saved['cpus']
   assert saved['commit'] == 'def' and saved['seconds'] >= 5.0
+
+
+def test_a_timing_file_lists_the_commit_of_every_start(tmp_path, monkeypatch):
+  """run_timed(commit=...) appends one commit per start; a start without one (older code)
+  leaves the list short, which suite_adopt reads as unknown; code_commit marks uncommitted
+  training code as +dirty (a scratch repository)."""
+  import timed_run  # pylint: disable=g-import-not-at-top
+  timing, log = str(tmp_path / 'convergence_seconds.json'), str(tmp_path / 'log.txt')
+  for commit in ('aaa', None, 'bbb'):
+    assert timed_run.run_timed([sys.executable, '-c', 'pass'], log, timing, str(tmp_path),
+                               commit=commit) == 0
+  assert json.load(open(timing))['commits'] == ['aaa', 'bbb']
+  repo = str(tmp_path / 'repo')
+  os.makedirs(os.path.join(repo, 'rethink_st'))
+  git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a],
+                                  cwd=repo, capture_output=True, text=True, check=True).stdout
+  git('init', '-q')
+  with open(os.path.join(repo, 'rethink_st', 'a.py'), 'w') as f:
+    f.write('x = 1\n')
+  with open(os.path.join(repo, 'README.md'), 'w') as f:
+    f.write('a\n')
+  git('add', '.')
+  git('commit', '-qm', 'one')
+  head = git('rev-parse', 'HEAD').strip()
+  assert timed_run.code_commit(repo) == head
+  with open(os.path.join(repo, 'README.md'), 'w') as f:
+    f.write('b\n')                                   # not training code
+  assert timed_run.code_commit(repo) == head
+  with open(os.path.join(repo, 'rethink_st', 'a.py'), 'w') as f:
+    f.write('x = 2\n')
+  assert timed_run.code_commit(repo) == head + '+dirty'
+  assert timed_run.code_commit(str(tmp_path / 'nowhere')) is None
 
 
 def test_a_cell_resumed_on_another_cpu_names_both_in_its_record(tmp_path):
