@@ -33,6 +33,7 @@ from suite_commands import REPO
 from suite_commands import SuiteError
 from suite_commands import command_digest
 from timed_run import TRAINING_CODE
+from timed_run import code_commit
 from timed_run import read_timing
 
 LOG, TIMING = 'convergence_log.txt', 'convergence_seconds.json'   # convergence.run_one's
@@ -58,17 +59,20 @@ def same_code(commit: Optional[str], repo: str = REPO) -> Optional[str]:
   change), else why not, in words."""
   if not commit:
     return 'its commit is not recorded'
+  here = code_commit(repo)
+  if here is None:
+    return f'{repo} is not a git checkout'
+  if here.endswith('+dirty'):
+    return 'this checkout has uncommitted changes to the training code'
   try:
     if _git('cat-file', '-e', f'{commit}^{{commit}}', repo=repo).returncode != 0:
       return f'its commit {commit} is not in this repository'
     changed = _git('diff', '--name-only', commit, 'HEAD', '--', *TRAINING_CODE, repo=repo)
-    local = _git('status', '--porcelain', '--untracked-files=no', '--', *TRAINING_CODE,
-                 repo=repo)
   except OSError as e:
     return f'git: {e.strerror or e}'
-  if changed.returncode != 0 or local.returncode != 0:
-    return f'git diff {commit} HEAD failed: {(changed.stderr or local.stderr).strip()}'
-  files = changed.stdout.split() + [l[3:] for l in local.stdout.splitlines()]
+  if changed.returncode != 0:
+    return f'git diff {commit} HEAD failed: {changed.stderr.strip()}'
+  files = changed.stdout.split()
   if files:
     return (f'the training code changed since its commit {commit} '
             f'({len(files)} file(s), e.g. {files[0]})')
@@ -117,8 +121,7 @@ def copy_run(source: str, directory: str, log: str, seconds: str) -> None:
   shutil.copytree(source, directory, dirs_exist_ok=True,
                   ignore=shutil.ignore_patterns('writer*.lock'))
   shutil.copyfile(os.path.join(source, LOG), os.path.join(directory, log))
-  if os.path.exists(os.path.join(source, TIMING)):
-    shutil.copyfile(os.path.join(source, TIMING), os.path.join(directory, seconds))
+  shutil.copyfile(os.path.join(source, TIMING), os.path.join(directory, seconds))
 
 
 def commits_of(timing: dict) -> str:
