@@ -1031,6 +1031,55 @@ def test_a_finished_convergence_run_of_the_same_command_is_adopted(tmp_path, mon
   assert len(runner.calls) == 1
 
 
+def test_a_real_convergence_run_is_adopted_and_not_trained_again(digit_scenes_dir, tmp_path):
+  """End to end: benchmarks/convergence.py trains a tiny segmentation S4 teacher (2 steps,
+  the binaries' own subprocess, which records its commit), and the suite adopts it as
+  seg_s4_f20_rand_init seed 0 with the same extra bindings: nothing trains, the record
+  holds the run's mIoU and commit. Needs a git checkout without uncommitted training code
+  (what adoption itself needs)."""
+  import convergence  # pylint: disable=g-import-not-at-top
+  import timed_run  # pylint: disable=g-import-not-at-top
+  here = timed_run.code_commit(REPO)
+  if here is None or here.endswith('+dirty'):
+    pytest.skip(f'adoption needs a clean git checkout of the training code ({here})')
+  seg = 'rethink_st.modeling.segmentation.build_segmentation_model'
+  params = ['IMAGE_SIZE = (64, 64)', 'CELL_BATCH_SIZE = 4',
+            f"train/rethink_st.data.sources.digit_scenes_source.data_dir = '{digit_scenes_dir}'",
+            f"eval/rethink_st.data.sources.digit_scenes_source.data_dir = '{digit_scenes_dir}'",
+            f"{seg}.backbone = 'resnet-10'", f"{seg}.decoder = 'fpn'",
+            f'{seg}.decoder_num_filters = 8', f'{seg}.max_level = 5',
+            f'{seg}.head_num_convs = 1', f'{seg}.head_num_filters = 8',
+            'rethink_st.training.tasks.SegmentationTask.size_divisor = 32',
+            'rethink_st.augment.Augment.scale_min = 1.0',
+            'rethink_st.augment.Augment.scale_max = 1.0',
+            'rethink_st.training.run.run_train.steps_per_loop = 1',
+            'rethink_st.training.run.run_train.eval_batch_size = 8',
+            'rethink_st.training.run.run_train.eval_steps = 1',
+            'rethink_st.training.optimization.build_optimizer.warmup_steps = 1']
+  conv_out = str(tmp_path / 'conv')
+  convergence.run_one('s4', 2, 0, conv_out, params, task='segmentation')
+  source = convergence.run_dir(conv_out, 'seg_s4', 2, 0)
+  timing = json.load(open(os.path.join(source, 'convergence_seconds.json')))
+  assert timing['commits'] == [here]
+  conv = tmp_path / 'convergence.json'
+  conv.write_text(json.dumps({'chosen': {'seg_s4': {'steps': 2}}, 'runs': [],
+                              'rule': 'TEST DATA'}))
+
+  def runner(cmd, log_path):
+    raise AssertionError(f'trained {shlex.join(cmd)}')
+
+  log, out = [], str(tmp_path / 'runs')
+  counts = suite.run_cells(['table6'], 'digits', [0], out, only=['seg_s4_f20_rand_init'],
+                           gin_params=params, runner=runner, echo=log.append,
+                           adopt_from=conv_out, convergence=str(conv))
+  assert counts['adopted'] == 1, log
+  done = json.load(open(os.path.join(suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 0),
+                                     suite.DONE)))
+  metrics = json.load(open(os.path.join(source, 'eval_metrics.json')))
+  assert done['metrics']['mIoU'] == metrics['mIoU'] and done['commit'] == here
+  assert done['adopted_from'] == 'benchmarks/convergence.py run seg_s4/steps_2/seed_0'
+
+
 def test_a_detection_teacher_cell_is_convergence_pys_command(tmp_path, monkeypatch):
   """The digest equality adoption rests on, for detection at 20% (the cell binds
   LABELED_FRACTION=0.2, the curve leaves the file's) and 100% labels (both bind 1.0); a
