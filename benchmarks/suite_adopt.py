@@ -124,11 +124,6 @@ def copy_run(source: str, directory: str, log: str, seconds: str) -> None:
   shutil.copyfile(os.path.join(source, TIMING), os.path.join(directory, seconds))
 
 
-def commits_of(timing: dict) -> str:
-  """The commits of a checked run's starts, each once, first start first."""
-  return ', '.join(dict.fromkeys(timing.get('commits') or ()))
-
-
 def find(adopt_from: str, budget_key: str, steps: int, seed: int, digest: Optional[str],
          directory: str) -> Tuple[Optional[str], Optional[dict], str]:
   """(the run's folder, its timing record, '') when convergence.py --out_dir=adopt_from has

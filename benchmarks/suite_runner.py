@@ -49,6 +49,8 @@ from suite_commands import cell_dir
 from suite_commands import config_digest
 from suite_commands import planned_cells
 from suite_commands import read_json
+from timed_run import code_commit
+from timed_run import commits_so_far
 from timed_run import cpu_kind
 from timed_run import cpus_so_far
 from timed_run import run_timed
@@ -232,8 +234,10 @@ def read_pseudo_quality(directory: str) -> Dict[str, float]:
 
 def subprocess_runner(cmd: Sequence[str], log_path: str) -> int:
   """Runs `cmd` from the repository root, output to log_path; returns its exit code. Its wall
-  seconds, added up over the starts of a resumed cell, go to SECONDS beside the log."""
-  return run_timed(cmd, log_path, os.path.join(os.path.dirname(log_path), SECONDS), REPO)
+  seconds, added up over the starts of a resumed cell, and the commit of each start go to
+  SECONDS beside the log."""
+  return run_timed(cmd, log_path, os.path.join(os.path.dirname(log_path), SECONDS), REPO,
+                   commit=code_commit(REPO) or 'unknown')
 
 
 def _digest(name, scale, seed, budgets, gin_files, gin_params, dry_run) -> Optional[str]:
@@ -355,7 +359,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       start = time.time()
       if source:
         echo(f'[suite] {name} seed {seed}: adopting {source}{why}: the same command, and '
-             f'the training code of its commit {suite_adopt.commits_of(timing)}')
+             'the training code of its commit '
+             + ', '.join(commits_so_far(os.path.join(source, suite_adopt.TIMING))))
         suite_adopt.copy_run(source, directory, LOG, SECONDS)
         code = 0
       else:
@@ -368,6 +373,8 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       seconds = seconds_so_far(os.path.join(directory, SECONDS)) or time.time() - start
       # the CPU of every start: a cell resumed on another machine names both
       cpu = ' + '.join(cpus_so_far(os.path.join(directory, SECONDS))) or cpu_kind()
+      # the commits its starts ran (each once): a cell resumed across commits names them all
+      starts = commits_so_far(os.path.join(directory, SECONDS))
       metrics = read_metrics(name, directory) if code == 0 else None
       if metrics is not None:
         metrics.update(read_last_losses(directory))
@@ -377,9 +384,10 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       info = {'seconds': seconds, 'seed': seed, 'command': cmd, 'commit': commit,
               'config': digests[name], 'cpu': cpu,
               'steps': budgets.get(cell.budget_key) if scale == 'digits' else None,
-              'steps_from': budget_source if cell.policy else None}
-      if source:   # the run's own commit; where it came from
-        info.update(commit=suite_adopt.commits_of(timing),
+              'steps_from': budget_source if cell.policy else None,
+              **({'start_commits': starts} if starts else {})}
+      if source:   # the run's own commits; where it came from
+        info.update(commit=', '.join(starts),
                     adopted_from=suite_adopt.describe(cell.budget_key, info['steps'], seed))
       if metrics is None:
         counts['failed'] += 1

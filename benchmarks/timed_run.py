@@ -102,6 +102,13 @@ def cpus_so_far(timing: str) -> List[str]:
   return cpus_of(read_timing(timing))
 
 
+def commits_so_far(timing: str) -> List[str]:
+  """The commits the starts recorded in the file `timing` (`commits`), each once, first start
+  first; [] when none did."""
+  commits = read_timing(timing).get('commits')
+  return list(dict.fromkeys(commits)) if isinstance(commits, list) else []
+
+
 def run_timed(cmd: Sequence[str], log_path: str, timing: str, cwd: str,
               extra: Optional[Mapping[str, object]] = None, every: float = 60.0,
               commit: Optional[str] = None) -> int:

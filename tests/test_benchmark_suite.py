@@ -1397,6 +1397,34 @@ def test_a_cell_resumed_on_another_cpu_names_both_in_its_record(tmp_path):
   assert rec['cpu'] == 'CPU one + CPU two' and rec['seconds'] == 60.0
 
 
+def test_a_cell_resumed_across_commits_names_them_in_its_record(tmp_path, monkeypatch):
+  """subprocess_runner records each start's commit (suite_seconds.json `commits`); the record
+  lists them once each, first start first (start_commits); a FakeRunner run without a timing
+  file has none."""
+  conv, records = _convergence(tmp_path), str(tmp_path / 'records')
+  fake = FakeRunner()
+
+  def runner(code):
+    def run(cmd, log_path):
+      assert suite_runner.subprocess_runner([sys.executable, '-c', 'pass'], log_path) == 0
+      return code or fake(cmd, log_path)
+    return run
+
+  for commit, code in (('aaa', 9), ('bbb', 9), ('aaa', 0)):    # killed twice, then finished
+    monkeypatch.setattr(suite_runner, 'code_commit', lambda repo, c=commit: c)
+    suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'a'), only=['s1_f20_rand_init'],
+                    runner=runner(code), convergence=conv, record_dir=records,
+                    echo=lambda s: None)
+  rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0',
+                                    suite.DONE)))
+  assert rec['start_commits'] == ['aaa', 'bbb']
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'b'), only=['s1_f20_rand_init'],
+                  runner=FakeRunner(), convergence=conv, echo=lambda s: None)
+  done = json.load(open(os.path.join(suite.cell_dir(str(tmp_path / 'b'), 'digits',
+                                                    's1_f20_rand_init', 0), suite.DONE)))
+  assert 'start_commits' not in done
+
+
 def test_perf_table_pairs_ours_with_model_garden(tmp_path):
   """TEST DATA ONLY: fabricated benchmark JSON in the formats the benchmarks write."""
   import perf_table  # pylint: disable=g-import-not-at-top
