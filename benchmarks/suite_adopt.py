@@ -79,40 +79,39 @@ def same_code(commit: Optional[str], repo: str = REPO) -> Optional[str]:
   return None
 
 
-def check(source: str, steps: int, digest: Optional[str]) -> Tuple[Optional[dict], str]:
-  """(the run's timing record, '') when the convergence run in `source` may stand for a cell
-  of config digest `digest` and `steps` steps, else (None, why not)."""
+def check(source: str, steps: int, digest: Optional[str]) -> str:
+  """'' when the convergence run in `source` may stand for a cell of config digest `digest`
+  and `steps` steps, else why not, in words."""
   if os.path.exists(os.path.join(source, 'writer.lock')):
-    return None, 'a process may still be writing it (its writer.lock is there)'
+    return 'a process may still be writing it (its writer.lock is there)'
   try:
     if finished(source, steps) is None:
-      return None, f'it has not reached {steps} steps'
+      return f'it has not reached {steps} steps'
   except ValueError:
-    return None, 'its eval_metrics.json does not parse'
+    return 'its eval_metrics.json does not parse'
   log = os.path.join(source, LOG)
   commands = logged_commands(log) if os.path.exists(log) else []
   if not commands:
-    return None, f'{LOG} names no command'
+    return f'{LOG} names no command'
   if any(c[1:] != commands[0][1:] for c in commands):
-    return None, f'its {len(commands)} starts ran different commands'
+    return f'its {len(commands)} starts ran different commands'
   try:
     theirs = command_digest(commands[0])
   except SuiteError as e:
-    return None, f'its command does not parse here ({e})'
+    return f'its command does not parse here ({e})'
   if not digest or theirs != digest:
-    return None, f'its bindings differ from the cell\'s (config {theirs}, the cell {digest})'
-  timing = read_timing(os.path.join(source, TIMING))
-  commits = timing.get('commits') or []
+    return f'its bindings differ from the cell\'s (config {theirs}, the cell {digest})'
+  commits = read_timing(os.path.join(source, TIMING)).get('commits') or []
   if len(commits) != len(commands):
-    return None, (f'{TIMING} records the commit of {len(commits)} of its {len(commands)} '
-                  'starts (convergence.py before 2026-12-06 kept none)')
+    return (f'{TIMING} records the commit of {len(commits)} of its {len(commands)} '
+            'starts (convergence.py before 2026-12-06 kept none)')
   for commit in dict.fromkeys(commits):
     if commit.endswith('+dirty'):
-      return None, f'a start at {commit} had uncommitted changes to the training code'
+      return f'a start at {commit} had uncommitted changes to the training code'
     why = same_code(commit)
     if why:
-      return None, why
-  return timing, ''
+      return why
+  return ''
 
 
 def copy_run(source: str, directory: str, log: str, seconds: str) -> None:
@@ -125,17 +124,16 @@ def copy_run(source: str, directory: str, log: str, seconds: str) -> None:
 
 
 def find(adopt_from: str, budget_key: str, steps: int, seed: int, digest: Optional[str],
-         directory: str) -> Tuple[Optional[str], Optional[dict], str]:
-  """(the run's folder, its timing record, '') when convergence.py --out_dir=adopt_from has
-  a run that may stand for the cell whose folder is `directory` (check); (folder, None, why
-  not) when it has one that may not; (None, None, '') when it has none."""
+         directory: str) -> Tuple[Optional[str], str]:
+  """(the run's folder, '') when convergence.py --out_dir=adopt_from has a run that may
+  stand for the cell whose folder is `directory` (check); (folder, why not) when it has one
+  that may not; (None, '') when it has none."""
   source = run_dir(adopt_from, budget_key, steps, seed)
   if not os.path.isdir(source):
-    return None, None, ''
+    return None, ''
   if os.path.isdir(directory) and os.listdir(directory):
-    return source, None, f'the cell\'s folder {directory} is not empty'
-  timing, why = check(source, steps, digest)
-  return source, timing, why
+    return source, f'the cell\'s folder {directory} is not empty'
+  return source, check(source, steps, digest)
 
 
 def describe(budget_key: str, steps: int, seed: int) -> str:

@@ -33,7 +33,6 @@ than trained (suite_adopt); its record says adopted_from.
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
@@ -101,16 +100,9 @@ def _move_aside(directory: str, value, what: str = 'steps') -> str:
 
 
 def repo_commit() -> Optional[str]:
-  """`git rev-parse HEAD` of the repository the suite runs from (+dirty if tracked files
-  differ from it); None outside a git checkout."""
-  try:
-    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-  return head + ('+dirty' if dirty else '')
+  """`git rev-parse HEAD` of the repository the suite runs from (+dirty if any tracked file
+  differs from it, not only the training code); None outside a git checkout."""
+  return code_commit(REPO, paths=())
 
 
 def record_path(record_dir: Optional[str], scale: str, name: str, seed: int) -> Optional[str]:
@@ -327,13 +319,13 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       cmd = cell_command(name, scale, seed, out_dir, budgets=budgets, gin_files=gin_files,
                          gin_params=gin_params)
       # a finished convergence run of this very command, copied instead of trained again
-      source, timing = None, None
+      source = None
       if (adopt_from and scale == 'digits' and cell.binary == 'train' and cell.policy
           and not cell.depends(scale) and digests[name]):
-        source, timing, why_not = suite_adopt.find(
+        source, why_not = suite_adopt.find(
             adopt_from, cell.budget_key, budgets[cell.budget_key], seed, digests[name],
             directory)
-        if source and timing is None:
+        if source and why_not:
           echo(('# ' if dry_run else '') + f'[suite] {name} seed {seed}: not adopting '
                f'{source}: {why_not}; ' + ('it would train' if dry_run else 'training it'))
           source = None

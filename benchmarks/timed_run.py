@@ -28,14 +28,14 @@ from typing import List, Mapping, Optional, Sequence
 TRAINING_CODE = ('rethink_st', 'bin', 'gin_configs', 'setup.py')
 
 
-def code_commit(repo: str) -> Optional[str]:
-  """The checkout's HEAD (40 hex digits), with `+dirty` when TRAINING_CODE has uncommitted
-  changes; None outside a git checkout."""
+def code_commit(repo: str, paths: Sequence[str] = TRAINING_CODE) -> Optional[str]:
+  """The checkout's HEAD (40 hex digits), with `+dirty` when `paths` (every tracked file if
+  empty) have uncommitted changes; None outside a git checkout."""
   try:
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True,
                           text=True, check=True).stdout.strip()
     local = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--',
-                            *TRAINING_CODE], cwd=repo, capture_output=True, text=True,
+                            *paths], cwd=repo, capture_output=True, text=True,
                            check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return None

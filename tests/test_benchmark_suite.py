@@ -1351,7 +1351,7 @@ def test_a_timing_file_names_the_cpu_of_every_start(tmp_path, monkeypatch):
 def test_a_timing_file_lists_the_commit_of_every_start(tmp_path, monkeypatch):
   """run_timed(commit=...) appends one commit per start; a start without one (older code)
   leaves the list short, which suite_adopt reads as unknown; code_commit marks uncommitted
-  training code as +dirty (a scratch repository)."""
+  training code as +dirty, or with paths=() any tracked change (a scratch repository)."""
   import timed_run  # pylint: disable=g-import-not-at-top
   timing, log = str(tmp_path / 'convergence_seconds.json'), str(tmp_path / 'log.txt')
   for commit in ('aaa', None, 'bbb'):
@@ -1374,6 +1374,7 @@ def test_a_timing_file_lists_the_commit_of_every_start(tmp_path, monkeypatch):
   with open(os.path.join(repo, 'README.md'), 'w') as f:
     f.write('b\n')                                   # not training code
   assert timed_run.code_commit(repo) == head
+  assert timed_run.code_commit(repo, paths=()) == head + '+dirty'   # suite.repo_commit's
   with open(os.path.join(repo, 'rethink_st', 'a.py'), 'w') as f:
     f.write('x = 2\n')
   assert timed_run.code_commit(repo) == head + '+dirty'
@@ -1411,7 +1412,7 @@ def test_a_cell_resumed_across_commits_names_them_in_its_record(tmp_path, monkey
     return run
 
   for commit, code in (('aaa', 9), ('bbb', 9), ('aaa', 0)):    # killed twice, then finished
-    monkeypatch.setattr(suite_runner, 'code_commit', lambda repo, c=commit: c)
+    monkeypatch.setattr(suite_runner, 'code_commit', lambda repo, paths=None, c=commit: c)
     suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'a'), only=['s1_f20_rand_init'],
                     runner=runner(code), convergence=conv, record_dir=records,
                     echo=lambda s: None)
