@@ -37,13 +37,23 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
          'metric': metric}
   t = {s: 100 * m[metric] for s, m in treatment_runs.items() if metric in m}
   c = {s: 100 * m[metric] for s, m in control_runs.items() if metric in m}
-  seeds = sorted(set(t) & set(c), key=int)
+  both = sorted(set(t) & set(c), key=int)
+  # A student and its control pair only if they started from the same teacher (students record
+  # teacher_<metric>): a teacher retrained on another kind of CPU (a recorded teacher whose
+  # run folder was lost) is another model, so such a seed is left out and named.
+  key = 'teacher_' + metric
+  other_teacher = [s for s in both if key in treatment_runs[s] and key in control_runs[s]
+                   and abs(treatment_runs[s][key] - control_runs[s][key]) > 1e-9]
+  seeds = [s for s in both if s not in other_teacher]
   diffs = [t[s] - c[s] for s in seeds]
   mean, std = mean_std(diffs)
   out.update(seeds=[int(s) for s in seeds], treatment_ap=[t[s] for s in seeds],
              control_ap=[c[s] for s in seeds], diff_mean=mean, diff_std=std, n=len(seeds),
              unpaired_seeds={'treatment': sorted((int(s) for s in set(t) - set(c))),
-                             'control': sorted((int(s) for s in set(c) - set(t)))})
+                             'control': sorted((int(s) for s in set(c) - set(t)))},
+             other_teacher=[{'seed': int(s), 'treatment_teacher': 100 * treatment_runs[s][key],
+                             'control_teacher': 100 * control_runs[s][key]}
+                            for s in other_teacher])
   commits = {r.get('commit') for runs in (treatment_runs, control_runs)
              for s, r in runs.items() if s in seeds}
   out['commits'] = sorted(x or 'unknown' for x in commits)
@@ -51,6 +61,8 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
     reason = 'no cells'
   elif not all(tables_lib.CELLS[n].exists(scale) for n in (claim.treatment, claim.control)):
     reason = f'no cells at {scale} scale'
+  elif not seeds and other_teacher:
+    reason = 'no seed finished both cells from the same teacher (other_teacher)'
   elif not seeds:
     reason = 'no seed finished both cells'
   elif len(seeds) < 2:

@@ -177,6 +177,11 @@ def format_markdown(results: dict) -> str:
       bound = '' if c['bound'] is None else f'{c["bound"]:+.{nd}f}'
       lines.append(f'| `{c["id"]}`: {c["claim"]} | {diff} | {c["n"]} | {c["direction"]} '
                    f'| {bound} | **{verdict(c)}** | {c["paper"]} |')
+    for c in results['claims']:
+      for o in c.get('other_teacher', []):
+        lines.append(f'\n`{c["id"]}` leaves out seed {o["seed"]}: its two cells started from '
+                     f'different teachers ({metric} {o["treatment_teacher"]:.{nd}f} and '
+                     f'{o["control_teacher"]:.{nd}f}; a teacher retrained on another CPU).')
   extra = []
   for e in results['grid']:
     bits = []

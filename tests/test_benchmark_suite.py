@@ -1225,6 +1225,40 @@ def test_segmentation_claims_from_fabricated_miou(tmp_path):
   assert '| +2.00 ± 1.00 | 3 | helps | +0.85 | **holds** |' in md
 
 
+def test_claims_leave_out_a_seed_whose_student_and_control_had_other_teachers(tmp_path):
+  """TEST DATA ONLY: seed 0's control started from a teacher retrained on another CPU (72.60
+  against the student's 73.01), so the pair is not one experiment and is left out, named."""
+  out = str(tmp_path / 'runs')
+  teacher = {'seg_s4_f20_self_training': (0.7301, 0.70, 0.71),
+             'seg_s4_f20_matched_control': (0.7260, 0.70, 0.71)}
+  miou = {'seg_s4_f20_self_training': (0.7445, 0.62, 0.63),
+          'seg_s4_f20_matched_control': (0.7000, 0.61, 0.61)}    # paired diffs: 1, 2
+  for name, values in miou.items():
+    for seed, value in enumerate(values):
+      directory = suite.cell_dir(out, 'digits', name, seed)
+      os.makedirs(directory)
+      with open(os.path.join(directory, suite.DONE), 'w') as f:
+        json.dump({'metrics': {'mIoU': value, 'teacher_mIoU': teacher[name][seed]},
+                   'seconds': 60.0, 'seed': seed, 'steps': 1200, 'commit': 'c0ffee'}, f)
+  by_id = {c['id']: c for c in suite.collect_claims('digits', [0, 1, 2], out)['claims']}
+  mc = by_id['seg_st_vs_matched_control/S4']
+  assert mc['seeds'] == [1, 2] and mc['n'] == 2
+  assert mc['diff_mean'] == pytest.approx(1.5)
+  assert mc['other_teacher'] == [{'seed': 0, 'treatment_teacher': pytest.approx(73.01),
+                                  'control_teacher': pytest.approx(72.60)}]
+  assert mc['unpaired_seeds'] == {'treatment': [], 'control': []}
+  md = suite.format_markdown(suite.collect_results('table6', 'digits', [0, 1, 2], out))
+  assert ('`seg_st_vs_matched_control/S4` leaves out seed 0: its two cells started from '
+          'different teachers (mIoU 73.01 and 72.60;') in md
+  # with no other seed the claim is untested, and says why
+  for name in miou:
+    for seed in (1, 2):
+      os.remove(os.path.join(suite.cell_dir(out, 'digits', name, seed), suite.DONE))
+  mc = {c['id']: c for c in suite.collect_claims('digits', [0, 1, 2], out)['claims']}[
+      'seg_st_vs_matched_control/S4']
+  assert (mc['n'], mc['holds']) == (0, None) and 'same teacher' in mc['reason']
+
+
 def test_convergence_segmentation_keys_beside_detection(tmp_path):
   """benchmarks/convergence.py --task=segmentation: seg_<policy> runs, records and chosen
   budgets in the same file; detection's records are as before (TEST DATA)."""
