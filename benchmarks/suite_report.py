@@ -181,7 +181,8 @@ def format_markdown(results: dict) -> str:
       for o in c.get('other_teacher', []):
         lines.append(f'\n`{c["id"]}` leaves out seed {o["seed"]}: its two cells started from '
                      f'different teachers ({metric} {o["treatment_teacher"]:.{nd}f} and '
-                     f'{o["control_teacher"]:.{nd}f}; a teacher retrained on another CPU).')
+                     f'{o["control_teacher"]:.{nd}f}), so they differ in more than the pseudo-loss '
+                     f'weight.')
   extra = []
   for e in results['grid']:
     bits = []

@@ -1249,7 +1249,8 @@ def test_claims_leave_out_a_seed_whose_student_and_control_had_other_teachers(tm
   assert mc['unpaired_seeds'] == {'treatment': [], 'control': []}
   md = suite.format_markdown(suite.collect_results('table6', 'digits', [0, 1, 2], out))
   assert ('`seg_st_vs_matched_control/S4` leaves out seed 0: its two cells started from '
-          'different teachers (mIoU 73.01 and 72.60;') in md
+          'different teachers (mIoU 73.01 and 72.60), so they differ in more than the '
+          'pseudo-loss weight.') in md
   # with no other seed the claim is untested, and says why
   for name in miou:
     for seed in (1, 2):
