@@ -39,11 +39,16 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
   c = {s: 100 * m[metric] for s, m in control_runs.items() if metric in m}
   both = sorted(set(t) & set(c), key=int)
   # A student and its control pair only if they started from the same teacher (students record
-  # teacher_<metric>): a teacher retrained on another kind of CPU (a recorded teacher whose
-  # run folder was lost) is another model, so such a seed is left out and named.
+  # teacher_<metric>); a student and its own teacher cell (st_vs_rand_init), only if the
+  # teacher's record is the model the student started from. A teacher retrained on another
+  # kind of CPU (a recorded teacher whose run folder was lost) is another model, so such a
+  # seed is left out and named.
   key = 'teacher_' + metric
-  other_teacher = [s for s in both if key in treatment_runs[s] and key in control_runs[s]
-                   and abs(treatment_runs[s][key] - control_runs[s][key]) > 1e-9]
+  is_teacher = (claim.treatment is not None and claim.control is not None
+                and tables_lib.CELLS[claim.treatment].teacher_for(scale) == claim.control)
+  control_key = metric if is_teacher else key
+  other_teacher = [s for s in both if key in treatment_runs[s] and control_key in control_runs[s]
+                   and abs(treatment_runs[s][key] - control_runs[s][control_key]) > 1e-9]
   seeds = [s for s in both if s not in other_teacher]
   diffs = [t[s] - c[s] for s in seeds]
   mean, std = mean_std(diffs)
@@ -52,7 +57,8 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
              unpaired_seeds={'treatment': sorted((int(s) for s in set(t) - set(c))),
                              'control': sorted((int(s) for s in set(c) - set(t)))},
              other_teacher=[{'seed': int(s), 'treatment_teacher': 100 * treatment_runs[s][key],
-                             'control_teacher': 100 * control_runs[s][key]}
+                             'control_teacher': 100 * control_runs[s][control_key],
+                             'control_is_teacher': is_teacher}
                             for s in other_teacher])
   commits = {r.get('commit') for runs in (treatment_runs, control_runs)
              for s, r in runs.items() if s in seeds}

@@ -59,7 +59,14 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
       base_name = table.cell(scale, baseline, col) if baseline else None
       if base_name and base_name != name:
         base_runs = cells.get(base_name, {}).get('seeds', {})
-        gain_seeds = [s for s in entry['seeds'] if metric in base_runs.get(s, {})]
+        # a student's gain over its own teacher cell: only where that record is its teacher
+        key = 'teacher_' + metric
+        own = tables_lib.CELLS[name].teacher_for(scale) == base_name
+        entry['gain_other_teacher'] = [
+            s for s in entry['seeds'] if own and metric in base_runs.get(s, {})
+            and key in runs[s] and abs(runs[s][key] - base_runs[s][metric]) > 1e-9]
+        gain_seeds = [s for s in entry['seeds'] if metric in base_runs.get(s, {})
+                      and s not in entry['gain_other_teacher']]
         gains = [values[s] - 100 * base_runs[s][metric] for s in gain_seeds]
         entry['gain_values'], entry['gain_seeds'] = gains, gain_seeds
         entry['gain_mean'], entry['gain_std'] = mean_std(gains)
@@ -153,7 +160,9 @@ def format_markdown(results: dict) -> str:
             '' if e['gain_std'] is None else f' ± {e["gain_std"]:.{nd}f}') + ')'
       text += f' n={len(e["values"])}'
       if e.get('gain_values') is not None and len(e['gain_values']) != len(e['values']):
-        text += f' (gain: n={len(e["gain_values"])}, the seeds both rows ran)'
+        text += f' (gain: n={len(e["gain_values"])}, the seeds both rows ran' + (
+            '' if not e.get('gain_other_teacher') else
+            f'; not seed {", ".join(e["gain_other_teacher"])}, from another teacher') + ')'
       cells.append(text)
     lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
   if any(e.get('paper') for e in results['grid']):
@@ -179,10 +188,12 @@ def format_markdown(results: dict) -> str:
                    f'| {bound} | **{verdict(c)}** | {c["paper"]} |')
     for c in results['claims']:
       for o in c.get('other_teacher', []):
-        lines.append(f'\n`{c["id"]}` leaves out seed {o["seed"]}: its two cells started from '
-                     f'different teachers ({metric} {o["treatment_teacher"]:.{nd}f} and '
-                     f'{o["control_teacher"]:.{nd}f}), so they differ in more than the pseudo-loss '
-                     f'weight.')
+        t, k = f'{o["treatment_teacher"]:.{nd}f}', f'{o["control_teacher"]:.{nd}f}'
+        lines.append(f'\n`{c["id"]}` leaves out seed {o["seed"]}: ' + (
+            f'the student started from a teacher of {metric} {t}, not the recorded one '
+            f'({k}).' if o.get('control_is_teacher') else
+            f'its two cells started from different teachers ({metric} {t} and {k}), so they '
+            f'differ in more than the pseudo-loss weight.'))
   extra = []
   for e in results['grid']:
     bits = []

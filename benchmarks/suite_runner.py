@@ -10,7 +10,10 @@ suite_done.json, its pseudo-label precision/recall folded into its metrics, at
 <record_dir>/<scale>/cells/<cell>/<seed_s|shared>/ -- small files to commit, so that results
 outlive the run folders (checkpoints) of the machine that made them. A recorded cell is not
 run again unless a cell still to run starts from its checkpoint and the run folder is gone;
-then it is rerun (seeded runs repeat exactly) and its metric is compared with the record.
+then it is rerun (seeded runs repeat exactly) and its metric is compared with the record. A
+rerun that differs (another kind of CPU: TensorFlow's kernels differ between AVX2 and AVX-512)
+replaces the record, since the cells still to run start from it; a student recorded from the
+old teacher then no longer pairs with it (suite_claims.claim_result's other_teacher).
 
 Step budgets: a run folder or record whose steps are not its policy's budget now (e.g.
 convergence.json chose a longer S4 schedule after it ran) answers another question. It
@@ -397,9 +400,10 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
         other_cpu = ('' if record.get('cpu') in (None, info['cpu']) else
                      f' (the record ran on {record["cpu"]}, this run on {info["cpu"]})')
         echo(f'[suite] {name} seed {seed}: {cell.metric} {shown} against the record\'s '
-             f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is kept')
+             f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is replaced, '
+                           'since the cells still to run start from this run')
              + other_cpu)
-      elif record_dir:
+      if record_dir and (not record or record['metrics'].get(cell.metric) != shown):
         if stale:
           echo(f'[suite] {name} seed {seed}: replaces its record of '
                + (f'{stale.get("steps")} steps' if stale.get('steps') != info['steps'] else

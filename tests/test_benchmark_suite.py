@@ -366,7 +366,8 @@ def test_records_outlive_run_folders(tmp_path):
   assert any('s1_f20_rand_init seed 0: running again for s1_f20_matched_control' in line
              for line in log)
   assert any('against the record' in line and 'the same' in line for line in log)
-  # a rerun that differs from a record made on another CPU says so, and names both CPUs
+  # a rerun that differs from a record made on another CPU says so, names both CPUs and
+  # replaces the record (the cells still to run start from the rerun)
   teacher_rec = os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0', suite.DONE)
   with open(teacher_rec) as f:
     edited = json.load(f)
@@ -376,8 +377,12 @@ def test_records_outlive_run_folders(tmp_path):
   suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'd'),
                   only=['s1_f20_rand_init_continued'], runner=FakeRunner(), convergence=conv,
                   record_dir=records, echo=log.append)
-  assert any('DIFFERENT; the record is kept (the record ran on another CPU, this run on '
-             f'{suite.cpu_kind()})' in line for line in log)
+  assert any('DIFFERENT; the record is replaced, since the cells still to run start from '
+             f'this run (the record ran on another CPU, this run on {suite.cpu_kind()})' in line
+             for line in log)
+  with open(teacher_rec) as f:
+    replaced = json.load(f)
+  assert replaced['metrics']['AP'] != 0.999 and replaced['cpu'] == suite.cpu_kind()
   # the tables and claims read records when the run folders are gone
   res = suite.collect_results('table2', 'digits', [0], str(tmp_path / 'c'), records)
   assert res['cells']['s1_f20_self_training']['seeds']['0']['AP'] == rec['metrics']['AP']
@@ -1227,32 +1232,47 @@ def test_segmentation_claims_from_fabricated_miou(tmp_path):
 
 def test_claims_leave_out_a_seed_whose_student_and_control_had_other_teachers(tmp_path):
   """TEST DATA ONLY: seed 0's control started from a teacher retrained on another CPU (72.60
-  against the student's 73.01), so the pair is not one experiment and is left out, named."""
+  against the student's 73.01), so the pair is not one experiment and is left out, named; so is
+  the student against a Rand Init record that is not its teacher (seed 1: 70.50, not 70.00)."""
   out = str(tmp_path / 'runs')
   teacher = {'seg_s4_f20_self_training': (0.7301, 0.70, 0.71),
              'seg_s4_f20_matched_control': (0.7260, 0.70, 0.71)}
   miou = {'seg_s4_f20_self_training': (0.7445, 0.62, 0.63),
-          'seg_s4_f20_matched_control': (0.7000, 0.61, 0.61)}    # paired diffs: 1, 2
+          'seg_s4_f20_matched_control': (0.7000, 0.61, 0.61),    # paired diffs: 1, 2
+          'seg_s4_f20_rand_init': (0.7301, 0.705, 0.71)}
   for name, values in miou.items():
     for seed, value in enumerate(values):
       directory = suite.cell_dir(out, 'digits', name, seed)
       os.makedirs(directory)
+      metrics = {'mIoU': value, **({'teacher_mIoU': teacher[name][seed]} if name in teacher
+                                   else {})}
       with open(os.path.join(directory, suite.DONE), 'w') as f:
-        json.dump({'metrics': {'mIoU': value, 'teacher_mIoU': teacher[name][seed]},
-                   'seconds': 60.0, 'seed': seed, 'steps': 1200, 'commit': 'c0ffee'}, f)
+        json.dump({'metrics': metrics, 'seconds': 60.0, 'seed': seed, 'steps': 1200,
+                   'commit': 'c0ffee'}, f)
   by_id = {c['id']: c for c in suite.collect_claims('digits', [0, 1, 2], out)['claims']}
   mc = by_id['seg_st_vs_matched_control/S4']
   assert mc['seeds'] == [1, 2] and mc['n'] == 2
   assert mc['diff_mean'] == pytest.approx(1.5)
   assert mc['other_teacher'] == [{'seed': 0, 'treatment_teacher': pytest.approx(73.01),
-                                  'control_teacher': pytest.approx(72.60)}]
+                                  'control_teacher': pytest.approx(72.60),
+                                  'control_is_teacher': False}]
   assert mc['unpaired_seeds'] == {'treatment': [], 'control': []}
+  ri = by_id['seg_st_vs_rand_init/S4']
+  assert ri['seeds'] == [0, 2] and ri['diff_mean'] == pytest.approx((1.44 - 8) / 2)
+  assert ri['other_teacher'] == [{'seed': 1, 'treatment_teacher': pytest.approx(70.0),
+                                  'control_teacher': pytest.approx(70.5),
+                                  'control_is_teacher': True}]
   md = suite.format_markdown(suite.collect_results('table6', 'digits', [0, 1, 2], out))
   assert ('`seg_st_vs_matched_control/S4` leaves out seed 0: its two cells started from '
           'different teachers (mIoU 73.01 and 72.60), so they differ in more than the '
           'pseudo-loss weight.') in md
+  assert ('`seg_st_vs_rand_init/S4` leaves out seed 1: the student started from a teacher of '
+          'mIoU 70.00, not the recorded one (70.50).') in md
+  # the table's gain over Rand Init leaves seed 1 out too
+  assert ('| Rand Init + self-training | not run | 66.48 ± 6.92 (-3.28 ± 6.68) n=3 (gain: n=2, '
+          'the seeds both rows ran; not seed 1, from another teacher) |') in md
   # with no other seed the claim is untested, and says why
-  for name in miou:
+  for name in ('seg_s4_f20_self_training', 'seg_s4_f20_matched_control'):
     for seed in (1, 2):
       os.remove(os.path.join(suite.cell_dir(out, 'digits', name, seed), suite.DONE))
   mc = {c['id']: c for c in suite.collect_claims('digits', [0, 1, 2], out)['claims']}[
