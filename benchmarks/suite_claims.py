@@ -44,10 +44,13 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
   # kind of CPU (a recorded teacher whose run folder was lost) is another model, so such a
   # seed is left out and named.
   key = 'teacher_' + metric
-  is_teacher = (claim.treatment is not None and claim.control is not None
-                and tables_lib.CELLS[claim.treatment].teacher_for(scale) == claim.control)
+  cells = (claim.treatment, claim.control)
+  teachers = [tables_lib.CELLS[n].teacher_for(scale) if n else None for n in cells]
+  is_teacher = bool(teachers[0]) and teachers[0] == claim.control
+  same_teacher = bool(teachers[0]) and teachers[0] == teachers[1]
   control_key = metric if is_teacher else key
-  other_teacher = [s for s in both if key in treatment_runs[s] and control_key in control_runs[s]
+  other_teacher = [s for s in both if (is_teacher or same_teacher) and key in treatment_runs[s]
+                   and control_key in control_runs[s]
                    and abs(treatment_runs[s][key] - control_runs[s][control_key]) > 1e-9]
   seeds = [s for s in both if s not in other_teacher]
   diffs = [t[s] - c[s] for s in seeds]

@@ -193,7 +193,7 @@ def format_markdown(results: dict) -> str:
             f'the student started from a teacher of {metric} {t}, not the recorded one '
             f'({k}).' if o.get('control_is_teacher') else
             f'its two cells started from different teachers ({metric} {t} and {k}), so they '
-            f'differ in more than the pseudo-loss weight.'))
+            f'differ in more than what the claim compares.'))
   extra = []
   for e in results['grid']:
     bits = []

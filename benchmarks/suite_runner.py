@@ -12,8 +12,10 @@ outlive the run folders (checkpoints) of the machine that made them. A recorded 
 run again unless a cell still to run starts from its checkpoint and the run folder is gone;
 then it is rerun (seeded runs repeat exactly) and its metric is compared with the record. A
 rerun that differs (another kind of CPU: TensorFlow's kernels differ between AVX2 and AVX-512)
-replaces the record, since the cells still to run start from it; a student recorded from the
-old teacher then no longer pairs with it (suite_claims.claim_result's other_teacher).
+replaces the record, since the cells still to run start from it. Each record keeps the metric
+of the runs its cell started from (start_key: teacher_<metric>, pretrain_<metric>), so a
+record made from a teacher that differs from the teacher's now is not finished: it runs again
+(and until then suite_claims.claim_result leaves the seed out: other_teacher).
 
 Step budgets: a run folder or record whose steps are not its policy's budget now (e.g.
 convergence.json chose a longer S4 schedule after it ran) answers another question. It
@@ -301,8 +303,24 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
     def run_here(n, s=seed):
       return bool(of_budget(read_json(os.path.join(cell_dir(out_dir, scale, n, s), DONE)), n))
 
-    def current(n, s=seed):
-      return of_budget(read_record(record_dir, scale, n, s), n)
+    def started_from(n, s=seed):   # {key: value} of the runs cell n starts from now
+      out = {}
+      for d in tables_lib.CELLS[n].depends(scale):
+        run = (read_json(os.path.join(cell_dir(out_dir, scale, d, s), DONE))
+               or read_record(record_dir, scale, d, s) or {})
+        m = tables_lib.CELLS[d].metric
+        if m in run.get('metrics', {}):
+          out[start_key(n, d, scale)] = run['metrics'][m]
+      return out
+
+    def other_start(rec, n, s=seed):   # a record made from another teacher (or pre-training)
+      now = started_from(n, s)
+      return {k: (rec['metrics'][k], v) for k, v in now.items()
+              if k in rec.get('metrics', {}) and abs(rec['metrics'][k] - v) > 1e-9}
+
+    def current(n, s=seed):   # the record, if of the budget, bindings and start it has now
+      rec = of_budget(read_record(record_dir, scale, n, s), n)
+      return None if rec and other_start(rec, n, s) else rec
 
     def finished(n):
       return run_here(n) or bool(current(n))
@@ -373,6 +391,9 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
       metrics = read_metrics(name, directory) if code == 0 else None
       if metrics is not None:
         metrics.update(read_last_losses(directory))
+        # what it started from (a student's binary records teacher_<metric> itself)
+        for k, v in started_from(name).items():
+          metrics.setdefault(k, v)
       # steps: the step budget of the cell's policy (a teacher trains it, a student
       # cells.student_steps of it); None: the cell's own gin files set them (pretrain; every
       # cell at full scale).
@@ -403,16 +424,29 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
              f'{was}: ' + ('the same' if was == shown else 'DIFFERENT; the record is replaced, '
                            'since the cells still to run start from this run')
              + other_cpu)
-      if record_dir and (not record or record['metrics'].get(cell.metric) != shown):
+      if record_dir and (not record or (shown is not None
+                                        and record['metrics'].get(cell.metric) != shown)):
+        moved = other_start(stale, name) if stale else {}
         if stale:
           echo(f'[suite] {name} seed {seed}: replaces its record of '
                + (f'{stale.get("steps")} steps' if stale.get('steps') != info['steps'] else
-                  f'other bindings (config {stale.get("config")})'))
+                  'another start (' + ', '.join(f'{k} {a:.4f}, now {b:.4f}'
+                                                for k, (a, b) in moved.items()) + ')'
+                  if moved else f'other bindings (config {stale.get("config")})'))
         if cell.binary == 'self_train':
           metrics = {**metrics, **read_pseudo_quality(directory)}
         _write_json(record_path(record_dir, scale, name, seed),
                     portable({'metrics': metrics, **info}, out_dir))
   return counts
+
+
+def start_key(name: str, dep: str, scale: str) -> str:
+  """The metrics key under which cell `name`'s record keeps the metric of cell `dep` it
+  started from: teacher_<metric> (its teacher: a student's, a continued cell's checkpoint),
+  <dep>_<metric> (the shared pre-training)."""
+  cell = tables_lib.CELLS[name]
+  label = 'teacher' if dep == cell.teacher_for(scale) else dep
+  return f'{label}_{tables_lib.CELLS[dep].metric}'
 
 
 # ------------------------------------------------------------------------- finished runs

@@ -76,8 +76,8 @@ def check_same_teacher(label: str, row: dict) -> None:
   different teacher AP) is an error here, where the suite's claims only leave them out."""
   if row['other_teacher']:
     x = row['other_teacher'][0]
-    raise VariantError(f'{label} seed {x["seed"]}: the self-training run\'s teacher has AP '
-                       f'{x["treatment_teacher"]:.2f} and the matched control\'s '
+    raise VariantError(f'{label} seed {x["seed"]}: the self-training run\'s teacher has '
+                       f'{row["metric"]} {x["treatment_teacher"]:.2f} and the matched control\'s '
                        f'{x["control_teacher"]:.2f}: not the same teacher')
 
 

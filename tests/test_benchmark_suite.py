@@ -259,8 +259,12 @@ class FakeRunner:
       return 3
     ap = 0.1 + 0.01 * len(self.calls)
     metric = tables.CELLS[name].metric      # segmentation cells: mIoU, as their binaries
-    if cmd[1] == 'bin/self_train.py':
-      rows = [{'model': 'teacher', metric: 0.1},
+    if cmd[1] == 'bin/self_train.py':   # its teacher row: the teacher folder's metric
+      teacher = [a.split('teacher_dir=')[1].strip('\'') for a in cmd if 'teacher_dir=' in a]
+      path = os.path.join(teacher[0], 'eval_metrics.json') if teacher else ''
+      with open(path) as f:
+        teacher_metric = json.load(f)[metric]
+      rows = [{'model': 'teacher', metric: teacher_metric},
               {'model': 'student_round_1', metric: ap,
                'pseudo_boxes_per_image': None if metric == 'mIoU' else 2.5}]
       with open(os.path.join(model_dir, 'results.json'), 'w') as f:
@@ -294,7 +298,10 @@ def test_run_cells_order_resume_failures_and_limits(tmp_path):
                                      suite.FAILED))
   done = json.load(open(os.path.join(out, 'digits/cells/s1_f20_self_training/seed_1',
                                      suite.DONE)))
-  assert done['metrics']['teacher_AP'] == 0.1 and done['metrics']['pseudo_boxes_per_image']
+  teacher = json.load(open(os.path.join(out, 'digits/cells/s1_f20_rand_init/seed_1',
+                                        suite.DONE)))
+  assert done['metrics']['teacher_AP'] == teacher['metrics']['AP']
+  assert done['metrics']['pseudo_boxes_per_image']
   # the steps it trained, where they came from, and the code it ran
   assert done['steps'] == 1500 and done['steps_from'] == f'{conv} (commit c0ffee)'
   assert done['commit'] == suite.repo_commit() and len(done['commit'].split('+')[0]) == 40
@@ -342,7 +349,9 @@ def test_records_outlive_run_folders(tmp_path):
   assert [n for n, _ in first.calls] == ['s1_f20_rand_init', 's1_f20_self_training']
   rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_self_training/seed_0',
                                     suite.DONE)))
-  assert rec['metrics']['teacher_AP'] == 0.1 and rec['steps'] == 1500
+  teacher_rec = json.load(open(os.path.join(records, 'digits/cells/s1_f20_rand_init/seed_0',
+                                            suite.DONE)))
+  assert rec['metrics']['teacher_AP'] == teacher_rec['metrics']['AP'] and rec['steps'] == 1500
   assert rec['cpu'] == suite.cpu_kind() and 'CPUs' in rec['cpu']   # results differ by CPU kind
   # the last [train] line's losses, the student's human and pseudo terms apart
   assert {k: v for k, v in rec['metrics'].items() if k.startswith('train_')} == {
@@ -392,6 +401,45 @@ def test_records_outlive_run_folders(tmp_path):
   claims = suite.collect_claims('digits', [0], str(tmp_path / 'c'), records)
   by_id = {c['id']: c for c in claims['claims']}
   assert by_id['st_vs_matched_control/S1/20']['n'] == 1
+
+
+def test_a_teacher_rerun_that_differs_replaces_its_record_and_its_students_rerun(tmp_path):
+  """A recorded teacher reruns (its run folder gone) for a cell still to run and gives another
+  AP (another CPU kind): its record is replaced, and the recorded student made from the old
+  teacher is not finished any more, so it trains again from the new one; a continued cell's
+  record keeps the AP of the checkpoint it went on from (TEST DATA)."""
+  conv, records, log = _convergence(tmp_path), str(tmp_path / 'records'), []
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'a'),
+                  only=['s1_f20_self_training'], runner=FakeRunner(), convergence=conv,
+                  record_dir=records)
+
+  def record(name):
+    with open(os.path.join(records, 'digits/cells', name, 'seed_0', suite.DONE)) as f:
+      return json.load(f)['metrics']
+  old = record('s1_f20_rand_init')['AP']
+  assert record('s1_f20_self_training')['teacher_AP'] == old
+  other = FakeRunner()
+  other.calls = [('earlier', '')] * 5       # its first run gives another AP than the first's
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'b'),
+                  only=['s1_f20_self_training', 's1_f20_matched_control',
+                        's1_f20_rand_init_continued'],
+                  runner=other, convergence=conv, record_dir=records, echo=log.append)
+  assert [n for n, _ in other.calls[5:]] == ['s1_f20_rand_init', 's1_f20_self_training',
+                                             's1_f20_matched_control',
+                                             's1_f20_rand_init_continued']
+  new = record('s1_f20_rand_init')['AP']
+  assert new != old and any('DIFFERENT; the record is replaced' in line for line in log)
+  assert any(f'replaces its record of another start (teacher_AP {old:.4f}, now {new:.4f})'
+             in line for line in log), log
+  assert record('s1_f20_self_training')['teacher_AP'] == new
+  assert record('s1_f20_matched_control')['teacher_AP'] == new
+  assert record('s1_f20_rand_init_continued')['teacher_AP'] == new
+  # all recorded from the same teacher: nothing runs again
+  again = FakeRunner()
+  suite.run_cells(['table2'], 'digits', [0], str(tmp_path / 'c'),
+                  only=['s1_f20_self_training', 's1_f20_matched_control'], runner=again,
+                  convergence=conv, record_dir=records)
+  assert again.calls == []
 
 
 def test_a_new_step_budget_moves_old_runs_aside_and_replaces_their_records(tmp_path):
@@ -1164,7 +1212,10 @@ def test_table6_runs_reads_miou_and_reports_it(tmp_path):
   assert any(l.endswith('mIoU=0.1100') for l in log), log
   done = json.load(open(os.path.join(
       suite.cell_dir(out, 'digits', 'seg_s4_f20_self_training', 0), suite.DONE)))
-  assert done['metrics']['teacher_mIoU'] == 0.1 and 'mIoU' in done['metrics']
+  teacher = json.load(open(os.path.join(
+      suite.cell_dir(out, 'digits', 'seg_s4_f20_rand_init', 0), suite.DONE)))
+  assert done['metrics']['teacher_mIoU'] == teacher['metrics']['mIoU']
+  assert 'mIoU' in done['metrics']
   assert done['steps'] == BUDGETS['seg_s4'] and 'AP' not in done['metrics']
   # a pseudo-mask report against held-back masks (as run_self_training writes it)
   report_dir = os.path.join(suite.cell_dir(out, 'digits', 'seg_s4_f20_self_training', 0),
@@ -1178,11 +1229,13 @@ def test_table6_runs_reads_miou_and_reports_it(tmp_path):
   assert res['columns'] == ['S1', 'S4']
   assert res['rows'] == ['Rand Init', 'Rand Init + self-training', tables._MC]
   e = suite._entry(res, 'Rand Init + self-training', 'S4')
-  assert e['cell'] == 'seg_s4_f20_self_training' and e['teacher_mean'] == pytest.approx(10.0)
+  assert e['cell'] == 'seg_s4_f20_self_training'
+  assert e['teacher_mean'] == pytest.approx(100 * teacher['metrics']['mIoU'])
   assert (e['pseudo_ignored_fraction'], e['pseudo_mIoU']) == (0.25, 0.7)
   md = suite.format_markdown(res)
   assert '### Table 6: self-training for semantic segmentation (digits scale)' in md
-  assert 'mIoU x 100 on the validation set' in md and 'teacher mIoU 10.00' in md
+  assert 'mIoU x 100 on the validation set' in md
+  assert f'teacher mIoU {100 * teacher["metrics"]["mIoU"]:.2f}' in md
   assert '25% of pseudo-mask pixels ignored, pseudo-mask mIoU 70.00 on the kept pixels' in md
   assert '| claim | treatment - control (mIoU) |' in md
   assert [c['id'] for c in res['claims']] == ['seg_st_vs_matched_control/S1',
@@ -1264,8 +1317,8 @@ def test_claims_leave_out_a_seed_whose_student_and_control_had_other_teachers(tm
                                   'control_is_teacher': True}]
   md = suite.format_markdown(suite.collect_results('table6', 'digits', [0, 1, 2], out))
   assert ('`seg_st_vs_matched_control/S4` leaves out seed 0: its two cells started from '
-          'different teachers (mIoU 73.01 and 72.60), so they differ in more than the '
-          'pseudo-loss weight.') in md
+          'different teachers (mIoU 73.01 and 72.60), so they differ in more than what the '
+          'claim compares.') in md
   assert ('`seg_st_vs_rand_init/S4` leaves out seed 1: the student started from a teacher of '
           'mIoU 70.00, not the recorded one (70.50).') in md
   # the table's gain over Rand Init leaves seed 1 out too
