@@ -27,6 +27,31 @@ CLAIM_RULE = ('diff = treatment - control (AP, or mIoU for segmentation, x100) p
               'hurts, when mean(diff) + 2 s.e. < 0. n < 2: holds is null.')
 
 
+def other_teacher_seeds(treatment: Optional[str], control: Optional[str], scale: str,
+                        treatment_runs: Mapping[str, dict], control_runs: Mapping[str, dict],
+                        metric: str) -> list:
+  """The seeds whose treatment and control runs started from different teachers, as
+  [{seed, treatment_teacher, control_teacher (x100), control_is_teacher}].
+
+  Two students of one teacher cell pair only if both record the same teacher_<metric>; a
+  student and its own teacher cell (st_vs_rand_init, a table's gain over Rand Init), only if
+  the teacher's record is the model the student started from. A teacher retrained on another
+  kind of CPU (a recorded teacher whose run folder was lost) is another model."""
+  teachers = [tables_lib.CELLS[n].teacher_for(scale) if n else None for n in (treatment,
+                                                                             control)]
+  is_teacher = bool(teachers[0]) and teachers[0] == control
+  if not (is_teacher or (teachers[0] and teachers[0] == teachers[1])):
+    return []
+  key = 'teacher_' + metric
+  control_key = metric if is_teacher else key
+  return [{'seed': int(s), 'treatment_teacher': 100 * treatment_runs[s][key],
+           'control_teacher': 100 * control_runs[s][control_key],
+           'control_is_teacher': is_teacher}
+          for s in sorted(set(treatment_runs) & set(control_runs), key=int)
+          if key in treatment_runs[s] and control_key in control_runs[s]
+          and abs(treatment_runs[s][key] - control_runs[s][control_key]) > 1e-9]
+
+
 def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[str, dict],
                  control_runs: Mapping[str, dict]) -> dict:
   """One entry of claims.json: the claim tested on differences of its cells' metric (AP or
@@ -38,31 +63,16 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
   t = {s: 100 * m[metric] for s, m in treatment_runs.items() if metric in m}
   c = {s: 100 * m[metric] for s, m in control_runs.items() if metric in m}
   both = sorted(set(t) & set(c), key=int)
-  # A student and its control pair only if they started from the same teacher (students record
-  # teacher_<metric>); a student and its own teacher cell (st_vs_rand_init), only if the
-  # teacher's record is the model the student started from. A teacher retrained on another
-  # kind of CPU (a recorded teacher whose run folder was lost) is another model, so such a
-  # seed is left out and named.
-  key = 'teacher_' + metric
-  cells = (claim.treatment, claim.control)
-  teachers = [tables_lib.CELLS[n].teacher_for(scale) if n else None for n in cells]
-  is_teacher = bool(teachers[0]) and teachers[0] == claim.control
-  same_teacher = bool(teachers[0]) and teachers[0] == teachers[1]
-  control_key = metric if is_teacher else key
-  other_teacher = [s for s in both if (is_teacher or same_teacher) and key in treatment_runs[s]
-                   and control_key in control_runs[s]
-                   and abs(treatment_runs[s][key] - control_runs[s][control_key]) > 1e-9]
-  seeds = [s for s in both if s not in other_teacher]
+  other_teacher = other_teacher_seeds(claim.treatment, claim.control, scale, treatment_runs,
+                                      control_runs, metric)
+  seeds = [s for s in both if int(s) not in {o['seed'] for o in other_teacher}]
   diffs = [t[s] - c[s] for s in seeds]
   mean, std = mean_std(diffs)
   out.update(seeds=[int(s) for s in seeds], treatment_ap=[t[s] for s in seeds],
              control_ap=[c[s] for s in seeds], diff_mean=mean, diff_std=std, n=len(seeds),
              unpaired_seeds={'treatment': sorted((int(s) for s in set(t) - set(c))),
                              'control': sorted((int(s) for s in set(c) - set(t)))},
-             other_teacher=[{'seed': int(s), 'treatment_teacher': 100 * treatment_runs[s][key],
-                             'control_teacher': 100 * control_runs[s][control_key],
-                             'control_is_teacher': is_teacher}
-                            for s in other_teacher])
+             other_teacher=other_teacher)
   commits = {r.get('commit') for runs in (treatment_runs, control_runs)
              for s, r in runs.items() if s in seeds}
   out['commits'] = sorted(x or 'unknown' for x in commits)

@@ -13,6 +13,7 @@ from suite_claims import CLAIMS_FILE
 from suite_claims import METRIC
 from suite_claims import claim_result
 from suite_claims import mean_std
+from suite_claims import other_teacher_seeds
 from suite_runner import read_runs
 
 
@@ -60,11 +61,10 @@ def build_results(table_name: str, scale: str, seeds: Sequence[int], cells: dict
       if base_name and base_name != name:
         base_runs = cells.get(base_name, {}).get('seeds', {})
         # a student's gain over its own teacher cell: only where that record is its teacher
-        key = 'teacher_' + metric
-        own = tables_lib.CELLS[name].teacher_for(scale) == base_name
         entry['gain_other_teacher'] = [
-            s for s in entry['seeds'] if own and metric in base_runs.get(s, {})
-            and key in runs[s] and abs(runs[s][key] - base_runs[s][metric]) > 1e-9]
+            str(o['seed']) for o in other_teacher_seeds(name, base_name, scale, runs,
+                                                         base_runs, metric)
+            if str(o['seed']) in entry['seeds']]
         gain_seeds = [s for s in entry['seeds'] if metric in base_runs.get(s, {})
                       and s not in entry['gain_other_teacher']]
         gains = [values[s] - 100 * base_runs[s][metric] for s in gain_seeds]

@@ -260,9 +260,8 @@ class FakeRunner:
     ap = 0.1 + 0.01 * len(self.calls)
     metric = tables.CELLS[name].metric      # segmentation cells: mIoU, as their binaries
     if cmd[1] == 'bin/self_train.py':   # its teacher row: the teacher folder's metric
-      teacher = [a.split('teacher_dir=')[1].strip('\'') for a in cmd if 'teacher_dir=' in a]
-      path = os.path.join(teacher[0], 'eval_metrics.json') if teacher else ''
-      with open(path) as f:
+      teacher = next(a.split('teacher_dir=')[1].strip('\'') for a in cmd if 'teacher_dir=' in a)
+      with open(os.path.join(teacher, 'eval_metrics.json')) as f:
         teacher_metric = json.load(f)[metric]
       rows = [{'model': 'teacher', metric: teacher_metric},
               {'model': 'student_round_1', metric: ap,
