@@ -7,6 +7,7 @@ from typing import Mapping, Optional, Sequence
 
 import tables as tables_lib
 from suite_runner import read_runs
+from suite_runner import same_start
 
 CLAIMS_FILE = 'claims.json'
 METRIC = 'AP'       # the detection cells' number; each cell's own: tables.Cell.metric
@@ -49,7 +50,7 @@ def other_teacher_seeds(treatment: Optional[str], control: Optional[str], scale:
            'control_is_teacher': is_teacher}
           for s in sorted(set(treatment_runs) & set(control_runs), key=int)
           if key in treatment_runs[s] and control_key in control_runs[s]
-          and abs(treatment_runs[s][key] - control_runs[s][control_key]) > 1e-9]
+          and not same_start(treatment_runs[s][key], control_runs[s][control_key])]
 
 
 def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[str, dict],

@@ -316,7 +316,7 @@ def run_cells(table_names: Sequence[str], scale: str, seeds: Sequence[int], out_
     def other_start(rec, n, s=seed):   # a record made from another teacher (or pre-training)
       now = started_from(n, s)
       return {k: (rec['metrics'][k], v) for k, v in now.items()
-              if k in rec.get('metrics', {}) and abs(rec['metrics'][k] - v) > 1e-9}
+              if k in rec.get('metrics', {}) and not same_start(rec['metrics'][k], v)}
 
     def current(n, s=seed):   # the record, if of the budget, bindings and start it has now
       rec = of_budget(read_record(record_dir, scale, n, s), n)
@@ -447,6 +447,12 @@ def start_key(name: str, dep: str, scale: str) -> str:
   cell = tables_lib.CELLS[name]
   label = 'teacher' if dep == cell.teacher_for(scale) else dep
   return f'{label}_{tables_lib.CELLS[dep].metric}'
+
+
+def same_start(a: float, b: float) -> bool:
+  """Whether two recorded metrics of a start (a teacher's AP or mIoU, a pre-training's
+  accuracy) name one model: a record is rewritten from JSON, so only rounding may differ."""
+  return abs(a - b) <= 1e-9
 
 
 # ------------------------------------------------------------------------- finished runs
