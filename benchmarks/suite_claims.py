@@ -66,7 +66,8 @@ def claim_result(claim: tables_lib.Claim, scale: str, treatment_runs: Mapping[st
   both = sorted(set(t) & set(c), key=int)
   other_teacher = other_teacher_seeds(claim.treatment, claim.control, scale, treatment_runs,
                                       control_runs, metric)
-  seeds = [s for s in both if int(s) not in {o['seed'] for o in other_teacher}]
+  left_out = {o['seed'] for o in other_teacher}
+  seeds = [s for s in both if int(s) not in left_out]
   diffs = [t[s] - c[s] for s in seeds]
   mean, std = mean_std(diffs)
   out.update(seeds=[int(s) for s in seeds], treatment_ap=[t[s] for s in seeds],

@@ -451,7 +451,8 @@ def start_key(name: str, dep: str, scale: str) -> str:
 
 def same_start(a: float, b: float) -> bool:
   """Whether two recorded metrics of a start (a teacher's AP or mIoU, a pre-training's
-  accuracy) name one model: a record is rewritten from JSON, so only rounding may differ."""
+  accuracy) name one model. They come from different files (a student's results.json teacher
+  row, the teacher's eval_metrics.json), so they may differ in float rounding only."""
   return abs(a - b) <= 1e-9
 
 
